@@ -1,0 +1,31 @@
+"""The four protocol steps against a real Redis and a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import websockets
+
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, within
+
+
+def test_four_steps(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        r = redis_server.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:k1")
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=k1")
+            assert await sub.next() == (f"{prefix}client-new", b"k1")
+            await r.publish(f"{prefix}groups-new:k1", '["g1"]')
+            # The listener's answer makes the hub SUBSCRIBE group-data:g1; wait until it is live.
+            while await r.publish(f"{prefix}group-data:g1", "hello") == 0:
+                await asyncio.sleep(0.01)
+            assert await within(ws.recv()) == "hello"
+            await ws.send(b"\x00\xff")
+            assert await sub.next() == (f"{prefix}client-data:k1", b"\x00\xff")
+            await ws.close()
+        await sub.close()
+        await r.aclose()
+
+    asyncio.run(scenario())

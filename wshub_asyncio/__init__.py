@@ -1,0 +1,7 @@
+"""WS-Hub's asyncio shell: ``python -m wshub_asyncio [--config PATH]``."""
+
+from __future__ import annotations
+
+from ._server import HubServer, run
+
+__all__ = ["HubServer", "run"]

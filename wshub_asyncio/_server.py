@@ -1,0 +1,272 @@
+"""The asyncio shell: moves bytes and time between the OS and the core.
+
+Rules:
+1. It decides nothing. Every byte and every connection event goes to the
+   ``Hub``; every action the hub returns is executed here, in order.
+2. No task and no timer per client: clients are ``asyncio.Protocol`` callbacks
+   and the whole hub has one ``TimerHandle``, armed at the core's next deadline.
+3. A Redis connection's callbacks count only while it is the current one for
+   its link; a connection the core has dropped is detached first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+
+from wshub_core import (
+    Action,
+    CloseClient,
+    CloseRedis,
+    Config,
+    ConnectRedis,
+    Hub,
+    PauseClient,
+    RedisLink,
+    ResumeClient,
+    SendToClient,
+    SendToRedis,
+    StopListening,
+    Stopped,
+)
+
+__all__ = ["HubServer", "run"]
+
+log = logging.getLogger("wshub")
+
+# Above this many unsent bytes asyncio calls pause_writing and the core holds
+# further frames itself (bounded by webSocket.maxOutboundBuffer).
+WRITE_HIGH_WATER = 64 * 1024
+
+
+class _ClientProtocol(asyncio.Protocol):
+    __slots__ = ("_server", "_hub", "_loop", "conn")
+
+    def __init__(self, server: HubServer) -> None:
+        self._server = server
+        self._hub = server.hub
+        self._loop = server.loop
+        self.conn = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.conn = self._hub.client_opened(self._loop.time())
+        self._server.transports[self.conn] = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._hub.client_data(self.conn, data, self._loop.time())
+        self._server.drain()
+
+    def eof_received(self) -> bool:
+        self._hub.client_eof(self.conn, self._loop.time())
+        self._server.drain()
+        return True  # the core decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.transports.pop(self.conn, None)
+        self._hub.client_lost(self.conn, self._loop.time())
+        self._server.drain()
+
+    def pause_writing(self) -> None:
+        self._hub.client_write_paused(self.conn, self._loop.time())
+        self._server.drain()
+
+    def resume_writing(self) -> None:
+        self._hub.client_write_resumed(self.conn, self._loop.time())
+        self._server.drain()
+
+
+class _RedisProtocol(asyncio.Protocol):
+    def __init__(self, server: HubServer, link: RedisLink) -> None:
+        self._server = server
+        self._link = link
+        self.transport: asyncio.Transport | None = None
+
+    def _current(self) -> bool:
+        return self._server.redis.get(self._link) is self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self._current():
+            self._server.hub.redis_data(self._link, data, self._server.loop.time())
+            self._server.drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._current():
+            del self._server.redis[self._link]
+            self._server.hub.redis_lost(self._link, self._server.loop.time())
+            self._server.drain()
+
+
+class HubServer:
+    """One hub process: a listening socket, a ``Hub``, and the glue between them."""
+
+    def __init__(self, config: Config, *, seed: int | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"))
+        self.transports: dict[int, asyncio.Transport] = {}
+        self.redis: dict[RedisLink, _RedisProtocol] = {}
+        self._connecting: dict[RedisLink, asyncio.Task[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.stopped = asyncio.Event()
+
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        cfg = self.config
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: _ClientProtocol(self), sock=sock, backlog=4096)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: _ClientProtocol(self), host=cfg.host or None, port=cfg.port, backlog=4096,
+                reuse_address=True,
+            )
+        self.hub.start(self.loop.time())
+        self.drain()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self.shutdown)
+
+    def shutdown(self) -> None:
+        self.hub.shutdown(self.loop.time())
+        self.drain()
+
+    # -- executing actions -----------------------------------------------------
+
+    def drain(self) -> None:
+        """Execute what the core asked for, then re-arm the single timer."""
+        hub = self.hub
+        actions = hub.actions()
+        while actions:
+            for action in actions:
+                self._execute(action)
+            actions = hub.actions()  # executing may call back into the hub
+        deadline = hub.next_deadline()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer, deadline)
+            self._timer_at = deadline
+
+    def _on_timer(self, deadline: float) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self.loop.time()
+        self.hub.stats.loop_lag = max(0.0, now - deadline)
+        self.hub.handle_timer(now)
+        self.drain()
+
+    def _execute(self, action: Action) -> None:
+        kind = type(action)
+        if kind is SendToClient:
+            assert isinstance(action, SendToClient)
+            transport = self.transports.get(action.conn)
+            if transport is not None:
+                transport.write(action.data)
+        elif kind is CloseClient:
+            assert isinstance(action, CloseClient)
+            transport = self.transports.pop(action.conn, None)
+            if transport is not None:
+                if action.abort:
+                    transport.abort()
+                else:
+                    transport.close()
+        elif kind is SendToRedis:
+            assert isinstance(action, SendToRedis)
+            proto = self.redis.get(action.link)
+            if proto is not None and proto.transport is not None:
+                proto.transport.write(action.data)
+        elif kind is PauseClient:
+            assert isinstance(action, PauseClient)
+            transport = self.transports.get(action.conn)
+            if transport is not None:
+                transport.pause_reading()
+        elif kind is ResumeClient:
+            assert isinstance(action, ResumeClient)
+            transport = self.transports.get(action.conn)
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+        elif kind is ConnectRedis:
+            assert isinstance(action, ConnectRedis)
+            self._connecting[action.link] = self.loop.create_task(self._connect_redis(action))
+        elif kind is CloseRedis:
+            assert isinstance(action, CloseRedis)
+            task = self._connecting.pop(action.link, None)
+            if task is not None:
+                task.cancel()
+            proto = self.redis.pop(action.link, None)
+            if proto is not None and proto.transport is not None:
+                proto.transport.abort()
+        elif kind is StopListening:
+            if self._server is not None:
+                self._server.close()
+        elif kind is Stopped:
+            self.stopped.set()
+
+    async def _connect_redis(self, action: ConnectRedis) -> None:
+        """Dial Redis; the only coroutine in the shell, one per link at a time."""
+        link = action.link
+        context = ssl.create_default_context() if self.config.redis_tls else None
+        try:
+            _, proto = await self.loop.create_connection(
+                lambda: _RedisProtocol(self, link), action.host, action.port, ssl=context,
+                server_hostname=action.host if context else None,
+            )
+        except asyncio.CancelledError:
+            return
+        except OSError as exc:
+            log.debug("redis %s connect failed: %s", link.value, exc)
+            self._connecting.pop(link, None)
+            self.hub.redis_lost(link, self.loop.time())
+            self.drain()
+            return
+        self._connecting.pop(link, None)
+        self.redis[link] = proto
+        self.hub.redis_connected(link, self.loop.time())
+        self.drain()
+
+    async def close(self) -> None:
+        """Tear down without the shutdown protocol (tests, errors)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for task in self._connecting.values():
+            task.cancel()
+        for proto in self.redis.values():
+            if proto.transport is not None:
+                proto.transport.abort()
+        self.redis.clear()
+        for transport in list(self.transports.values()):
+            transport.abort()
+        self.transports.clear()
+
+
+async def run(config: Config) -> int:
+    """Serve until SIGINT/SIGTERM has closed every client; the exit status."""
+    server = HubServer(config)
+    await server.start()
+    server.install_signal_handlers()
+    log.info("listening on %s:%d%s", config.host or "*", server.port, config.server_url)
+    await server.stopped.wait()
+    await server.close()
+    return 0

@@ -1,0 +1,50 @@
+"""WS-Hub's Sans-IO core: bytes, connection events and time in; actions out.
+
+Nothing in this package opens a socket, reads a clock or touches an event loop.
+See docs/architecture.md for how to drive it from any loop.
+"""
+
+from __future__ import annotations
+
+from ._actions import (
+    Action,
+    CloseClient,
+    CloseRedis,
+    ConnectRedis,
+    PauseClient,
+    RedisLink,
+    ResumeClient,
+    SendToClient,
+    SendToRedis,
+    StopListening,
+    Stopped,
+)
+from ._client import ClientState, CloseCode
+from ._config import ENV_PREFIX, KEYS, Config, ConfigError, env_name, load_config
+from ._hub import Hub, encode_message
+from ._routing import parse_groups
+
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS",
+    "Action",
+    "ClientState",
+    "CloseClient",
+    "CloseCode",
+    "CloseRedis",
+    "Config",
+    "ConfigError",
+    "ConnectRedis",
+    "Hub",
+    "PauseClient",
+    "RedisLink",
+    "ResumeClient",
+    "SendToClient",
+    "SendToRedis",
+    "StopListening",
+    "Stopped",
+    "encode_message",
+    "env_name",
+    "load_config",
+    "parse_groups",
+]

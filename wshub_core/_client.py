@@ -1,0 +1,292 @@
+"""One client socket: HTTP request head, then WebSocket frames, then close.
+
+Rules:
+1. Nothing a peer sends raises out of this module: a bad request becomes an
+   HTTP answer, a bad frame becomes a close frame with wsproto's code.
+2. This module knows nothing of Redis, keys' groups or other clients; it
+   reports what happened (``feed`` returns outcomes) and queues bytes in
+   ``out``, which the hub flushes once per input (one write per socket).
+3. State changes happen inside the method that was called, before it returns.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.events import Request as WsRequest
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+__all__ = [
+    "ClientConnection",
+    "ClientState",
+    "CloseCode",
+    "HttpRequest",
+    "MessageReceived",
+    "Outcome",
+]
+
+
+class ClientState(enum.Enum):
+    HTTP = "http"  # reading the request head
+    OPEN = "open"  # WebSocket established
+    CLOSED = "closed"  # close frame or HTTP answer queued; the socket is being closed
+
+
+class CloseCode(enum.IntEnum):
+    """The close codes the hub sends (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # shutdown
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007  # invalid UTF-8 in a text message
+    POLICY = 1008  # slow consumer, no groups assigned in time
+    TOO_BIG = 1009
+    INTERNAL = 1011  # keepalive timeout (as the websockets library does)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRequest:
+    """A complete request head; the hub answers it or upgrades it."""
+
+    method: bytes
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    data: bytes
+
+
+Outcome = HttpRequest | MessageReceived
+
+_HEADER_STATUS = {400: "malformed request", 431: "request head too large"}
+
+
+class ClientConnection:
+    """The protocol state of one client; owned by the hub, keyed by ``conn``."""
+
+    __slots__ = (
+        "conn",
+        "state",
+        "out",
+        "out_bytes",
+        "write_paused_since",
+        "opened_at",
+        "last_seen",
+        "last_ping",
+        "close_code",
+        "close_reason",
+        "abort",
+        "_h11",
+        "_ws",
+        "_parts",
+        "_size",
+        "_max_message_size",
+    )
+
+    def __init__(self, *, conn: int, now: float, max_header_size: int, max_message_size: int) -> None:
+        self.conn = conn
+        self.state = ClientState.HTTP
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.write_paused_since: float | None = None
+        self.opened_at = now
+        self.last_seen = now
+        self.last_ping = now
+        self.close_code = 0
+        self.close_reason = ""
+        self.abort = False
+        self._h11: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=max_header_size
+        )
+        self._ws: Connection | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max_message_size = max_message_size
+
+    # -- input ---------------------------------------------------------------
+
+    def feed(self, data: bytes, now: float) -> list[Outcome]:
+        """Take bytes from the socket; return what the hub must act on."""
+        self.last_seen = now
+        if self.state is ClientState.OPEN:
+            assert self._ws is not None
+            self._ws.receive_data(data)
+            return self._ws_events()
+        if self.state is ClientState.HTTP:
+            assert self._h11 is not None
+            self._h11.receive_data(data)
+            return self._http_event()
+        return []  # late bytes after we decided to close
+
+    def feed_eof(self) -> None:
+        """The peer half-closed: nothing more will come, so we close too."""
+        if self.state is not ClientState.CLOSED:
+            self._set_closed(1006, "connection closed without a close frame")
+
+    def _http_event(self) -> list[Outcome]:
+        assert self._h11 is not None
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            self.answer(status, f"{_HEADER_STATUS.get(status, 'bad request')}: {exc}\n")
+            return []
+        if isinstance(event, h11.Request):
+            return [
+                HttpRequest(
+                    method=event.method,
+                    target=event.target,
+                    headers=tuple((k, v) for k, v in event.headers),
+                )
+            ]
+        if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            self._set_closed(1006, "closed before the request head")
+        return []  # NEED_DATA
+
+    def _ws_events(self) -> list[Outcome]:
+        ws = self._ws
+        assert ws is not None
+        outcomes: list[Outcome] = []
+        for event in ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                chunk = event.data.encode() if isinstance(event.data, str) else bytes(event.data)
+                self._size += len(chunk)
+                if self._size > self._max_message_size:
+                    self.close(CloseCode.TOO_BIG, f"message over {self._max_message_size} bytes")
+                    break
+                self._parts.append(chunk)
+                if event.message_finished:
+                    parts = self._parts
+                    outcomes.append(MessageReceived(data=parts[0] if len(parts) == 1 else b"".join(parts)))
+                    self._parts = []
+                    self._size = 0
+            elif isinstance(event, Ping):
+                self._write(ws.send(event.response()))
+            elif isinstance(event, Pong):
+                pass  # last_seen was already refreshed by feed()
+            elif isinstance(event, CloseConnection):
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    # The peer closed: echo its code (RFC 6455 5.5.1), then close TCP.
+                    self._write(ws.send(event.response()))
+                    self._set_closed(event.code, event.reason or "closed by client")
+                else:
+                    # wsproto found a protocol error and hands us the code to send.
+                    self.close(event.code, event.reason or "protocol error")
+                break
+        return outcomes
+
+    # -- decisions the hub takes ----------------------------------------------
+
+    def accept(self, request: HttpRequest) -> bool:
+        """Upgrade to WebSocket; on a bad handshake answer with wsproto's status."""
+        assert self.state is ClientState.HTTP and self._h11 is not None
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.initiate_upgrade_connection(list(request.headers), request.target)
+            for event in handshake.events():
+                if isinstance(event, WsRequest):
+                    self._write(handshake.send(AcceptConnection()))
+        except WsRemoteProtocolError as exc:
+            hint = exc.event_hint
+            status = hint.status_code if isinstance(hint, RejectConnection) else 400
+            self.answer(status, f"bad WebSocket handshake: {exc}\n")
+            return False
+        ws = handshake.connection
+        assert ws is not None
+        trailing, _closed = self._h11.trailing_data
+        self._h11 = None
+        self._ws = ws
+        self.state = ClientState.OPEN
+        if trailing:
+            ws.receive_data(bytes(trailing))
+        return True
+
+    def pending_after_accept(self) -> list[Outcome]:
+        """Frames that arrived in the same packet as the request head."""
+        return self._ws_events() if self.state is ClientState.OPEN else []
+
+    def answer(self, status: int, body: str, *, headers: tuple[tuple[str, str], ...] = (),
+               content_type: str = "text/plain; charset=utf-8") -> None:
+        """Send a complete HTTP answer and close: the hub never keeps HTTP alive."""
+        assert self._h11 is not None
+        payload = body.encode()
+        conn = self._h11
+        try:
+            phrase = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        response = h11.Response(
+            status_code=status,
+            reason=phrase,
+            headers=[
+                ("content-type", content_type),
+                ("content-length", str(len(payload))),
+                ("connection", "close"),
+                *headers,
+            ],
+        )
+        self._write(conn.send(response) or b"")
+        self._write(conn.send(h11.Data(data=payload)) or b"")
+        self._write(conn.send(h11.EndOfMessage()) or b"")
+        self._set_closed(0, f"HTTP {status}")
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an already-encoded frame (encoded once for every member)."""
+        if self.state is ClientState.OPEN:
+            self._write(frame)
+
+    def ping(self, now: float) -> None:
+        assert self._ws is not None
+        self._write(self._ws.send(Ping(payload=b"")))
+        self.last_ping = now
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Close from our side: a close frame if the WebSocket is open, then TCP."""
+        if self.state is ClientState.OPEN:
+            assert self._ws is not None
+            if self._ws.state is ConnectionState.OPEN:
+                self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._set_closed(code, reason)
+        self.abort = abort
+
+    def take_output(self) -> bytes:
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.out = []
+        self.out_bytes = 0
+        return data
+
+    def _write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_bytes += len(data)
+
+    def _set_closed(self, code: int, reason: str) -> None:
+        self.state = ClientState.CLOSED
+        self.close_code = code
+        self.close_reason = reason
+        self._ws = None
+        self._h11 = None
+        self._parts = []
+

@@ -1,0 +1,289 @@
+"""Configuration: parse, validate and override from the environment.
+
+Rules: this module never reads a file or the process environment by itself;
+the shell passes the text, the file name and a mapping. Every error names the
+key (dotted, as written in YAML) and the file, so a user can fix it in one go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+__all__ = ["ENV_PREFIX", "KEYS", "Config", "ConfigError", "env_name", "load_config"]
+
+ENV_PREFIX = "WSHUB_"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the source."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Key:
+    """One documented config key: where it lives, its type, default and meaning."""
+
+    path: str
+    attr: str
+    kind: str  # "str", "int", "seconds", "bytes", "list", "bool"
+    default: Any
+    doc: str
+    minimum: float | None = None
+
+
+KEYS: tuple[Key, ...] = (
+    Key(path="address", attr="address", kind="str", default=":8080",
+        doc="host:port the hub listens on; ':8080' means every interface"),
+    Key(path="clientKey", attr="client_key", kind="str", default="session_key",
+        doc="query parameter that carries the client's key"),
+    Key(path="serverUrl", attr="server_url", kind="str", default="/ws",
+        doc="path of the WebSocket endpoint"),
+    Key(path="shutdownTimeout", attr="shutdown_timeout", kind="seconds", default=10.0,
+        minimum=0, doc="on SIGTERM, how long to wait for clients to close and buffered messages to flush"),
+    Key(path="logFormat", attr="log_format", kind="str", default="text",
+        doc="'text' (human-readable) or 'json' (one JSON object per line)"),
+    Key(path="redis.address", attr="redis_address", kind="str", default="localhost:6379",
+        doc="host:port, or a URL redis://[user:password@]host:port[/db] (rediss:// for TLS)"),
+    Key(path="redis.username", attr="redis_username", kind="str", default="",
+        doc="ACL user for AUTH (empty: none)"),
+    Key(path="redis.password", attr="redis_password", kind="str", default="",
+        doc="password for AUTH (empty: no AUTH)"),
+    Key(path="redis.db", attr="redis_db", kind="int", default=0, minimum=0,
+        doc="database for SELECT on the command connection (pub/sub ignores it)"),
+    Key(path="redis.timeout", attr="redis_timeout", kind="seconds", default=120.0, minimum=0.001,
+        doc="a Redis connection whose oldest command has waited this long for a reply is dropped and re-dialled"),
+    Key(path="redis.idleConn", attr="redis_idle_conn", kind="int", default=4, minimum=0,
+        doc="accepted for compatibility with the Go hub; the hub always keeps exactly two connections"),
+    Key(path="redis.channelPrefix", attr="channel_prefix", kind="str", default="ws-hub:",
+        doc="prefix of every channel name"),
+    Key(path="redis.reconnectMin", attr="reconnect_min", kind="seconds", default=0.1, minimum=0.001,
+        doc="first reconnect delay; doubles on each failure, with jitter"),
+    Key(path="redis.reconnectMax", attr="reconnect_max", kind="seconds", default=10.0, minimum=0.001,
+        doc="upper bound of the reconnect delay"),
+    Key(path="redis.maxBufferedBytes", attr="max_buffered_bytes", kind="bytes", default=16 * 1024 * 1024,
+        minimum=1, doc="client messages held while Redis is slow or down; above it the senders are paused"),
+    Key(path="webSocket.writeWait", attr="write_wait", kind="seconds", default=10.0, minimum=0.001,
+        doc="a client whose socket cannot drain for this long is closed"),
+    Key(path="webSocket.pongWait", attr="pong_wait", kind="seconds", default=60.0, minimum=0.001,
+        doc="a client silent (no pong, no data) this long is closed; pings go every 0.9 x pongWait"),
+    Key(path="webSocket.maxMessageSize", attr="max_message_size", kind="bytes", default=65536, minimum=1,
+        doc="largest message a client may send (bytes, after reassembly); larger closes with 1009"),
+    Key(path="webSocket.maxOutboundBuffer", attr="max_outbound_buffer", kind="bytes", default=1024 * 1024,
+        minimum=1, doc="bytes queued for a client that is not reading before it is closed (1008)"),
+    Key(path="webSocket.handshakeTimeout", attr="handshake_timeout", kind="seconds", default=10.0,
+        minimum=0.001, doc="a socket that has not completed its upgrade by then is closed"),
+    Key(path="webSocket.groupsTimeout", attr="groups_timeout", kind="seconds", default=0.0, minimum=0,
+        doc="close a client the listener has not answered within this time (0: wait forever)"),
+    Key(path="webSocket.maxConnections", attr="max_connections", kind="int", default=0, minimum=0,
+        doc="open client connections per process; more are answered 503 (0: no limit)"),
+    Key(path="webSocket.maxHeaderSize", attr="max_header_size", kind="bytes", default=16384, minimum=256,
+        doc="largest HTTP request head; larger is answered 431"),
+    Key(path="webSocket.allowedOrigins", attr="allowed_origins", kind="list", default=[],
+        doc="Origin values allowed to connect (empty: any); others get 403"),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The effective configuration. Attribute names follow ``KEYS``."""
+
+    address: str = ":8080"
+    client_key: str = "session_key"
+    server_url: str = "/ws"
+    shutdown_timeout: float = 10.0
+    log_format: str = "text"
+    redis_address: str = "localhost:6379"
+    redis_username: str = ""
+    redis_password: str = ""
+    redis_db: int = 0
+    redis_timeout: float = 120.0
+    redis_idle_conn: int = 4
+    channel_prefix: str = "ws-hub:"
+    reconnect_min: float = 0.1
+    reconnect_max: float = 10.0
+    max_buffered_bytes: int = 16 * 1024 * 1024
+    write_wait: float = 10.0
+    pong_wait: float = 60.0
+    max_message_size: int = 65536
+    max_outbound_buffer: int = 1024 * 1024
+    handshake_timeout: float = 10.0
+    groups_timeout: float = 0.0
+    max_connections: int = 0
+    max_header_size: int = 16384
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    # Derived from the above by ``load_config``.
+    host: str = ""
+    port: int = 8080
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_tls: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The effective config in the YAML layout (for ``--check-config``)."""
+        out: dict[str, Any] = {}
+        for key in KEYS:
+            value = getattr(self, key.attr)
+            if isinstance(value, tuple):
+                value = list(value)
+            if key.attr == "redis_password" and value:
+                value = "***"
+            node = out
+            *parents, leaf = key.path.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+
+def env_name(path: str) -> str:
+    """``webSocket.pongWait`` -> ``WSHUB_WEBSOCKET_PONG_WAIT``."""
+    parts = [re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", p).upper() for p in path.split(".")]
+    return ENV_PREFIX + "_".join(parts).replace("WEB_SOCKET", "WEBSOCKET")
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _unknown_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    known = {k.path for k in KEYS}
+    sections = {p.rsplit(".", 1)[0] for p in known if "." in p}
+    out = []
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        if path in sections and isinstance(value, Mapping):
+            out += _unknown_keys(value, path + ".")
+        elif path not in known:
+            out.append(path)
+    return out
+
+
+def _coerce(key: Key, value: Any, source: str, from_env: bool) -> Any:
+    where = f"{key.path} in {source}"
+    if from_env and key.kind != "str":
+        try:
+            value = yaml.safe_load(value) if key.kind != "list" else [
+                v.strip() for v in value.split(",") if v.strip()
+            ]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: cannot parse {value!r}: {exc}") from None
+    if key.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if key.kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if key.kind in ("int", "bytes"):
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    if key.minimum is not None and value < key.minimum:
+        raise ConfigError(f"{where}: must be at least {key.minimum}, got {value!r}")
+    return value
+
+
+def _split_host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{where}: port must be a number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port out of range in {text!r}")
+    return host, port
+
+
+def load_config(
+    text: str | None,
+    *,
+    source: str = "config.yaml",
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective config from YAML text (or none) and environment overrides."""
+    tree: Any = {}
+    if text is not None:
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(tree, Mapping):
+            raise ConfigError(f"{source}: the top level must be a mapping of keys")
+        unknown = _unknown_keys(tree)
+        if unknown:
+            raise ConfigError(f"{unknown[0]} in {source}: unknown key")
+    values: dict[str, Any] = {}
+    env = environ or {}
+    for key in KEYS:
+        name = env_name(key.path)
+        if name in env:
+            values[key.attr] = _coerce(key, env[name], f"environment variable {name}", True)
+            continue
+        found, value = _lookup(tree, key.path)
+        values[key.attr] = _coerce(key, value, source, False) if found else (
+            tuple(key.default) if key.kind == "list" else key.default
+        )
+    return _derive(values, source)
+
+
+def _derive(values: dict[str, Any], source: str) -> Config:
+    def check(ok: bool, path: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{path} in {source}: {message}")
+
+    host, port = _split_host_port(values["address"], 8080, f"address in {source}")
+    check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
+    check(bool(values["client_key"]), "clientKey", "must not be empty")
+    check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")
+    check(values["reconnect_max"] >= values["reconnect_min"], "redis.reconnectMax",
+          "must be at least redis.reconnectMin")
+    address = values["redis_address"]
+    tls = False
+    if "://" in address:
+        url = urlsplit(address)
+        check(url.scheme in ("redis", "rediss"), "redis.address", "URL scheme must be redis:// or rediss://")
+        tls = url.scheme == "rediss"
+        check(bool(url.hostname), "redis.address", "URL has no host")
+        try:
+            redis_port = url.port or 6379
+        except ValueError:
+            raise ConfigError(f"redis.address in {source}: bad port in {address!r}") from None
+        redis_host = url.hostname or ""
+        if url.username:
+            values["redis_username"] = unquote(url.username)
+        if url.password:
+            values["redis_password"] = unquote(url.password)
+        db_text = url.path.strip("/")
+        if db_text:
+            check(db_text.isdigit(), "redis.address", f"database must be a number, got {db_text!r}")
+            values["redis_db"] = int(db_text)
+    else:
+        redis_host, redis_port = _split_host_port(address, 6379, f"redis.address in {source}")
+        check(bool(redis_host), "redis.address", "has no host")
+    return Config(
+        **values, host=host, port=port, redis_host=redis_host, redis_port=redis_port, redis_tls=tls,
+    )
+
+
+# Every key has a Config attribute and vice versa.
+assert {f.name for f in fields(Config)} - {"host", "port", "redis_host", "redis_port", "redis_tls"} == {
+    k.attr for k in KEYS
+}

@@ -1,0 +1,603 @@
+"""The hub: ties clients, routing and the two Redis sessions together.
+
+Rules:
+1. Every public method takes ``now`` and appends actions; the shell drains
+   them with ``actions()`` and then arms one timer at ``next_deadline()``.
+2. Output is coalesced: bytes for one socket produced by one call go out as
+   one ``SendToClient``; commands for Redis produced by one call as one
+   ``SendToRedis`` per link (pipelined).
+3. A group message is encoded into a frame once; the same bytes object is
+   queued to every member.
+4. Nothing a client or Redis sends raises out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+from wsproto.frame_protocol import FrameProtocol
+
+from ._actions import (
+    Action,
+    CloseClient,
+    CloseRedis,
+    ConnectRedis,
+    PauseClient,
+    RedisLink,
+    ResumeClient,
+    SendToClient,
+    SendToRedis,
+    StopListening,
+    Stopped,
+)
+from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
+from ._config import Config
+from ._metrics import Stats, render
+from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
+from ._routing import Routing, parse_groups
+from ._timers import Timers
+
+__all__ = ["Hub"]
+
+log = logging.getLogger("wshub")
+
+_ENCODER = FrameProtocol(client=False, extensions=[])  # server frames are unmasked: same bytes for all
+_SHUTDOWN = "shutdown"  # timer owner for the shutdown deadline
+
+
+def encode_message(payload: bytes) -> bytes:
+    """One WebSocket frame: text if the payload is valid UTF-8, else binary."""
+    try:
+        return bytes(_ENCODER.send_data(payload.decode("utf-8"), fin=True))
+    except UnicodeDecodeError:
+        return bytes(_ENCODER.send_data(payload, fin=True))
+
+
+class _Member:
+    """Hub-side facts about an upgraded connection."""
+
+    __slots__ = ("key", "data_channel", "has_groups", "reading_paused")
+
+    def __init__(self, key: str, data_channel: bytes) -> None:
+        self.key = key
+        self.data_channel = data_channel
+        self.has_groups = False
+        self.reading_paused = False
+
+
+class Hub:
+    """The WS-Hub state machine. Construct once per process (or per worker)."""
+
+    def __init__(self, *, config: Config, seed: int = 0) -> None:
+        self.config = config
+        self.stats = Stats()
+        self._actions: list[Action] = []
+        self._clients: dict[int, ClientConnection] = {}
+        self._members: dict[int, _Member] = {}
+        self._dirty: dict[int, ClientConnection] = {}
+        self._paused_senders: set[int] = set()
+        self._next_conn = 0
+        self._timers = Timers()
+        self._routing = Routing(prefix=config.channel_prefix)
+        prefix = config.channel_prefix
+        self._client_new = f"{prefix}client-new".encode()
+        self._client_gone = f"{prefix}client-gone".encode()
+        self._data_prefix = f"{prefix}client-data:"
+        self._ping_interval = config.pong_wait * 0.9
+        self._sub = SubscriberSession(
+            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed),
+            username=config.redis_username,
+            password=config.redis_password,
+        )
+        self._cmd = CommandSession(
+            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed + 1),
+            username=config.redis_username,
+            password=config.redis_password,
+            db=config.redis_db,
+        )
+        self._sessions: dict[RedisLink, RedisSession] = {
+            RedisLink.SUBSCRIBER: self._sub,
+            RedisLink.COMMANDS: self._cmd,
+        }
+        self._stopping = False
+        self._stopped = False
+
+    # -- shell API: lifecycle ---------------------------------------------------
+
+    def start(self, now: float) -> None:
+        for link in self._sessions:
+            self._dial(link, now)
+        self._flush(now)
+
+    def shutdown(self, now: float) -> None:
+        """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("shutting down: closing %d clients", len(self._clients))
+        self._actions.append(StopListening())
+        for client in list(self._clients.values()):
+            client.close(CloseCode.GOING_AWAY, "server shutting down")
+            self._dirty[client.conn] = client
+        self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
+        self._flush(now)
+
+    def actions(self) -> list[Action]:
+        actions = self._actions
+        self._actions = []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # -- shell API: clients -----------------------------------------------------
+
+    def client_opened(self, now: float) -> int:
+        """A TCP client was accepted; returns the id used in every action about it."""
+        self._next_conn += 1
+        conn = self._next_conn
+        self._clients[conn] = ClientConnection(
+            conn=conn,
+            now=now,
+            max_header_size=self.config.max_header_size,
+            max_message_size=self.config.max_message_size,
+        )
+        self._timers.schedule(conn, now + self.config.handshake_timeout)
+        return conn
+
+    def client_data(self, conn: int, data: bytes, now: float) -> None:
+        client = self._clients.get(conn)
+        if client is None:
+            return
+        self._dirty[conn] = client
+        self._handle_outcomes(client, client.feed(data, now), now)
+        self._flush(now)
+
+    def client_eof(self, conn: int, now: float) -> None:
+        client = self._clients.get(conn)
+        if client is None:
+            return
+        client.feed_eof()
+        self._dirty[conn] = client
+        self._flush(now)
+
+    def client_lost(self, conn: int, now: float) -> None:
+        """The transport is gone (idempotent): forget the client without writing."""
+        client = self._clients.get(conn)
+        if client is None:
+            return
+        if client.state is not ClientState.CLOSED:
+            client.feed_eof()
+        client.out = []
+        self._forget(client)
+        self._flush(now)
+
+    def client_write_paused(self, conn: int, now: float) -> None:
+        client = self._clients.get(conn)
+        if client is not None and client.write_paused_since is None:
+            client.write_paused_since = now
+            self._timers.schedule(conn, now + self.config.write_wait)
+
+    def client_write_resumed(self, conn: int, now: float) -> None:
+        client = self._clients.get(conn)
+        if client is not None:
+            client.write_paused_since = None
+            if client.out:
+                self._dirty[conn] = client
+                self._flush(now)
+
+    # -- shell API: Redis -------------------------------------------------------
+
+    def redis_connected(self, link: RedisLink, now: float) -> None:
+        session = self._sessions[link]
+        if session.state is not RedisState.CONNECTING:
+            return
+        prelude = session.connected(now)
+        log.info("redis %s link up (%s:%d)", link.value, self.config.redis_host, self.config.redis_port)
+        if prelude:
+            self._actions.append(SendToRedis(link=link, data=prelude))
+        if session is self._sub:
+            for channel in sorted(self._routing.needed()):
+                self._sub.want(channel)
+        self._timers.schedule(link, session.deadline(self.config.redis_timeout))
+        self._flush(now)
+
+    def redis_lost(self, link: RedisLink, now: float) -> None:
+        """The link dropped or could not be opened (idempotent)."""
+        session = self._sessions[link]
+        if session.state is RedisState.DOWN:
+            return
+        self._drop_link(link, session, now, "connection lost", close=False)
+        self._flush(now)
+
+    def redis_data(self, link: RedisLink, data: bytes, now: float) -> None:
+        session = self._sessions[link]
+        if session.state is not RedisState.READY:
+            return
+        if session is self._sub:
+            for event in self._sub.feed(data, now):
+                if isinstance(event, Confirmed):
+                    self._on_confirmed(event.channel)
+                else:
+                    self._on_pubsub(event.channel, event.payload)
+        else:
+            for error in self._cmd.feed(data, now):
+                self.stats.publish_errors += 1
+                log.warning("redis refused a PUBLISH: %s", error)
+        if session.broken:
+            self._drop_link(link, session, now, session.broken, close=True)
+        self._flush(now)
+
+    # -- shell API: time ----------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        for owner in self._timers.pop_due(now):
+            if isinstance(owner, int):
+                client = self._clients.get(owner)
+                if client is not None:
+                    self._client_timer(client, now)
+            elif isinstance(owner, RedisLink):
+                self._link_timer(owner, now)
+            elif owner == _SHUTDOWN and not self._stopped:
+                log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd))
+                self._stopped = True
+                self._actions.append(Stopped())
+        self._flush(now)
+
+    # -- queries ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Both Redis links up and every needed subscription confirmed."""
+        return (
+            self._sub.state is RedisState.READY
+            and self._cmd.state is RedisState.READY
+            and not self._stopping
+            and all(self._sub.is_confirmed(ch) for ch in self._routing.needed())
+        )
+
+    def subscribed_channels(self) -> set[bytes]:
+        return self._sub.subscribed_channels()
+
+    def needed_channels(self) -> set[bytes]:
+        return self._routing.needed()
+
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def is_empty(self) -> bool:
+        """No client and no routing entry left (for leak checks)."""
+        return not self._clients and not self._members and self._routing.is_empty() and not self._dirty
+
+    def groups_of(self, conn: int) -> set[str]:
+        return {self._routing.group_name(ch) for ch in self._routing.groups_of(conn)}
+
+    # -- internals: clients ------------------------------------------------------------
+
+    def _handle_outcomes(self, client: ClientConnection, outcomes: list[Outcome], now: float) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, MessageReceived):
+                member = self._members.get(client.conn)
+                if member is None:
+                    continue
+                self.stats.messages_in += 1
+                self._cmd.publish(member.data_channel, outcome.data)
+                if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not member.reading_paused:
+                    member.reading_paused = True
+                    self._paused_senders.add(client.conn)
+                    self._actions.append(PauseClient(conn=client.conn))
+            elif isinstance(outcome, HttpRequest):
+                self._on_request(client, outcome, now)
+
+    def _on_request(self, client: ClientConnection, request: HttpRequest, now: float) -> None:
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        cfg = self.config
+        if path in ("/healthz", "/readyz", "/metrics") and path != cfg.server_url:
+            self._answer_admin(client, request, path)
+            return
+        if path != cfg.server_url:
+            self._answer(client, 404, f"not found: {path}\n")
+            return
+        if request.method != b"GET":
+            self._answer(client, 405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"),))
+            return
+        upgrade = (request.header(b"upgrade") or b"").lower()
+        if b"websocket" not in upgrade:
+            self._answer(client, 426, "this endpoint speaks WebSocket only\n",
+                                headers=(("upgrade", "websocket"),))
+            return
+        keys = parse_qs(query).get(cfg.client_key, [])
+        key = keys[0] if keys else ""
+        if not key:
+            self._answer(client, 400, f"missing query parameter {cfg.client_key}\n")
+            return
+        origin = request.header(b"origin")
+        if cfg.allowed_origins and (origin is None or origin.decode("latin-1") not in cfg.allowed_origins):
+            self._answer(client, 403, "origin not allowed\n")
+            return
+        if self._stopping:
+            self._answer(client, 503, "server shutting down\n")
+            return
+        if cfg.max_connections and len(self._members) >= cfg.max_connections:
+            self._answer(client, 503, "too many connections\n", headers=(("retry-after", "5"),))
+            return
+        if not client.accept(request):
+            self.stats.http_answers[400] += 1
+            return
+        conn = client.conn
+        self.stats.connects += 1
+        member = _Member(key, f"{self._data_prefix}{key}".encode())
+        self._members[conn] = member
+        key_channel = self._routing.key_channel(key)
+        siblings = self._routing.conns_of_key(key_channel)
+        if siblings:
+            # Same key: start with the groups the key already has; the listener's answer replaces them.
+            first = next(iter(siblings))
+            if self._members[first].has_groups:
+                self._set_groups(conn, member, self._routing.groups_of(first))
+        for channel in self._routing.add(conn, key):
+            self._sub.want(channel)
+        log.info("client %d connected: %s=%s", conn, cfg.client_key, key)
+        if self._sub.is_confirmed(key_channel):
+            self._cmd.publish(self._client_new, key.encode())
+        self._timers.schedule(conn, now + self._ping_interval)
+        if cfg.groups_timeout:
+            self._timers.schedule(conn, now + cfg.groups_timeout)
+        self._handle_outcomes(client, client.pending_after_accept(), now)
+
+    def _answer_admin(self, client: ClientConnection, request: HttpRequest, path: str) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            self._answer(client, 405, "use GET\n", headers=(("allow", "GET"),))
+            return
+        if path == "/healthz":
+            self._answer(client, 200, "ok\n")
+            return
+        if path == "/readyz":
+            if self.ready:
+                self._answer(client, 200, "ready\n")
+                return
+            self._answer(client, 503, self._not_ready_reason() + "\n")
+            return
+        self._answer(client, 200, self.metrics_text(), content_type="text/plain; version=0.0.4")
+
+    def _not_ready_reason(self) -> str:
+        if self._stopping:
+            return "shutting down"
+        for link, session in self._sessions.items():
+            if session.state is not RedisState.READY:
+                return f"redis {link.value} link {session.state.value}"
+        return "subscriptions not confirmed yet"
+
+    def _answer(self, client: ClientConnection, status: int, body: str, *,
+                headers: tuple[tuple[str, str], ...] = (), content_type: str = "text/plain; charset=utf-8") -> None:
+        self.stats.http_answers[status] += 1
+        client.answer(status, body, headers=headers, content_type=content_type)
+
+    def _client_timer(self, client: ClientConnection, now: float) -> None:
+        cfg = self.config
+        conn = client.conn
+        if client.state is ClientState.HTTP:
+            deadline = client.opened_at + cfg.handshake_timeout
+            if now >= deadline:
+                client.close(0, "handshake timeout", abort=True)
+                self._dirty[conn] = client
+            else:
+                self._timers.schedule(conn, deadline)
+            return
+        if client.state is not ClientState.OPEN:
+            return
+        deadlines = []
+        if client.write_paused_since is not None:
+            stalled = client.write_paused_since + cfg.write_wait
+            if now >= stalled:
+                return self._close_slow(client, f"could not write for {cfg.write_wait:g}s")
+            deadlines.append(stalled)
+        silent = client.last_seen + cfg.pong_wait
+        if now >= silent:
+            client.close(CloseCode.INTERNAL, "keepalive timeout")
+            self._dirty[conn] = client
+            return
+        deadlines.append(silent)
+        member = self._members.get(conn)
+        if cfg.groups_timeout and member is not None and not member.has_groups:
+            no_groups = client.opened_at + cfg.groups_timeout
+            if now >= no_groups:
+                client.close(CloseCode.POLICY, "no groups assigned")
+                self._dirty[conn] = client
+                return
+            deadlines.append(no_groups)
+        ping_due = max(client.last_seen, client.last_ping) + self._ping_interval
+        if now >= ping_due:
+            client.ping(now)
+            self._dirty[conn] = client
+            ping_due = now + self._ping_interval
+        deadlines.append(ping_due)
+        self._timers.schedule(conn, min(deadlines))
+
+    def _close_slow(self, client: ClientConnection, why: str) -> None:
+        client.out = []
+        client.out_bytes = 0
+        client.close(CloseCode.POLICY, f"slow consumer: {why}", abort=True)
+        self._dirty[client.conn] = client
+
+    def _forget(self, client: ClientConnection) -> None:
+        conn = client.conn
+        del self._clients[conn]
+        self._dirty.pop(conn, None)
+        self._timers.cancel(conn)
+        self._paused_senders.discard(conn)
+        self.stats.closes[client.close_code] += 1
+        member = self._members.pop(conn, None)
+        if member is None:
+            return
+        removed, last = self._routing.remove(conn)
+        for channel in removed:
+            self._sub.unwant(channel)
+        if last:
+            self._cmd.publish(self._client_gone, member.key.encode())
+        log.info("client %d closed: code=%d reason=%s", conn, client.close_code, client.close_reason)
+
+    def _set_groups(self, conn: int, member: _Member, channels: frozenset[bytes]) -> None:
+        member.has_groups = True
+        added, removed = self._routing.set_groups(conn, channels)
+        for channel in added:
+            self._sub.want(channel)
+        for channel in removed:
+            self._sub.unwant(channel)
+
+    # -- internals: Redis -----------------------------------------------------------
+
+    def _on_pubsub(self, channel: bytes, payload: bytes) -> None:
+        members = self._routing.members(channel)
+        if members is not None:
+            self.stats.group_messages += 1
+            frame = encode_message(payload)
+            clients = self._clients
+            dirty = self._dirty
+            for conn in members:
+                client = clients[conn]
+                client.send_frame(frame)
+                dirty[conn] = client
+            self.stats.messages_out += len(members)
+            self.stats.bytes_out += len(frame) * len(members)
+            return
+        conns = self._routing.conns_of_key(channel)
+        if conns is None:
+            return  # a message that crossed our UNSUBSCRIBE
+        groups = parse_groups(payload)
+        if groups is None:
+            log.warning("ignored groups for %r: neither a JSON array of strings nor a comma list: %r",
+                        channel, payload[:100])
+            return
+        channels = frozenset(self._routing.group_channel(g) for g in groups)
+        for conn in list(conns):
+            self._set_groups(conn, self._members[conn], channels)
+        log.info("groups of %r set to %s for %d connection(s)", channel, sorted(groups), len(conns))
+
+    def _on_confirmed(self, channel: bytes) -> None:
+        conns = self._routing.conns_of_key(channel)
+        if not conns:
+            return
+        # First subscription, or a resubscribe after a reconnect: connections still
+        # waiting for groups (the answer may have been lost while down) ask again.
+        for conn in conns:
+            member = self._members[conn]
+            if not member.has_groups:
+                self._cmd.publish(self._client_new, member.key.encode())
+
+    def _dial(self, link: RedisLink, now: float) -> None:
+        session = self._sessions[link]
+        session.connecting(now)
+        self._actions.append(ConnectRedis(link=link, host=self.config.redis_host, port=self.config.redis_port))
+        self._timers.schedule(link, session.deadline(self.config.redis_timeout))
+
+    def _drop_link(self, link: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
+        was_ready = session.state is RedisState.READY
+        if close:
+            self._actions.append(CloseRedis(link=link))
+        session.lost(now)
+        if was_ready:
+            self.stats.redis_reconnects += 1
+        log.warning("redis %s link down (%s); retrying in %.2fs", link.value, why, session.connect_at - now)
+        self._timers.schedule(link, session.connect_at)
+
+    def _link_timer(self, link: RedisLink, now: float) -> None:
+        session = self._sessions[link]
+        timeout = self.config.redis_timeout
+        if session.state is RedisState.DOWN:
+            if now >= session.connect_at:
+                self._dial(link, now)
+                return
+        elif session.state is RedisState.CONNECTING:
+            if now >= session.connecting_since + timeout:
+                self._drop_link(link, session, now, "connect timeout", close=True)
+                return
+        elif session.waiting_since is not None:
+            if now >= session.waiting_since + timeout:
+                self._drop_link(link, session, now, f"no reply for {timeout:g}s", close=True)
+                return
+        elif now >= session.last_rx + timeout / 2:
+            if session is self._sub:
+                self._actions.append(SendToRedis(link=link, data=self._sub.ping(now)))
+            else:
+                self._cmd.ping(now)
+        self._timers.schedule(link, session.deadline(timeout))
+
+    # -- output ----------------------------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        actions = self._actions
+        if self._dirty:
+            limit = self.config.max_outbound_buffer
+            dirty = self._dirty
+            self._dirty = {}
+            for conn, client in dirty.items():
+                if client.out:
+                    if client.write_paused_since is None:
+                        actions.append(SendToClient(conn=conn, data=client.take_output()))
+                    elif client.out_bytes > limit and client.state is ClientState.OPEN:
+                        self._close_slow(client, f"over {limit} bytes queued")
+                        self._dirty.pop(conn, None)
+                if client.state is ClientState.CLOSED and conn in self._clients:
+                    actions.append(CloseClient(conn=conn, abort=client.abort))
+                    self._forget(client)
+        for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
+                           (RedisLink.COMMANDS, self._cmd.take_commands(now))):
+            if data:
+                actions.append(SendToRedis(link=link, data=data))
+                self._timers.schedule(link, self._sessions[link].deadline(self.config.redis_timeout))
+        if self._paused_senders and self._cmd.buffered_bytes <= self.config.max_buffered_bytes // 2:
+            for conn in self._paused_senders:
+                member = self._members.get(conn)
+                if member is not None:
+                    member.reading_paused = False
+                    actions.append(ResumeClient(conn=conn))
+            self._paused_senders.clear()
+        if self._stopping and not self._stopped and not self._clients and self._cmd.idle:
+            self._stopped = True
+            log.info("shutdown complete")
+            actions.append(Stopped())
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        s = self.stats
+        open_ws = len(self._members)
+        samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", open_ws)]),
+            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP.",
+             [("", len(self._clients))]),
+            ("wshub_connects_total", "counter", "WebSocket upgrades accepted.", [("", s.connects)]),
+            ("wshub_disconnects_total", "counter", "Closed sockets by close code (0: HTTP answer).",
+             [(f'{{code="{code}"}}', n) for code, n in sorted(s.closes.items())]),
+            ("wshub_http_responses_total", "counter", "Plain HTTP answers by status.",
+             [(f'{{status="{st}"}}', n) for st, n in sorted(s.http_answers.items())]),
+            ("wshub_groups", "gauge", "Groups with at least one local member.",
+             [("", sum(1 for ch in self._routing.needed() if self._routing.members(ch) is not None))]),
+            ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
+             [("", len(self._sub.subscribed_channels()))]),
+            ("wshub_messages_in_total", "counter", "Messages received from clients.", [("", s.messages_in)]),
+            ("wshub_group_messages_total", "counter", "Group messages received from Redis.",
+             [("", s.group_messages)]),
+            ("wshub_messages_out_total", "counter", "Messages delivered to clients.", [("", s.messages_out)]),
+            ("wshub_bytes_out_total", "counter", "Frame bytes queued to clients.", [("", s.bytes_out)]),
+            ("wshub_slow_consumer_closes_total", "counter", "Clients closed for not reading.",
+             [("", s.closes[CloseCode.POLICY])]),
+            ("wshub_oversize_closes_total", "counter", "Clients closed for an oversize message.",
+             [("", s.closes[CloseCode.TOO_BIG])]),
+            ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
+             [(f'{{link="{link.value}"}}', int(sess.state is RedisState.READY))
+              for link, sess in self._sessions.items()]),
+            ("wshub_redis_reconnects_total", "counter", "Redis links lost after being ready.",
+             [("", s.redis_reconnects)]),
+            ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
+             [("", len(self._cmd))]),
+            ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
+            ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",
+             [("", sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None))]),
+            ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",
+             [("", s.loop_lag)]),
+        ]
+        return render(samples)

@@ -1,0 +1,342 @@
+"""Redis sessions: one object per Redis connection.
+
+Rules:
+1. RESP is encoded with ``hiredis.pack_command`` and parsed with
+   ``hiredis.Reader`` (own ``notEnoughData`` sentinel; a ``ReplyError`` is a
+   value; a ``ProtocolError`` means: drop this connection and re-dial).
+2. A session never raises on what Redis sends; it reports ``broken`` and the
+   hub drops the link.
+3. A session holds what must survive a reconnect: the subscriber re-SUBSCRIBEs
+   every needed channel (the hub hands it the set), the command session resends
+   unacknowledged PUBLISHes, in order (at-least-once across a reconnect).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass
+
+import hiredis
+
+__all__ = [
+    "Backoff",
+    "CommandSession",
+    "Confirmed",
+    "PubMessage",
+    "RedisSession",
+    "RedisState",
+    "SubscriberSession",
+]
+
+_NOT_ENOUGH = object()  # hiredis returns this when a reply is incomplete
+
+
+def pack(*args: bytes) -> bytes:
+    """One RESP command (hiredis' stub types the tuple as one element, hence the ignore)."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type, no-any-return]
+
+
+_PING = pack(b"PING")
+
+
+class RedisState(enum.Enum):
+    DOWN = "down"  # waiting for the reconnect deadline
+    CONNECTING = "connecting"  # ConnectRedis issued, no answer yet
+    READY = "ready"  # TCP up, prelude (AUTH/SELECT) sent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PubMessage:
+    channel: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confirmed:
+    """Redis acknowledged the latest SUBSCRIBE sent for ``channel``."""
+
+    channel: bytes
+
+
+class Backoff:
+    """Exponential backoff with jitter; deterministic given its seed."""
+
+    __slots__ = ("_min", "_max", "_attempt", "_rng")
+
+    def __init__(self, *, minimum: float, maximum: float, seed: int) -> None:
+        self._min = minimum
+        self._max = maximum
+        self._attempt = 0
+        self._rng = random.Random(seed)
+
+    def next_delay(self) -> float:
+        ceiling: float = min(self._max, self._min * 2.0 ** min(self._attempt, 30))
+        self._attempt += 1
+        jitter: float = self._rng.uniform(0, ceiling / 2)
+        return ceiling / 2 + jitter
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class RedisSession:
+    """What both links share: dialling state, parser, prelude, reply deadline."""
+
+    __slots__ = (
+        "state",
+        "connect_at",
+        "connecting_since",
+        "waiting_since",
+        "last_rx",
+        "broken",
+        "_reader",
+        "_prelude",
+        "_prelude_pending",
+        "_backoff",
+        "_username",
+        "_password",
+    )
+
+    def __init__(self, *, backoff: Backoff, username: str, password: str) -> None:
+        self.state = RedisState.DOWN
+        self.connect_at = 0.0
+        self.connecting_since = 0.0
+        # Oldest moment since which a reply is owed and none has come.
+        self.waiting_since: float | None = None
+        self.last_rx = 0.0
+        self.broken = ""  # set to a reason when the link must be dropped
+        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+        self._prelude: list[tuple[bytes, ...]] = []
+        if password:
+            auth = (b"AUTH", username.encode(), password.encode()) if username else (b"AUTH", password.encode())
+            self._prelude.append(auth)
+        self._prelude_pending = 0
+        self._backoff = backoff
+        self._username = username
+        self._password = password
+
+    def connecting(self, now: float) -> None:
+        self.state = RedisState.CONNECTING
+        self.connecting_since = now
+
+    def connected(self, now: float) -> bytes:
+        """The TCP link is up: the bytes to send first (prelude, then resends)."""
+        self.state = RedisState.READY
+        self.broken = ""
+        self.last_rx = now
+        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+        self._backoff.reset()
+        self._prelude_pending = len(self._prelude)
+        self.waiting_since = now if self._prelude else None
+        return b"".join(pack(*cmd) for cmd in self._prelude)
+
+    def lost(self, now: float) -> None:
+        self.state = RedisState.DOWN
+        self.connect_at = now + self._backoff.next_delay()
+        self.waiting_since = None
+
+    def _replies(self, data: bytes, now: float) -> list[object]:
+        """Parse replies; prelude replies are consumed here. Sets ``broken`` on bad input."""
+        self.last_rx = now
+        reader = self._reader
+        reader.feed(data)
+        replies: list[object] = []
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.broken = f"protocol error: {exc}"
+                return replies
+            if reply is _NOT_ENOUGH:
+                return replies
+            if self._prelude_pending:
+                self._prelude_pending -= 1
+                if isinstance(reply, hiredis.ReplyError):
+                    verb = self._prelude[len(self._prelude) - self._prelude_pending - 1][0].decode()
+                    self.broken = f"{verb} failed: {reply}"
+                    return replies
+                continue
+            replies.append(reply)
+
+    def deadline(self, timeout: float) -> float:
+        """When this link next needs attention (reconnect, connect timeout, reply timeout, idle ping)."""
+        if self.state is RedisState.DOWN:
+            return self.connect_at
+        if self.state is RedisState.CONNECTING:
+            return self.connecting_since + timeout
+        if self.waiting_since is not None:
+            return self.waiting_since + timeout
+        return self.last_rx + timeout / 2
+
+
+class SubscriberSession(RedisSession):
+    """The pub/sub link: subscription bookkeeping and incoming messages."""
+
+    __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed")
+
+    def __init__(self, *, backoff: Backoff, username: str, password: str) -> None:
+        super().__init__(backoff=backoff, username=username, password=password)
+        self._last_op: dict[bytes, bool] = {}  # channel -> True if SUBSCRIBE was sent last
+        self._pending_sub: dict[bytes, int] = {}  # SUBSCRIBE confirmations still owed
+        self._ops: list[tuple[bool, bytes]] = []  # queued (subscribe?, channel), in order
+        self._owed = 0  # replies owed (subscribe/unsubscribe confirmations, pong)
+
+    def is_confirmed(self, channel: bytes) -> bool:
+        return self._last_op.get(channel) is True and channel not in self._pending_sub
+
+    def subscribed_channels(self) -> set[bytes]:
+        """Channels for which SUBSCRIBE was the last command sent."""
+        return {ch for ch, sub in self._last_op.items() if sub}
+
+    def want(self, channel: bytes) -> None:
+        if self._last_op.get(channel) is not True:
+            self._last_op[channel] = True
+            self._pending_sub[channel] = self._pending_sub.get(channel, 0) + 1
+            self._ops.append((True, channel))
+
+    def unwant(self, channel: bytes) -> None:
+        if self._last_op.get(channel) is True:
+            self._last_op[channel] = False
+            self._ops.append((False, channel))
+
+    def connected(self, now: float) -> bytes:
+        prelude = super().connected(now)
+        self._last_op.clear()
+        self._pending_sub.clear()
+        self._ops.clear()
+        self._owed = 0
+        return prelude
+
+    def lost(self, now: float) -> None:
+        super().lost(now)
+        self._last_op.clear()
+        self._pending_sub.clear()
+        self._ops.clear()
+        self._owed = 0
+
+    def take_commands(self, now: float) -> bytes:
+        """SUBSCRIBE/UNSUBSCRIBE for the queued changes, runs of the same verb merged."""
+        if not self._ops or self.state is not RedisState.READY:
+            return b""
+        chunks = []
+        ops = self._ops
+        i = 0
+        while i < len(ops):
+            verb = ops[i][0]
+            j = i
+            while j < len(ops) and ops[j][0] is verb and j - i < 1000:
+                j += 1
+            channels = [ch for _, ch in ops[i:j]]
+            chunks.append(pack(b"SUBSCRIBE" if verb else b"UNSUBSCRIBE", *channels))
+            self._owed += len(channels)
+            i = j
+        ops.clear()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return b"".join(chunks)
+
+    def ping(self, now: float) -> bytes:
+        self._owed += 1
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return _PING
+
+    def feed(self, data: bytes, now: float) -> list[PubMessage | Confirmed]:
+        out: list[PubMessage | Confirmed] = []
+        for reply in self._replies(data, now):
+            if reply == b"PONG":  # PING while subscribed to nothing
+                self._owed = max(0, self._owed - 1)
+                continue
+            if not isinstance(reply, list) or len(reply) < 2:
+                self.broken = f"unexpected reply on the subscriber link: {reply!r}"[:200]
+                break
+            kind = reply[0]
+            if kind == b"message" and len(reply) == 3:
+                out.append(PubMessage(channel=reply[1], payload=reply[2]))
+                continue
+            self._owed = max(0, self._owed - 1)
+            channel = reply[1]
+            if kind == b"subscribe":
+                left = self._pending_sub.get(channel, 0) - 1
+                if left > 0:
+                    self._pending_sub[channel] = left
+                else:
+                    self._pending_sub.pop(channel, None)
+                    if self._last_op.get(channel) is True:
+                        out.append(Confirmed(channel=channel))
+            elif kind == b"unsubscribe":
+                if self._last_op.get(channel) is False and channel not in self._pending_sub:
+                    del self._last_op[channel]
+            elif kind != b"pong":
+                self.broken = f"unexpected reply on the subscriber link: {kind!r}"[:200]
+                break
+        self.waiting_since = (now if self._owed else None) if not self._prelude_pending else self.waiting_since
+        return out
+
+
+class CommandSession(RedisSession):
+    """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
+
+    __slots__ = ("_outbox", "_inflight", "buffered_bytes", "db", "errors")
+
+    def __init__(self, *, backoff: Backoff, username: str, password: str, db: int) -> None:
+        super().__init__(backoff=backoff, username=username, password=password)
+        if db:
+            self._prelude.append((b"SELECT", str(db).encode()))
+        self._outbox: deque[bytes] = deque()  # packed commands not yet written
+        self._inflight: deque[bytes] = deque()  # written, reply not yet read
+        self.buffered_bytes = 0  # bytes in outbox + inflight
+        self.db = db
+        self.errors = 0  # PUBLISHes Redis answered with an error
+
+    @property
+    def idle(self) -> bool:
+        return not self._outbox and not self._inflight
+
+    def __len__(self) -> int:
+        return len(self._outbox) + len(self._inflight)
+
+    def publish(self, channel: bytes, payload: bytes) -> None:
+        cmd = pack(b"PUBLISH", channel, payload)
+        self._outbox.append(cmd)
+        self.buffered_bytes += len(cmd)
+
+    def ping(self, now: float) -> None:
+        self._outbox.append(_PING)
+
+    def lost(self, now: float) -> None:
+        super().lost(now)
+        # Written but unanswered: Redis may or may not have run them. Resend
+        # first, before anything queued later, so order holds (at-least-once).
+        self._inflight.extend(self._outbox)
+        self._outbox = self._inflight
+        self._inflight = deque()
+
+    def take_commands(self, now: float) -> bytes:
+        if not self._outbox or self.state is not RedisState.READY:
+            return b""
+        out = self._outbox
+        self._inflight.extend(out)
+        data = b"".join(out)
+        self._outbox = deque()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return data
+
+    def feed(self, data: bytes, now: float) -> list[hiredis.ReplyError]:
+        errors: list[hiredis.ReplyError] = []
+        for reply in self._replies(data, now):
+            if not self._inflight:
+                self.broken = f"unexpected reply on the command link: {reply!r}"[:200]
+                break
+            cmd = self._inflight.popleft()
+            if cmd is not _PING:  # PING is not counted in buffered_bytes
+                self.buffered_bytes -= len(cmd)
+            if isinstance(reply, hiredis.ReplyError):
+                self.errors += 1
+                errors.append(reply)
+        if not self._prelude_pending:
+            self.waiting_since = now if self._inflight else None
+        return errors
