@@ -55,7 +55,7 @@ class RedisProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (maybe with a password)
                         return
             except OSError:
                 time.sleep(0.02)  # polling a process we just spawned: no event to await

@@ -595,6 +595,8 @@ class Hub:
             ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
              [("", len(self._cmd))]),
             ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
+            ("wshub_clients_reading_paused", "gauge", "Clients not read because the Redis buffer is full.",
+             [("", len(self._paused_senders))]),
             ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",
              [("", sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None))]),
             ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",

@@ -1,0 +1,233 @@
+"""Redis faults injected for real: SIGKILL, restart, SIGSTOP/SIGCONT, CLIENT KILL.
+
+Each test runs its own redis-server (``own_redis``) and keeps real WebSocket
+clients connected through the fault. What is asserted is what users of such
+hubs report losing: connections, subscriptions, client messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aredis
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
+from wshub_asyncio import HubServer
+
+T = TypeVar("T")
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await scenario()
+
+    return asyncio.run(main())
+
+
+async def join(server: HubServer, r: aredis.Redis, sub: Subscriber, prefix: str, key: str,
+               groups: list[str]) -> ClientConnection:
+    """Connect a client, answer its client-new like a listener, wait until its groups are live."""
+    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
+    assert await sub.next() == (f"{prefix}client-new", key.encode())
+    await r.publish(f"{prefix}groups-new:{key}", str(groups).replace("'", '"'))
+    channels = {f"{prefix}group-data:{g}".encode() for g in groups}
+    await wait_for(lambda: channels <= server.hub.needed_channels() and server.hub.ready, what="groups live")
+    return ws
+
+
+async def redis_channels(r: aredis.Redis, prefix: str) -> set[bytes]:
+    return set(await r.pubsub_channels(f"{prefix}*"))
+
+
+def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_redis: RedisProcess,
+                                                                        prefix: str) -> None:
+    """Clients stay connected through a Redis crash; messages sent meanwhile arrive in order.
+
+    The restarted Redis first requires another password, so the test's observer can
+    subscribe before the hub's reconnect succeeds: no race, no sleep.
+    """
+    own_redis.extra = ("--requirepass", "pw")
+    own_redis.restart()
+
+    async def scenario() -> None:
+        r = aredis.Redis(port=own_redis.port, password="pw")
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
+        config = hub_config(own_redis.port, prefix, redis_password="pw")
+        async with running_hub(config) as server:
+            a = await join(server, r, sub, prefix, "a", ["g1", "g2"])
+            b = await join(server, r, sub, prefix, "b", ["g2", "g3"])
+            needed = server.hub.needed_channels()
+            await sub.close()
+            await r.aclose()
+
+            own_redis.kill()
+            await wait_for(lambda: not server.hub.ready, what="hub notices the crash")
+            for i in range(50):
+                await a.send(f"during-outage-{i}")
+            # Still connected: a ping round-trip succeeds through the hub.
+            await within(await a.ping())
+            await within(await b.ping())
+
+            own_redis.extra = ("--requirepass", "gate")
+            own_redis.start()
+            gate = aredis.Redis(port=own_redis.port, password="gate")
+            observer = Subscriber(gate)
+            await observer.subscribe(f"{prefix}client-data:a")
+            await gate.config_set("requirepass", "pw")  # now the hub's AUTH succeeds
+
+            await wait_for(lambda: server.hub.ready, timeout=10, what="hub resubscribed")
+            # Regression (Centrifuge had this bug): every needed channel is subscribed again.
+            observed = {f"{prefix}client-data:a".encode()}  # the observer's own subscription
+            assert await redis_channels(gate, prefix) - observed == needed
+            got = [await observer.next() for _ in range(50)]
+            assert got == [(f"{prefix}client-data:a", f"during-outage-{i}".encode()) for i in range(50)]
+            # Published after the resubscribe is confirmed: 0 loss, to the right members.
+            for i in range(20):
+                await gate.publish(f"{prefix}group-data:g2", f"m{i}")
+            assert [await within(a.recv()) for _ in range(20)] == [f"m{i}" for i in range(20)]
+            assert [await within(b.recv()) for _ in range(20)] == [f"m{i}" for i in range(20)]
+            await observer.close()
+            await gate.aclose()
+
+    run(scenario)
+
+
+def test_client_kill_pubsub_recovers_every_subscription(own_redis: RedisProcess, prefix: str) -> None:
+    """What Redis does to a pub/sub reader over client-output-buffer-limit: the hub recovers."""
+    async def scenario() -> None:
+        r = own_redis.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new")
+        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+            clients = [await join(server, r, sub, prefix, f"k{i}", [f"g{i % 3}", "all"]) for i in range(6)]
+            await sub.close()
+            needed = server.hub.needed_channels()
+            reconnects = server.hub.stats.redis_reconnects
+            assert await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1  # only the hub's link
+            await wait_for(lambda: server.hub.stats.redis_reconnects > reconnects, what="hub saw the kill")
+            await wait_for(lambda: server.hub.ready, what="resubscribed")
+            assert await redis_channels(r, prefix) == needed
+            await r.publish(f"{prefix}group-data:all", "after-kill")
+            for ws in clients:
+                assert await within(ws.recv()) == "after-kill"
+        await r.aclose()
+
+    run(scenario)
+
+
+def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: RedisProcess,
+                                                                   prefix: str) -> None:
+    async def scenario() -> None:
+        r = own_redis.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
+        async with running_hub(hub_config(own_redis.port, prefix, redis_timeout=30)) as server:
+            a = await join(server, r, sub, prefix, "a", ["g"])
+            own_redis.pause()
+            try:
+                for i in range(200):
+                    await a.send(f"m{i}")
+                await wait_for(lambda: server.hub.stats.messages_in == 200, what="hub read all 200")
+                assert "wshub_redis_buffered_commands 200" in server.hub.metrics_text()
+            finally:
+                own_redis.resume()
+            got = [await sub.next() for _ in range(200)]
+            assert got == [(f"{prefix}client-data:a", f"m{i}".encode()) for i in range(200)]
+            assert "wshub_redis_buffered_commands 0" in server.hub.metrics_text()
+            await within(await a.ping())  # never disconnected
+            await sub.close()
+        await r.aclose()
+
+    run(scenario)
+
+
+def test_full_buffer_pauses_the_sender_instead_of_dropping(own_redis: RedisProcess, prefix: str) -> None:
+    """Above redis.maxBufferedBytes the hub stops reading the sender; TCP pushes back; nothing is lost."""
+    async def scenario() -> None:
+        r = own_redis.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
+        config = hub_config(own_redis.port, prefix, redis_timeout=30, redis_maxBufferedBytes=4096)
+        async with running_hub(config) as server:
+            a = await join(server, r, sub, prefix, "a", ["g"])
+            payload = "x" * 1000
+            own_redis.pause()
+            try:
+                sender = asyncio.ensure_future(_send_all(a, payload, 300))
+                await wait_for(lambda: "wshub_clients_reading_paused 1" in server.hub.metrics_text(),
+                               what="sender paused")
+                assert server.hub.stats.messages_in < 300  # the hub stopped reading
+            finally:
+                own_redis.resume()
+            await within(sender, 20)
+            got = [await sub.next(10) for _ in range(300)]
+            assert got == [(f"{prefix}client-data:a", f"{i}:{payload}".encode()) for i in range(300)]
+            await wait_for(lambda: "wshub_clients_reading_paused 0" in server.hub.metrics_text(),
+                           what="sender resumed")
+            await sub.close()
+        await r.aclose()
+
+    run(scenario)
+
+
+async def _send_all(ws: ClientConnection, payload: str, n: int) -> None:
+    for i in range(n):
+        await ws.send(f"{i}:{payload}")
+
+
+def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own_redis: RedisProcess,
+                                                                            prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+            own_redis.kill()
+            await wait_for(lambda: not server.hub.ready, what="hub notices")
+            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=late")
+            own_redis.extra = ("--requirepass", "gate")
+            own_redis.start()
+            gate = aredis.Redis(port=own_redis.port, password="gate")
+            sub = Subscriber(gate)
+            await sub.subscribe(f"{prefix}client-new")
+            await gate.config_set("requirepass", "")
+            # The hub reconnects, subscribes groups-new:late, and only then announces the client.
+            assert await sub.next(10) == (f"{prefix}client-new", b"late")
+            await gate.publish(f"{prefix}groups-new:late", '["g"]')
+            await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g".encode()
+                           in server.hub.subscribed_channels(), what="group live")
+            await gate.publish(f"{prefix}group-data:g", "welcome back")
+            assert await within(ws.recv()) == "welcome back"
+            await sub.close()
+            await gate.aclose()
+
+    run(scenario)
+
+
+def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        r = own_redis.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
+        async with running_hub(hub_config(own_redis.port, prefix, redis_timeout=30)) as server:
+            a = await join(server, r, sub, prefix, "a", ["g"])
+            own_redis.pause()
+            try:
+                for i in range(20):
+                    await a.send(f"last-words-{i}")
+                await wait_for(lambda: server.hub.stats.messages_in == 20, what="read")
+                server.shutdown()
+                await within(a.wait_closed())
+                assert a.close_code == 1001
+                assert not server.stopped.is_set()  # still flushing
+            finally:
+                own_redis.resume()
+            await within(server.stopped.wait())
+            got = [await sub.next() for _ in range(20)]
+            assert got == [(f"{prefix}client-data:a", f"last-words-{i}".encode()) for i in range(20)]
+            await sub.close()
+        await r.aclose()
+
+    run(scenario)

@@ -1,0 +1,230 @@
+"""Slow and hostile clients against the real hub: each is dealt with, everyone else is served."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+from typing import ClassVar
+
+import websockets
+
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
+from wshub_asyncio import HubServer
+
+
+async def raw_upgrade(port: int, key: str, *, origin: str | None = None) -> tuple[asyncio.StreamReader,
+                                                                                 asyncio.StreamWriter, bytes]:
+    """A hand-driven client: returns the stream and the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /ws?session_key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n")
+    if origin is not None:
+        head += f"Origin: {origin}\r\n"
+    writer.write((head + "\r\n").encode())
+    answer = await within(reader.readuntil(b"\r\n\r\n"))
+    return reader, writer, answer.split(b"\r\n", 1)[0]
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """An RFC 6455 section 5.2 frame, built by hand so it can be wrong on purpose."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", first, mask_bit | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_close_code(reader: asyncio.StreamReader) -> int:
+    """Read server frames until a close frame; its code."""
+    while True:
+        first, second = await within(reader.readexactly(2))
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await reader.readexactly(8))[0]
+        payload = await reader.readexactly(length)
+        if first & 0x0F == 0x8:
+            code: int = struct.unpack("!H", payload[:2])[0]
+            return code
+
+
+async def assert_still_served(server: HubServer, r: object, prefix: str, ws: websockets.ClientConnection,
+                              text: str) -> None:
+    """A well-behaved client keeps receiving its group's messages."""
+    import redis.asyncio as aredis
+
+    assert isinstance(r, aredis.Redis)
+    await r.publish(f"{prefix}group-data:g", text)
+    assert await within(ws.recv()) == text
+
+
+async def good_client(server: HubServer, r: object, prefix: str, key: str) -> websockets.ClientConnection:
+    import redis.asyncio as aredis
+
+    assert isinstance(r, aredis.Redis)
+    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
+    await wait_for(lambda: server.hub.ready and f"{prefix}groups-new:{key}".encode()
+                   in server.hub.subscribed_channels(), what="key subscribed")
+    await r.publish(f"{prefix}groups-new:{key}", '["g"]')
+    await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g".encode()
+                   in server.hub.subscribed_channels(), what="group subscribed")
+    return ws
+
+
+class TestRFC6455Section7ClosingCodes:
+    """Frame-level violations each get the right close code; the hub keeps serving others."""
+
+    CASES: ClassVar[list[tuple[str, bytes, int]]] = [
+        ("unmasked frame (5.1)", frame(0x1, b"hi", masked=False), 1002),
+        ("reserved opcode 0x3 (5.2)", frame(0x3, b"x"), 1002),
+        ("reserved bits without extension (5.2)", frame(0x1, b"x", rsv=0b100), 1002),
+        ("control frame over 125 bytes (5.5)", frame(0x9, b"p" * 126), 1002),
+        ("fragmented control frame (5.5)", frame(0x9, b"p", fin=False), 1002),
+        ("continuation without a start (5.4)", frame(0x0, b"x"), 1002),
+        ("invalid UTF-8 in text (8.1)", frame(0x1, b"\xff\xfe"), 1007),
+        ("close code 1005 is not sendable (7.4.1)", frame(0x8, struct.pack("!H", 1005)), 1002),
+        ("close code 999 (7.4.2)", frame(0x8, struct.pack("!H", 999)), 1002),
+        ("one-byte close payload (5.5.1)", frame(0x8, b"\x03"), 1002),
+        ("message over maxMessageSize", frame(0x2, b"z" * 5000), 1009),
+    ]
+
+    def test_each_violation_gets_its_code(self, redis_server: RedisProcess, prefix: str) -> None:
+        async def scenario() -> None:
+            r = redis_server.client()
+            async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=4096)) as server:
+                ws = await good_client(server, r, prefix, "good")
+                for i, (what, data, code) in enumerate(self.CASES):
+                    reader, writer, status = await raw_upgrade(server.port, f"bad{i}")
+                    assert status == b"HTTP/1.1 101 Switching Protocols", what
+                    writer.write(data)
+                    assert await read_close_code(reader) == code, what
+                    assert await within(reader.read()) == b"", what  # and the socket is closed
+                    writer.close()
+                    await assert_still_served(server, r, prefix, ws, f"after {what}")
+            await r.aclose()
+
+        asyncio.run(scenario())
+
+
+def test_slow_consumer_is_closed_and_does_not_delay_the_others(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        r = redis_server.client()
+        config = hub_config(redis_server.port, prefix, webSocket_maxOutboundBuffer=256 * 1024,
+                            webSocket_writeWait=30)
+        async with running_hub(config) as server:
+            readers = [await good_client(server, r, prefix, f"ok{i}") for i in range(5)]
+            # A client that completes the upgrade, joins the group, and then never reads.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            sock.connect(("127.0.0.1", server.port))
+            nonce = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall((f"GET /ws?session_key=stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
+                          f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            await wait_for(lambda: f"{prefix}groups-new:stuck".encode() in server.hub.subscribed_channels()
+                           and server.hub.ready, what="stuck subscribed")
+            await r.publish(f"{prefix}groups-new:stuck", '["g"]')
+            await wait_for(lambda: server.hub.ready, what="ready")
+            payload = "y" * 32768
+            n = 300  # 9.6 MB: more than the kernel's socket buffers and the 256 KiB bound together
+            received = [0] * len(readers)
+
+            async def drain(i: int, ws: websockets.ClientConnection) -> None:
+                for _ in range(n):
+                    assert await within(ws.recv()) == payload
+                    received[i] += 1
+
+            drains = [asyncio.ensure_future(drain(i, ws)) for i, ws in enumerate(readers)]
+            for _ in range(n):
+                await r.publish(f"{prefix}group-data:g", payload)
+            await within(asyncio.gather(*drains), 20)
+            assert received == [n] * len(readers)
+            await wait_for(lambda: server.hub.stats.closes[1008] == 1, what="slow consumer closed")
+            assert "wshub_slow_consumer_closes_total 1" in server.hub.metrics_text()
+            sock.close()
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_slowloris_is_closed_after_handshake_timeout(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_handshakeTimeout=0.3)) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /ws?session_key=slow HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            started = asyncio.get_running_loop().time()
+            assert await within(reader.read(), 5) == b""
+            assert asyncio.get_running_loop().time() - started >= 0.25
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_connection_limit_answers_503(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=2)) as server:
+            url = f"ws://127.0.0.1:{server.port}/ws?session_key="
+            first, second = await websockets.connect(url + "a"), await websockets.connect(url + "b")
+            reader, _, status = await raw_upgrade(server.port, "c")
+            assert status.startswith(b"HTTP/1.1 503")
+            assert b"too many connections" in await within(reader.read())
+            await first.close()
+            await wait_for(lambda: server.hub.client_count() == 1, what="first gone")
+            third = await websockets.connect(url + "c")  # room again
+            await third.close()
+            await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_allowed_origins_rejects_cross_site_with_403(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=["https://app.example"])
+        async with running_hub(config) as server:
+            _, writer, status = await raw_upgrade(server.port, "a", origin="https://evil.example")
+            assert status.startswith(b"HTTP/1.1 403")
+            writer.close()
+            _, writer, status = await raw_upgrade(server.port, "a")  # no Origin at all: not a browser we allow
+            assert status.startswith(b"HTTP/1.1 403")
+            writer.close()
+            _, writer, status = await raw_upgrade(server.port, "a", origin="https://app.example")
+            assert status == b"HTTP/1.1 101 Switching Protocols"
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_groups_timeout_closes_an_unanswered_client_with_1008(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        r = redis_server.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new")
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_groupsTimeout=0.3)) as server:
+            url = f"ws://127.0.0.1:{server.port}/ws?session_key="
+            ignored = await websockets.connect(url + "ignored")
+            answered = await websockets.connect(url + "answered")
+            announced = {(await sub.next())[1], (await sub.next())[1]}
+            assert announced == {b"ignored", b"answered"}
+            await r.publish(f"{prefix}groups-new:answered", "g")
+            await within(ignored.wait_closed())
+            assert ignored.close_code == 1008
+            assert ignored.close_reason == "no groups assigned"
+            await within(await answered.ping())  # the answered one stays
+            await answered.close()
+            await sub.close()
+        await r.aclose()
+
+    asyncio.run(scenario())
