@@ -51,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(json_lines=args.log_json or config.log_format == "json", debug=args.debug)
     raise_file_limit()
-    return asyncio.run(run(config))
+    try:
+        return asyncio.run(run(config))
+    except ConfigError as exc:  # found while starting (e.g. an unreadable TLS key)
+        print(f"wshub: bad config: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the address is in use
+        print(f"wshub: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

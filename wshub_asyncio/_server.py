@@ -23,6 +23,7 @@ from wshub_core import (
     CloseClient,
     CloseRedis,
     Config,
+    ConfigError,
     ConnectRedis,
     Hub,
     PauseClient,
@@ -109,6 +110,20 @@ class _RedisProtocol(asyncio.Protocol):
             self._server.drain()
 
 
+def server_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The wss:// context, or None for plain ws://; errors name the key and the file."""
+    if not config.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"tls.certFile/tls.keyFile ({config.tls_cert_file}, {config.tls_key_file}): cannot load: {exc}"
+        ) from None
+    return context
+
+
 class HubServer:
     """One hub process: a listening socket, a ``Hub``, and the glue between them."""
 
@@ -126,12 +141,15 @@ class HubServer:
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
         cfg = self.config
+        context = server_tls_context(cfg)
         if sock is not None:
-            self._server = await self.loop.create_server(lambda: _ClientProtocol(self), sock=sock, backlog=4096)
+            self._server = await self.loop.create_server(
+                lambda: _ClientProtocol(self), sock=sock, backlog=4096, ssl=context,
+            )
         else:
             self._server = await self.loop.create_server(
                 lambda: _ClientProtocol(self), host=cfg.host or None, port=cfg.port, backlog=4096,
-                reuse_address=True,
+                reuse_address=True, ssl=context,
             )
         self.hub.start(self.loop.time())
         self.drain()

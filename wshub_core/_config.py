@@ -47,6 +47,10 @@ KEYS: tuple[Key, ...] = (
         minimum=0, doc="on SIGTERM, how long to wait for clients to close and buffered messages to flush"),
     Key(path="logFormat", attr="log_format", kind="str", default="text",
         doc="'text' (human-readable) or 'json' (one JSON object per line)"),
+    Key(path="tls.certFile", attr="tls_cert_file", kind="str", default="",
+        doc="PEM certificate (chain) for wss://; empty: plain ws://"),
+    Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
+        doc="PEM private key for tls.certFile"),
     Key(path="redis.address", attr="redis_address", kind="str", default="localhost:6379",
         doc="host:port, or a URL redis://[user:password@]host:port[/db] (rediss:// for TLS)"),
     Key(path="redis.username", attr="redis_username", kind="str", default="",
@@ -97,6 +101,8 @@ class Config:
     server_url: str = "/ws"
     shutdown_timeout: float = 10.0
     log_format: str = "text"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     redis_address: str = "localhost:6379"
     redis_username: str = ""
     redis_password: str = ""
@@ -132,6 +138,9 @@ class Config:
                 value = list(value)
             if key.attr == "redis_password" and value:
                 value = "***"
+            elif key.attr == "redis_address" and self.redis_password and "@" in value:
+                scheme, _, rest = value.partition("://")
+                value = f"{scheme}://***@{rest.rpartition('@')[2]}"  # never print a secret
             node = out
             *parents, leaf = key.path.split(".")
             for p in parents:
@@ -253,6 +262,8 @@ def _derive(values: dict[str, Any], source: str) -> Config:
     check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
     check(bool(values["client_key"]), "clientKey", "must not be empty")
     check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")
+    check(bool(values["tls_cert_file"]) == bool(values["tls_key_file"]), "tls.keyFile",
+          "tls.certFile and tls.keyFile go together")
     check(values["reconnect_max"] >= values["reconnect_min"], "redis.reconnectMax",
           "must be at least redis.reconnectMin")
     address = values["redis_address"]
