@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
+import signal
 import sys
 from pathlib import Path
 
 import yaml
 
-from wshub_core import ConfigError, load_config
+from wshub_core import Config, ConfigError, load_config
 
 from ._logging import setup_logging
-from ._server import run
+from ._server import reuseport_socket, run
 
 __all__ = ["main"]
 
@@ -51,14 +53,59 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(json_lines=args.log_json or config.log_format == "json", debug=args.debug)
     raise_file_limit()
+    if config.workers > 1:
+        return supervise(config)
+    return serve(config)
+
+
+def serve(config: Config, *, reuseport: bool = False) -> int:
+    """One hub process; uvloop is used when installed (the 'fast' extra)."""
     try:
-        return asyncio.run(run(config))
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        sock = reuseport_socket(config) if reuseport else None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run(config, sock=sock))
     except ConfigError as exc:  # found while starting (e.g. an unreadable TLS key)
         print(f"wshub: bad config: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the address is in use
         print(f"wshub: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def supervise(config: Config) -> int:
+    """Fork ``workers`` hub processes on one SO_REUSEPORT port; relay SIGINT/SIGTERM; exit when all have."""
+    children: list[int] = []
+
+    def relay(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGINT, relay)  # before forking: no window where a signal kills only us
+    signal.signal(signal.SIGTERM, relay)
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker's loop installs its own
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = serve(config, reuseport=True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, code if code >= 0 else 1)  # killed by a signal counts as failure
+    return worst
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from wshub_core import (
     Stopped,
 )
 
-__all__ = ["HubServer", "run"]
+__all__ = ["HubServer", "reuseport_socket", "run", "server_tls_context"]
 
 log = logging.getLogger("wshub")
 
@@ -279,10 +279,22 @@ class HubServer:
         self.transports.clear()
 
 
-async def run(config: Config) -> int:
+def reuseport_socket(config: Config) -> socket.socket:
+    """A listening socket that sibling worker processes bind too; the kernel spreads connects."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((config.host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def run(config: Config, *, sock: socket.socket | None = None) -> int:
     """Serve until SIGINT/SIGTERM has closed every client; the exit status."""
     server = HubServer(config)
-    await server.start()
+    await server.start(sock=sock)
     server.install_signal_handlers()
     log.info("listening on %s:%d%s", config.host or "*", server.port, config.server_url)
     await server.stopped.wait()

@@ -43,6 +43,8 @@ KEYS: tuple[Key, ...] = (
         doc="query parameter that carries the client's key"),
     Key(path="serverUrl", attr="server_url", kind="str", default="/ws",
         doc="path of the WebSocket endpoint"),
+    Key(path="workers", attr="workers", kind="int", default=1, minimum=1,
+        doc="processes sharing the port (SO_REUSEPORT), each with its own Redis connections"),
     Key(path="shutdownTimeout", attr="shutdown_timeout", kind="seconds", default=10.0,
         minimum=0, doc="on SIGTERM, how long to wait for clients to close and buffered messages to flush"),
     Key(path="logFormat", attr="log_format", kind="str", default="text",
@@ -99,6 +101,7 @@ class Config:
     address: str = ":8080"
     client_key: str = "session_key"
     server_url: str = "/ws"
+    workers: int = 1
     shutdown_timeout: float = 10.0
     log_format: str = "text"
     tls_cert_file: str = ""
@@ -259,6 +262,7 @@ def _derive(values: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{path} in {source}: {message}")
 
     host, port = _split_host_port(values["address"], 8080, f"address in {source}")
+    check(values["workers"] == 1 or port != 0, "workers", "more than one worker needs a fixed port in address")
     check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
     check(bool(values["client_key"]), "clientKey", "must not be empty")
     check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")

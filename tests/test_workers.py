@@ -1,0 +1,78 @@
+"""Several worker processes on one port (SO_REUSEPORT), each with its own Redis links."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import websockets
+
+from helpers import RedisProcess, free_port, within
+
+
+def test_two_workers_share_the_port_serve_everyone_and_stop_together(redis_server: RedisProcess, prefix: str,
+                                                                     tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_WORKERS="2",
+               WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}", WSHUB_REDIS_CHANNEL_PREFIX=prefix)
+    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio"], cwd=tmp_path, env=env,
+                            stderr=subprocess.DEVNULL)
+
+    async def scenario() -> None:
+        r = redis_server.client()
+
+        async def connect(key: str) -> websockets.ClientConnection:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    return await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key={key}")
+                except OSError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)  # the workers are still starting: nothing to await
+
+        clients = [await connect(f"k{i}") for i in range(40)]
+        keys = [f"{prefix}groups-new:k{i}" for i in range(40)]
+
+        async def numsub(*channels: str) -> list[int]:
+            return [n for _, n in await r.pubsub_numsub(*channels)]
+
+        async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await check():
+                assert asyncio.get_running_loop().time() < deadline, what
+                await asyncio.sleep(0.02)  # polling Redis' view: it sends no event for this
+
+        async def keys_subscribed() -> bool:
+            return await numsub(*keys) == [1] * 40
+
+        await until(keys_subscribed, "every key subscribed once")
+        # Both workers hold some of the 40 keys: two subscriber links with subscriptions.
+        subscribers = [c for c in await r.client_list(_type="pubsub") if int(c["sub"]) > 0]
+        assert len(subscribers) == 2, subscribers
+        for i in range(40):
+            await r.publish(f"{prefix}groups-new:k{i}", '["all"]')
+
+        async def group_on_both() -> bool:
+            return await numsub(f"{prefix}group-data:all") == [2]
+
+        await until(group_on_both, "both workers subscribed to the group")
+        await r.publish(f"{prefix}group-data:all", "to-everyone")
+        assert [await within(ws.recv()) for ws in clients] == ["to-everyone"] * 40
+        proc.send_signal(signal.SIGTERM)
+        for ws in clients:
+            await within(ws.wait_closed())
+            assert ws.close_code == 1001
+        await r.aclose()
+
+    try:
+        asyncio.run(scenario())
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
