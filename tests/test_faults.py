@@ -231,3 +231,60 @@ def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, pref
         await r.aclose()
 
     run(scenario)
+
+
+def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_redis: RedisProcess,
+                                                                          prefix: str) -> None:
+    async def scenario() -> None:
+        r = own_redis.client()
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new")
+        config = hub_config(own_redis.port, prefix, redis_timeout=30, shutdownTimeout=0.5)
+        async with running_hub(config) as server:
+            a = await join(server, r, sub, prefix, "a", ["g"])
+            await sub.close()
+            own_redis.pause()
+            try:
+                await a.send("stuck")
+                await wait_for(lambda: server.hub.stats.messages_in == 1, what="read")
+                started = asyncio.get_running_loop().time()
+                server.shutdown()
+                await within(server.stopped.wait(), 5)
+                assert 0.4 <= asyncio.get_running_loop().time() - started < 3
+            finally:
+                own_redis.resume()
+        await r.aclose()
+
+    run(scenario)
+
+
+def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(own_redis: RedisProcess, prefix: str) -> None:
+    """Redis kills a pub/sub reader whose output buffer passes the limit; the hub reads fast enough."""
+    async def scenario() -> None:
+        r = own_redis.client()
+        await r.config_set("client-output-buffer-limit", "pubsub 512kb 256kb 5")
+        sub = Subscriber(r)
+        await sub.subscribe(f"{prefix}client-new")
+        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+            clients = [await join(server, r, sub, prefix, f"k{i}", ["hot"]) for i in range(20)]
+            await sub.close()
+            payload = "p" * 1024
+            n = 3000  # 3 MB through the subscriber link, far over the 512 KiB limit if it lagged
+            pipe = r.pipeline(transaction=False)
+            for i in range(n):
+                pipe.publish(f"{prefix}group-data:hot", f"{i}:{payload}")
+            counts = [0] * len(clients)
+
+            async def drain(j: int, ws: ClientConnection) -> None:
+                for i in range(n):
+                    assert await within(ws.recv(), 20) == f"{i}:{payload}"
+                    counts[j] += 1
+
+            drains = [asyncio.ensure_future(drain(j, ws)) for j, ws in enumerate(clients)]
+            await pipe.execute()
+            await within(asyncio.gather(*drains), 60)
+            assert counts == [n] * len(clients)
+            assert server.hub.stats.redis_reconnects == 0
+        await r.aclose()
+
+    run(scenario)
