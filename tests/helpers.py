@@ -7,11 +7,14 @@ real process over TCP.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -153,3 +156,219 @@ class Subscriber:
 
     async def close(self) -> None:
         await self.pubsub.aclose()
+
+
+# -- Added for the protocol tests: raw HTTP/WebSocket clients and routing probes ----------------------------
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 5.0,
+                     what: str = "condition") -> None:
+    """Like ``wait_for``, for a condition that must be asked over the network (e.g. a Redis query)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def glob_escape(text: str) -> str:
+    """Quote Redis glob characters, so a test's prefix can be used in PUBSUB CHANNELS patterns."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+async def hub_channels_in_redis(r: aredis.Redis, prefix: str) -> set[str]:
+    """The hub's channels Redis reports as subscribed (groups-new:* and group-data:*), prefix removed."""
+    channels = await r.pubsub_channels(glob_escape(prefix) + "group*")
+    return {(c.decode() if isinstance(c, bytes) else c)[len(prefix):] for c in channels}
+
+
+def group_names(server: HubServer, prefix: str) -> set[str]:
+    """Groups the hub needs (has a local member in), from its needed-channel set."""
+    head = f"{prefix}group-data:".encode()
+    return {ch[len(head):].decode() for ch in server.hub.needed_channels() if ch.startswith(head)}
+
+
+async def wait_groups(server: HubServer, prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
+    """Until exactly ``groups`` are needed and every needed subscription is confirmed by Redis."""
+    await wait_for(lambda: server.hub.ready and group_names(server, prefix) == groups, timeout=timeout,
+                   what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
+
+
+async def wait_key_confirmed(server: HubServer, prefix: str, key: str) -> None:
+    channel = f"{prefix}groups-new:{key}".encode()
+    await wait_for(lambda: server.hub.ready and channel in server.hub.subscribed_channels(),
+                   what=f"groups-new:{key} confirmed")
+
+
+def ws_url(port: int, key: str | None, *, path: str = "/ws") -> str:
+    return f"ws://127.0.0.1:{port}{path}" + ("" if key is None else f"?session_key={key}")
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """An RFC 6455 section 5.2 frame, built by hand so that it can be wrong on purpose."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", first, mask_bit | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    fin: bool
+    opcode: int
+    payload: bytes
+
+    @property
+    def close_code(self) -> int:
+        assert self.opcode == 0x8 and len(self.payload) >= 2, self
+        code: int = struct.unpack("!H", self.payload[:2])[0]
+        return code
+
+
+def upgrade_head(key: str | None, *, path: str = "/ws", version: str = "13",
+                 extra: tuple[str, ...] = ()) -> bytes:
+    """A valid WebSocket upgrade request head (RFC 6455 4.1), with optional extra header lines."""
+    target = path if key is None else f"{path}?session_key={key}"
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {nonce}", f"Sec-WebSocket-Version: {version}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class RawWebSocket:
+    """A hand-driven WebSocket client over asyncio streams: sends exact bytes, reads frames one by one."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.head = head
+
+    @property
+    def status_line(self) -> bytes:
+        return self.head.split(b"\r\n", 1)[0]
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def read_frame(self, timeout: float = 5.0) -> Frame:
+        async def read() -> Frame:
+            first, second = await self.reader.readexactly(2)
+            assert not second & 0x80, "server frames are never masked"
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", await self.reader.readexactly(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+            return Frame(fin=bool(first & 0x80), opcode=first & 0x0F, payload=await self.reader.readexactly(length))
+
+        return await within(read(), timeout)
+
+    async def read_until_close(self, timeout: float = 5.0) -> tuple[Frame, list[Frame]]:
+        """Frames up to and including the close frame: (close frame, the frames before it)."""
+        before: list[Frame] = []
+        while True:
+            frame = await self.read_frame(timeout)
+            if frame.opcode == 0x8:
+                return frame, before
+            before.append(frame)
+
+    async def at_eof(self, timeout: float = 5.0) -> bool:
+        """True once the server has closed the TCP connection (read returns b'')."""
+        return await within(self.reader.read(), timeout) == b""
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def raw_websocket(port: int, key: str | None, *, head: bytes | None = None,
+                        trailing: bytes = b"") -> RawWebSocket:
+    """Open a TCP connection, send an upgrade head (plus ``trailing`` bytes in the same write), read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((head if head is not None else upgrade_head(key)) + trailing)
+    answer = await within(reader.readuntil(b"\r\n\r\n"))
+    return RawWebSocket(reader, writer, answer)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    raw: bytes
+
+
+async def http_exchange(port: int, request: bytes, *, timeout: float = 5.0) -> HttpAnswer:
+    """Send exact bytes, read until the server closes the socket (times out if it never does)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        raw = await within(reader.read(), timeout)  # read() returns only at EOF: proves the close
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), raw[:200]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return HttpAnswer(status=int(lines[0].split()[1]), headers=headers, body=body, raw=raw)
+
+
+class DelayingProxy:
+    """A TCP proxy in front of Redis that holds back, in order, every chunk matching ``hold``.
+
+    Used to widen a race on purpose: e.g. delaying the hub's SUBSCRIBE commands
+    shows whether anything the hub publishes waits for the subscription's
+    confirmation or merely follows it on the wire.
+    """
+
+    def __init__(self, target_port: int, *, hold: Callable[[bytes], bool], delay: float) -> None:
+        self.target_port = target_port
+        self.hold = hold
+        self.delay = delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if hold and self.hold(data):
+                        await asyncio.sleep(self.delay)  # the delay is the point: a slow network path
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (asyncio.ensure_future(pump(client_r, upstream_w, True)),
+                     asyncio.ensure_future(pump(upstream_r, client_w, False))):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -3,62 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 import struct
 from typing import ClassVar
 
 import websockets
 
-from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
+from helpers import (
+    RawWebSocket,
+    RedisProcess,
+    Subscriber,
+    hub_config,
+    raw_websocket,
+    running_hub,
+    upgrade_head,
+    wait_for,
+    within,
+    ws_frame,
+)
 from wshub_asyncio import HubServer
 
 
-async def raw_upgrade(port: int, key: str, *, origin: str | None = None) -> tuple[asyncio.StreamReader,
-                                                                                 asyncio.StreamWriter, bytes]:
-    """A hand-driven client: returns the stream and the status line of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    nonce = base64.b64encode(os.urandom(16)).decode()
-    head = (f"GET /ws?session_key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n")
-    if origin is not None:
-        head += f"Origin: {origin}\r\n"
-    writer.write((head + "\r\n").encode())
-    answer = await within(reader.readuntil(b"\r\n\r\n"))
-    return reader, writer, answer.split(b"\r\n", 1)[0]
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    """An RFC 6455 section 5.2 frame, built by hand so it can be wrong on purpose."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    length = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        header = struct.pack("!BB", first, mask_bit | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, mask_bit | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, length)
-    if not masked:
-        return header + payload
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-async def read_close_code(reader: asyncio.StreamReader) -> int:
-    """Read server frames until a close frame; its code."""
-    while True:
-        first, second = await within(reader.readexactly(2))
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await reader.readexactly(8))[0]
-        payload = await reader.readexactly(length)
-        if first & 0x0F == 0x8:
-            code: int = struct.unpack("!H", payload[:2])[0]
-            return code
+async def raw_upgrade(port: int, key: str, *, origin: str | None = None) -> RawWebSocket:
+    extra = () if origin is None else (f"Origin: {origin}",)
+    return await raw_websocket(port, None, head=upgrade_head(key, extra=extra))
 
 
 async def assert_still_served(server: HubServer, r: object, prefix: str, ws: websockets.ClientConnection,
@@ -88,17 +56,17 @@ class TestRFC6455Section7ClosingCodes:
     """Frame-level violations each get the right close code; the hub keeps serving others."""
 
     CASES: ClassVar[list[tuple[str, bytes, int]]] = [
-        ("unmasked frame (5.1)", frame(0x1, b"hi", masked=False), 1002),
-        ("reserved opcode 0x3 (5.2)", frame(0x3, b"x"), 1002),
-        ("reserved bits without extension (5.2)", frame(0x1, b"x", rsv=0b100), 1002),
-        ("control frame over 125 bytes (5.5)", frame(0x9, b"p" * 126), 1002),
-        ("fragmented control frame (5.5)", frame(0x9, b"p", fin=False), 1002),
-        ("continuation without a start (5.4)", frame(0x0, b"x"), 1002),
-        ("invalid UTF-8 in text (8.1)", frame(0x1, b"\xff\xfe"), 1007),
-        ("close code 1005 is not sendable (7.4.1)", frame(0x8, struct.pack("!H", 1005)), 1002),
-        ("close code 999 (7.4.2)", frame(0x8, struct.pack("!H", 999)), 1002),
-        ("one-byte close payload (5.5.1)", frame(0x8, b"\x03"), 1002),
-        ("message over maxMessageSize", frame(0x2, b"z" * 5000), 1009),
+        ("unmasked frame (5.1)", ws_frame(0x1, b"hi", masked=False), 1002),
+        ("reserved opcode 0x3 (5.2)", ws_frame(0x3, b"x"), 1002),
+        ("reserved bits without extension (5.2)", ws_frame(0x1, b"x", rsv=0b100), 1002),
+        ("control frame over 125 bytes (5.5)", ws_frame(0x9, b"p" * 126), 1002),
+        ("fragmented control frame (5.5)", ws_frame(0x9, b"p", fin=False), 1002),
+        ("continuation without a start (5.4)", ws_frame(0x0, b"x"), 1002),
+        ("invalid UTF-8 in text (8.1)", ws_frame(0x1, b"\xff\xfe"), 1007),
+        ("close code 1005 is not sendable (7.4.1)", ws_frame(0x8, struct.pack("!H", 1005)), 1002),
+        ("close code 999 (7.4.2)", ws_frame(0x8, struct.pack("!H", 999)), 1002),
+        ("one-byte close payload (5.5.1)", ws_frame(0x8, b"\x03"), 1002),
+        ("message over maxMessageSize", ws_frame(0x2, b"z" * 5000), 1009),
     ]
 
     def test_each_violation_gets_its_code(self, redis_server: RedisProcess, prefix: str) -> None:
@@ -107,12 +75,13 @@ class TestRFC6455Section7ClosingCodes:
             async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=4096)) as server:
                 ws = await good_client(server, r, prefix, "good")
                 for i, (what, data, code) in enumerate(self.CASES):
-                    reader, writer, status = await raw_upgrade(server.port, f"bad{i}")
-                    assert status == b"HTTP/1.1 101 Switching Protocols", what
-                    writer.write(data)
-                    assert await read_close_code(reader) == code, what
-                    assert await within(reader.read()) == b"", what  # and the socket is closed
-                    writer.close()
+                    raw = await raw_upgrade(server.port, f"bad{i}")
+                    assert raw.status_line == b"HTTP/1.1 101 Switching Protocols", what
+                    raw.send(data)
+                    close, _ = await raw.read_until_close()
+                    assert close.close_code == code, what
+                    assert await raw.at_eof(), what  # and the socket is closed
+                    await raw.aclose()
                     await assert_still_served(server, r, prefix, ws, f"after {what}")
             await r.aclose()
 
@@ -130,10 +99,7 @@ def test_slow_consumer_is_closed_and_does_not_delay_the_others(redis_server: Red
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
             sock.connect(("127.0.0.1", server.port))
-            nonce = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall((f"GET /ws?session_key=stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
-                          f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            sock.sendall(upgrade_head("stuck"))
             await wait_for(lambda: f"{prefix}groups-new:stuck".encode() in server.hub.subscribed_channels()
                            and server.hub.ready, what="stuck subscribed")
             await r.publish(f"{prefix}groups-new:stuck", '["g"]')
@@ -178,9 +144,9 @@ def test_connection_limit_answers_503(redis_server: RedisProcess, prefix: str) -
         async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=2)) as server:
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             first, second = await websockets.connect(url + "a"), await websockets.connect(url + "b")
-            reader, _, status = await raw_upgrade(server.port, "c")
-            assert status.startswith(b"HTTP/1.1 503")
-            assert b"too many connections" in await within(reader.read())
+            raw = await raw_upgrade(server.port, "c")
+            assert raw.status_line.startswith(b"HTTP/1.1 503")
+            assert b"too many connections" in await within(raw.reader.read())
             await first.close()
             await wait_for(lambda: server.hub.client_count() == 1, what="first gone")
             third = await websockets.connect(url + "c")  # room again
@@ -194,15 +160,15 @@ def test_allowed_origins_rejects_cross_site_with_403(redis_server: RedisProcess,
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=["https://app.example"])
         async with running_hub(config) as server:
-            _, writer, status = await raw_upgrade(server.port, "a", origin="https://evil.example")
-            assert status.startswith(b"HTTP/1.1 403")
-            writer.close()
-            _, writer, status = await raw_upgrade(server.port, "a")  # no Origin at all: not a browser we allow
-            assert status.startswith(b"HTTP/1.1 403")
-            writer.close()
-            _, writer, status = await raw_upgrade(server.port, "a", origin="https://app.example")
-            assert status == b"HTTP/1.1 101 Switching Protocols"
-            writer.close()
+            raw = await raw_upgrade(server.port, "a", origin="https://evil.example")
+            assert raw.status_line.startswith(b"HTTP/1.1 403")
+            await raw.aclose()
+            raw = await raw_upgrade(server.port, "a")  # no Origin at all: not a browser we allow
+            assert raw.status_line.startswith(b"HTTP/1.1 403")
+            await raw.aclose()
+            raw = await raw_upgrade(server.port, "a", origin="https://app.example")
+            assert raw.status_line == b"HTTP/1.1 101 Switching Protocols"
+            await raw.aclose()
 
     asyncio.run(scenario())
 

@@ -20,6 +20,7 @@ import ssl
 
 from wshub_core import (
     Action,
+    BaseHub,
     CloseClient,
     CloseRedis,
     Config,
@@ -35,7 +36,7 @@ from wshub_core import (
     Stopped,
 )
 
-__all__ = ["HubServer", "reuseport_socket", "run", "server_tls_context"]
+__all__ = ["ClientProtocol", "CoreServer", "HubServer", "reuseport_socket", "run", "server_tls_context"]
 
 log = logging.getLogger("wshub")
 
@@ -44,12 +45,12 @@ log = logging.getLogger("wshub")
 WRITE_HIGH_WATER = 64 * 1024
 
 
-class _ClientProtocol(asyncio.Protocol):
+class ClientProtocol(asyncio.Protocol):
     __slots__ = ("_server", "_hub", "_loop", "conn")
 
-    def __init__(self, server: HubServer) -> None:
+    def __init__(self, server: CoreServer) -> None:
         self._server = server
-        self._hub = server.hub
+        self._hub = server.core
         self._loop = server.loop
         self.conn = 0
 
@@ -124,35 +125,29 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-class HubServer:
-    """One hub process: a listening socket, a ``Hub``, and the glue between them."""
+class CoreServer:
+    """A listening socket, a core, and the glue between them: what every shell server shares."""
 
-    def __init__(self, config: Config, *, seed: int | None = None) -> None:
-        self.config = config
+    def __init__(self, core: BaseHub) -> None:
         self.loop = asyncio.get_running_loop()
-        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"))
+        self.core = core
         self.transports: dict[int, asyncio.Transport] = {}
-        self.redis: dict[RedisLink, _RedisProtocol] = {}
-        self._connecting: dict[RedisLink, asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.stopped = asyncio.Event()
 
-    async def start(self, *, sock: socket.socket | None = None) -> None:
-        cfg = self.config
-        context = server_tls_context(cfg)
+    async def listen(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None,
+                     tls: ssl.SSLContext | None = None) -> None:
         if sock is not None:
             self._server = await self.loop.create_server(
-                lambda: _ClientProtocol(self), sock=sock, backlog=4096, ssl=context,
+                lambda: ClientProtocol(self), sock=sock, backlog=4096, ssl=tls,
             )
         else:
             self._server = await self.loop.create_server(
-                lambda: _ClientProtocol(self), host=cfg.host or None, port=cfg.port, backlog=4096,
-                reuse_address=True, ssl=context,
+                lambda: ClientProtocol(self), host=host or None, port=port, backlog=4096,
+                reuse_address=True, ssl=tls,
             )
-        self.hub.start(self.loop.time())
-        self.drain()
 
     @property
     def port(self) -> int:
@@ -165,20 +160,18 @@ class HubServer:
             self.loop.add_signal_handler(sig, self.shutdown)
 
     def shutdown(self) -> None:
-        self.hub.shutdown(self.loop.time())
+        self.core.shutdown(self.loop.time())
         self.drain()
-
-    # -- executing actions -----------------------------------------------------
 
     def drain(self) -> None:
         """Execute what the core asked for, then re-arm the single timer."""
-        hub = self.hub
-        actions = hub.actions()
+        core = self.core
+        actions = core.actions()
         while actions:
             for action in actions:
                 self._execute(action)
-            actions = hub.actions()  # executing may call back into the hub
-        deadline = hub.next_deadline()
+            actions = core.actions()  # executing may call back into the core
+        deadline = core.next_deadline()
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -189,9 +182,12 @@ class HubServer:
         self._timer = None
         self._timer_at = None
         now = self.loop.time()
-        self.hub.stats.loop_lag = max(0.0, now - deadline)
-        self.hub.handle_timer(now)
+        self._timer_late(max(0.0, now - deadline))
+        self.core.handle_timer(now)
         self.drain()
+
+    def _timer_late(self, lag: float) -> None:
+        """How late the loop ran the timer (event-loop lag)."""
 
     def _execute(self, action: Action) -> None:
         kind = type(action)
@@ -208,11 +204,6 @@ class HubServer:
                     transport.abort()
                 else:
                     transport.close()
-        elif kind is SendToRedis:
-            assert isinstance(action, SendToRedis)
-            proto = self.redis.get(action.link)
-            if proto is not None and proto.transport is not None:
-                proto.transport.write(action.data)
         elif kind is PauseClient:
             assert isinstance(action, PauseClient)
             transport = self.transports.get(action.conn)
@@ -223,22 +214,63 @@ class HubServer:
             transport = self.transports.get(action.conn)
             if transport is not None and not transport.is_closing():
                 transport.resume_reading()
-        elif kind is ConnectRedis:
-            assert isinstance(action, ConnectRedis)
+        elif kind is StopListening:
+            if self._server is not None:
+                self._server.close()
+        elif kind is Stopped:
+            self.stopped.set()
+        else:
+            self._execute_other(action)
+
+    def _execute_other(self, action: Action) -> None:
+        raise AssertionError(f"{type(self).__name__} cannot execute {action!r}")
+
+    async def close(self) -> None:
+        """Tear down without the shutdown protocol (tests, errors)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for transport in list(self.transports.values()):
+            transport.abort()
+        self.transports.clear()
+
+
+class HubServer(CoreServer):
+    """One hub process: ``CoreServer`` plus the two Redis connections."""
+
+    def __init__(self, config: Config, *, seed: int | None = None) -> None:
+        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"))
+        super().__init__(self.hub)
+        self.config = config
+        self.redis: dict[RedisLink, _RedisProtocol] = {}
+        self._connecting: dict[RedisLink, asyncio.Task[None]] = {}
+
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        cfg = self.config
+        await self.listen(host=cfg.host, port=cfg.port, sock=sock, tls=server_tls_context(cfg))
+        self.hub.start(self.loop.time())
+        self.drain()
+
+    def _timer_late(self, lag: float) -> None:
+        self.hub.stats.loop_lag = lag
+
+    def _execute_other(self, action: Action) -> None:
+        if isinstance(action, SendToRedis):
+            proto = self.redis.get(action.link)
+            if proto is not None and proto.transport is not None:
+                proto.transport.write(action.data)
+        elif isinstance(action, ConnectRedis):
             self._connecting[action.link] = self.loop.create_task(self._connect_redis(action))
-        elif kind is CloseRedis:
-            assert isinstance(action, CloseRedis)
+        elif isinstance(action, CloseRedis):
             task = self._connecting.pop(action.link, None)
             if task is not None:
                 task.cancel()
             proto = self.redis.pop(action.link, None)
             if proto is not None and proto.transport is not None:
                 proto.transport.abort()
-        elif kind is StopListening:
-            if self._server is not None:
-                self._server.close()
-        elif kind is Stopped:
-            self.stopped.set()
+        else:
+            super()._execute_other(action)
 
     async def _connect_redis(self, action: ConnectRedis) -> None:
         """Dial Redis; the only coroutine in the shell, one per link at a time."""
@@ -263,20 +295,13 @@ class HubServer:
         self.drain()
 
     async def close(self) -> None:
-        """Tear down without the shutdown protocol (tests, errors)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._server is not None:
-            self._server.close()
         for task in self._connecting.values():
             task.cancel()
         for proto in self.redis.values():
             if proto.transport is not None:
                 proto.transport.abort()
         self.redis.clear()
-        for transport in list(self.transports.values()):
-            transport.abort()
-        self.transports.clear()
+        await super().close()
 
 
 def reuseport_socket(config: Config) -> socket.socket:

@@ -19,8 +19,10 @@ from ._actions import (
     StopListening,
     Stopped,
 )
+from ._base import BaseHub
 from ._client import ClientState, CloseCode
 from ._config import ENV_PREFIX, KEYS, Config, ConfigError, env_name, load_config
+from ._echo import EchoHub
 from ._hub import Hub, encode_message
 from ._routing import parse_groups
 
@@ -28,6 +30,7 @@ __all__ = [
     "ENV_PREFIX",
     "KEYS",
     "Action",
+    "BaseHub",
     "ClientState",
     "CloseClient",
     "CloseCode",
@@ -35,6 +38,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectRedis",
+    "EchoHub",
     "Hub",
     "PauseClient",
     "RedisLink",

@@ -75,7 +75,10 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived:
+    """A complete message; ``binary`` says which opcode it came with (an echo must keep it)."""
+
     data: bytes
+    binary: bool = False
 
 
 Outcome = HttpRequest | MessageReceived
@@ -97,12 +100,17 @@ class ClientConnection:
         "last_ping",
         "close_code",
         "close_reason",
+        "http_status",
         "abort",
+        "_close_at",
         "_h11",
         "_ws",
         "_parts",
         "_size",
         "_max_message_size",
+        "_head_bytes",
+        "_max_header_size",
+        "_head_request",
     )
 
     def __init__(self, *, conn: int, now: float, max_header_size: int, max_message_size: int) -> None:
@@ -116,7 +124,10 @@ class ClientConnection:
         self.last_ping = now
         self.close_code = 0
         self.close_reason = ""
+        self.http_status = 0  # the status of our HTTP answer, if we gave one
         self.abort = False
+        # Index in ``out`` of the close frame queued by the current input, until it is taken.
+        self._close_at: int | None = None
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=max_header_size
         )
@@ -124,6 +135,9 @@ class ClientConnection:
         self._parts: list[bytes] = []
         self._size = 0
         self._max_message_size = max_message_size
+        self._head_bytes = 0  # bytes fed while reading the request head
+        self._max_header_size = max_header_size
+        self._head_request = False  # HEAD: answer without a body
 
     # -- input ---------------------------------------------------------------
 
@@ -136,6 +150,7 @@ class ClientConnection:
             return self._ws_events()
         if self.state is ClientState.HTTP:
             assert self._h11 is not None
+            self._head_bytes += len(data)
             self._h11.receive_data(data)
             return self._http_event()
         return []  # late bytes after we decided to close
@@ -154,6 +169,12 @@ class ClientConnection:
             self.answer(status, f"{_HEADER_STATUS.get(status, 'bad request')}: {exc}\n")
             return []
         if isinstance(event, h11.Request):
+            # h11 bounds only an incomplete head; one that arrived whole is measured here.
+            head = self._head_bytes - len(self._h11.trailing_data[0])
+            if head > self._max_header_size:
+                self.answer(431, f"request head too large: {head} bytes, limit {self._max_header_size}\n")
+                return []
+            self._head_request = event.method == b"HEAD"
             return [
                 HttpRequest(
                     method=event.method,
@@ -179,7 +200,8 @@ class ClientConnection:
                 self._parts.append(chunk)
                 if event.message_finished:
                     parts = self._parts
-                    outcomes.append(MessageReceived(data=parts[0] if len(parts) == 1 else b"".join(parts)))
+                    outcomes.append(MessageReceived(data=parts[0] if len(parts) == 1 else b"".join(parts),
+                                                    binary=isinstance(event, BytesMessage)))
                     self._parts = []
                     self._size = 0
             elif isinstance(event, Ping):
@@ -189,6 +211,7 @@ class ClientConnection:
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     # The peer closed: echo its code (RFC 6455 5.5.1), then close TCP.
+                    self._close_at = len(self.out)
                     self._write(ws.send(event.response()))
                     self._set_closed(event.code, event.reason or "closed by client")
                 else:
@@ -210,8 +233,15 @@ class ClientConnection:
                     self._write(handshake.send(AcceptConnection()))
         except WsRemoteProtocolError as exc:
             hint = exc.event_hint
-            status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            self.answer(status, f"bad WebSocket handshake: {exc}\n")
+            if isinstance(hint, RejectConnection):
+                # e.g. 426 with Sec-WebSocket-Version: 13 (RFC 6455 4.4)
+                headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers)
+                self.answer(hint.status_code, f"bad WebSocket handshake: {exc}\n", headers=headers)
+            else:
+                self.answer(400, f"bad WebSocket handshake: {exc}\n")
+            return False
+        except UnicodeError as exc:  # wsproto decodes some header values as ASCII
+            self.answer(400, f"bad WebSocket handshake: header is not ASCII: {exc}\n")
             return False
         ws = handshake.connection
         assert ws is not None
@@ -248,14 +278,26 @@ class ClientConnection:
             ],
         )
         self._write(conn.send(response) or b"")
-        self._write(conn.send(h11.Data(data=payload)) or b"")
+        if not self._head_request:
+            self._write(conn.send(h11.Data(data=payload)) or b"")
         self._write(conn.send(h11.EndOfMessage()) or b"")
+        self.http_status = status
         self._set_closed(0, f"HTTP {status}")
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue an already-encoded frame (encoded once for every member)."""
+        """Queue an already-encoded frame (encoded once for every member).
+
+        A reply to a message that arrived in the same input as the peer's close,
+        or as the frame that broke the protocol, still goes out, in front of our
+        close frame: the peer sent that message first, and RFC 6455 (5.5.1)
+        lets us send data until we send Close.
+        """
         if self.state is ClientState.OPEN:
             self._write(frame)
+        elif self._close_at is not None:
+            self.out.insert(self._close_at, frame)
+            self.out_bytes += len(frame)
+            self._close_at += 1
 
     def ping(self, now: float) -> None:
         assert self._ws is not None
@@ -267,6 +309,7 @@ class ClientConnection:
         if self.state is ClientState.OPEN:
             assert self._ws is not None
             if self._ws.state is ConnectionState.OPEN:
+                self._close_at = len(self.out)
                 self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
         self._set_closed(code, reason)
         self.abort = abort
@@ -276,6 +319,7 @@ class ClientConnection:
         data = out[0] if len(out) == 1 else b"".join(out)
         self.out = []
         self.out_bytes = 0
+        self._close_at = None
         return data
 
     def _write(self, data: bytes) -> None:

@@ -14,29 +14,26 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from urllib.parse import parse_qs
 
 from wsproto.frame_protocol import FrameProtocol
 
 from ._actions import (
-    Action,
-    CloseClient,
     CloseRedis,
     ConnectRedis,
     PauseClient,
     RedisLink,
     ResumeClient,
-    SendToClient,
     SendToRedis,
-    StopListening,
     Stopped,
 )
-from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
+from ._base import BaseHub
+from ._client import ClientConnection, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._config import Config
 from ._metrics import Stats, render
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
 from ._routing import Routing, parse_groups
-from ._timers import Timers
 
 __all__ = ["Hub"]
 
@@ -66,19 +63,21 @@ class _Member:
         self.reading_paused = False
 
 
-class Hub:
+class Hub(BaseHub):
     """The WS-Hub state machine. Construct once per process (or per worker)."""
 
     def __init__(self, *, config: Config, seed: int = 0) -> None:
+        super().__init__(
+            max_header_size=config.max_header_size,
+            max_message_size=config.max_message_size,
+            max_outbound_buffer=config.max_outbound_buffer,
+            handshake_timeout=config.handshake_timeout,
+            write_wait=config.write_wait,
+        )
         self.config = config
         self.stats = Stats()
-        self._actions: list[Action] = []
-        self._clients: dict[int, ClientConnection] = {}
         self._members: dict[int, _Member] = {}
-        self._dirty: dict[int, ClientConnection] = {}
         self._paused_senders: set[int] = set()
-        self._next_conn = 0
-        self._timers = Timers()
         self._routing = Routing(prefix=config.channel_prefix)
         prefix = config.channel_prefix
         self._client_new = f"{prefix}client-new".encode()
@@ -100,8 +99,6 @@ class Hub:
             RedisLink.SUBSCRIBER: self._sub,
             RedisLink.COMMANDS: self._cmd,
         }
-        self._stopping = False
-        self._stopped = False
 
     # -- shell API: lifecycle ---------------------------------------------------
 
@@ -112,80 +109,10 @@ class Hub:
 
     def shutdown(self, now: float) -> None:
         """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
-        if self._stopping:
-            return
-        self._stopping = True
-        log.info("shutting down: closing %d clients", len(self._clients))
-        self._actions.append(StopListening())
-        for client in list(self._clients.values()):
-            client.close(CloseCode.GOING_AWAY, "server shutting down")
-            self._dirty[client.conn] = client
-        self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
-        self._flush(now)
-
-    def actions(self) -> list[Action]:
-        actions = self._actions
-        self._actions = []
-        return actions
-
-    def next_deadline(self) -> float | None:
-        return self._timers.next_deadline()
-
-    # -- shell API: clients -----------------------------------------------------
-
-    def client_opened(self, now: float) -> int:
-        """A TCP client was accepted; returns the id used in every action about it."""
-        self._next_conn += 1
-        conn = self._next_conn
-        self._clients[conn] = ClientConnection(
-            conn=conn,
-            now=now,
-            max_header_size=self.config.max_header_size,
-            max_message_size=self.config.max_message_size,
-        )
-        self._timers.schedule(conn, now + self.config.handshake_timeout)
-        return conn
-
-    def client_data(self, conn: int, data: bytes, now: float) -> None:
-        client = self._clients.get(conn)
-        if client is None:
-            return
-        self._dirty[conn] = client
-        self._handle_outcomes(client, client.feed(data, now), now)
-        self._flush(now)
-
-    def client_eof(self, conn: int, now: float) -> None:
-        client = self._clients.get(conn)
-        if client is None:
-            return
-        client.feed_eof()
-        self._dirty[conn] = client
-        self._flush(now)
-
-    def client_lost(self, conn: int, now: float) -> None:
-        """The transport is gone (idempotent): forget the client without writing."""
-        client = self._clients.get(conn)
-        if client is None:
-            return
-        if client.state is not ClientState.CLOSED:
-            client.feed_eof()
-        client.out = []
-        self._forget(client)
-        self._flush(now)
-
-    def client_write_paused(self, conn: int, now: float) -> None:
-        client = self._clients.get(conn)
-        if client is not None and client.write_paused_since is None:
-            client.write_paused_since = now
-            self._timers.schedule(conn, now + self.config.write_wait)
-
-    def client_write_resumed(self, conn: int, now: float) -> None:
-        client = self._clients.get(conn)
-        if client is not None:
-            client.write_paused_since = None
-            if client.out:
-                self._dirty[conn] = client
-                self._flush(now)
+        if not self._stopping:
+            log.info("shutting down: closing %d clients", len(self._clients))
+            self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
+        super().shutdown(now)
 
     # -- shell API: Redis -------------------------------------------------------
 
@@ -231,19 +158,13 @@ class Hub:
 
     # -- shell API: time ----------------------------------------------------------
 
-    def handle_timer(self, now: float) -> None:
-        for owner in self._timers.pop_due(now):
-            if isinstance(owner, int):
-                client = self._clients.get(owner)
-                if client is not None:
-                    self._client_timer(client, now)
-            elif isinstance(owner, RedisLink):
-                self._link_timer(owner, now)
-            elif owner == _SHUTDOWN and not self._stopped:
-                log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd))
-                self._stopped = True
-                self._actions.append(Stopped())
-        self._flush(now)
+    def _other_timer(self, owner: Hashable, now: float) -> None:
+        if isinstance(owner, RedisLink):
+            self._link_timer(owner, now)
+        elif owner == _SHUTDOWN and not self._stopped:
+            log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd))
+            self._stopped = True
+            self._actions.append(Stopped())
 
     # -- queries ------------------------------------------------------------------
 
@@ -262,9 +183,6 @@ class Hub:
 
     def needed_channels(self) -> set[bytes]:
         return self._routing.needed()
-
-    def client_count(self) -> int:
-        return len(self._clients)
 
     def is_empty(self) -> bool:
         """No client and no routing entry left (for leak checks)."""
@@ -298,33 +216,32 @@ class Hub:
             self._answer_admin(client, request, path)
             return
         if path != cfg.server_url:
-            self._answer(client, 404, f"not found: {path}\n")
+            client.answer(404, f"not found: {path}\n")
             return
         if request.method != b"GET":
-            self._answer(client, 405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"),))
+            client.answer(405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"),))
             return
         upgrade = (request.header(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
-            self._answer(client, 426, "this endpoint speaks WebSocket only\n",
+            client.answer(426, "this endpoint speaks WebSocket only\n",
                                 headers=(("upgrade", "websocket"),))
             return
-        keys = parse_qs(query).get(cfg.client_key, [])
+        keys = parse_qs(query, keep_blank_values=True).get(cfg.client_key, [])  # the first value counts
         key = keys[0] if keys else ""
         if not key:
-            self._answer(client, 400, f"missing query parameter {cfg.client_key}\n")
+            client.answer(400, f"missing query parameter {cfg.client_key}\n")
             return
         origin = request.header(b"origin")
         if cfg.allowed_origins and (origin is None or origin.decode("latin-1") not in cfg.allowed_origins):
-            self._answer(client, 403, "origin not allowed\n")
+            client.answer(403, "origin not allowed\n")
             return
         if self._stopping:
-            self._answer(client, 503, "server shutting down\n")
+            client.answer(503, "server shutting down\n")
             return
         if cfg.max_connections and len(self._members) >= cfg.max_connections:
-            self._answer(client, 503, "too many connections\n", headers=(("retry-after", "5"),))
+            client.answer(503, "too many connections\n", headers=(("retry-after", "5"),))
             return
         if not client.accept(request):
-            self.stats.http_answers[400] += 1
             return
         conn = client.conn
         self.stats.connects += 1
@@ -349,18 +266,18 @@ class Hub:
 
     def _answer_admin(self, client: ClientConnection, request: HttpRequest, path: str) -> None:
         if request.method not in (b"GET", b"HEAD"):
-            self._answer(client, 405, "use GET\n", headers=(("allow", "GET"),))
+            client.answer(405, "use GET\n", headers=(("allow", "GET"),))
             return
         if path == "/healthz":
-            self._answer(client, 200, "ok\n")
+            client.answer(200, "ok\n")
             return
         if path == "/readyz":
             if self.ready:
-                self._answer(client, 200, "ready\n")
+                client.answer(200, "ready\n")
                 return
-            self._answer(client, 503, self._not_ready_reason() + "\n")
+            client.answer(503, self._not_ready_reason() + "\n")
             return
-        self._answer(client, 200, self.metrics_text(), content_type="text/plain; version=0.0.4")
+        client.answer(200, self.metrics_text(), content_type="text/plain; version=0.0.4")
 
     def _not_ready_reason(self) -> str:
         if self._stopping:
@@ -370,43 +287,23 @@ class Hub:
                 return f"redis {link.value} link {session.state.value}"
         return "subscriptions not confirmed yet"
 
-    def _answer(self, client: ClientConnection, status: int, body: str, *,
-                headers: tuple[tuple[str, str], ...] = (), content_type: str = "text/plain; charset=utf-8") -> None:
-        self.stats.http_answers[status] += 1
-        client.answer(status, body, headers=headers, content_type=content_type)
-
-    def _client_timer(self, client: ClientConnection, now: float) -> None:
+    def _open_client_timer(self, client: ClientConnection, now: float) -> list[float]:
+        """Keepalive and groups deadline of an open client."""
         cfg = self.config
         conn = client.conn
-        if client.state is ClientState.HTTP:
-            deadline = client.opened_at + cfg.handshake_timeout
-            if now >= deadline:
-                client.close(0, "handshake timeout", abort=True)
-                self._dirty[conn] = client
-            else:
-                self._timers.schedule(conn, deadline)
-            return
-        if client.state is not ClientState.OPEN:
-            return
-        deadlines = []
-        if client.write_paused_since is not None:
-            stalled = client.write_paused_since + cfg.write_wait
-            if now >= stalled:
-                return self._close_slow(client, f"could not write for {cfg.write_wait:g}s")
-            deadlines.append(stalled)
         silent = client.last_seen + cfg.pong_wait
         if now >= silent:
             client.close(CloseCode.INTERNAL, "keepalive timeout")
             self._dirty[conn] = client
-            return
-        deadlines.append(silent)
+            return []
+        deadlines = [silent]
         member = self._members.get(conn)
         if cfg.groups_timeout and member is not None and not member.has_groups:
             no_groups = client.opened_at + cfg.groups_timeout
             if now >= no_groups:
                 client.close(CloseCode.POLICY, "no groups assigned")
                 self._dirty[conn] = client
-                return
+                return []
             deadlines.append(no_groups)
         ping_due = max(client.last_seen, client.last_ping) + self._ping_interval
         if now >= ping_due:
@@ -414,21 +311,14 @@ class Hub:
             self._dirty[conn] = client
             ping_due = now + self._ping_interval
         deadlines.append(ping_due)
-        self._timers.schedule(conn, min(deadlines))
+        return deadlines
 
-    def _close_slow(self, client: ClientConnection, why: str) -> None:
-        client.out = []
-        client.out_bytes = 0
-        client.close(CloseCode.POLICY, f"slow consumer: {why}", abort=True)
-        self._dirty[client.conn] = client
-
-    def _forget(self, client: ClientConnection) -> None:
+    def _on_forget(self, client: ClientConnection) -> None:
         conn = client.conn
-        del self._clients[conn]
-        self._dirty.pop(conn, None)
-        self._timers.cancel(conn)
         self._paused_senders.discard(conn)
         self.stats.closes[client.close_code] += 1
+        if client.http_status:
+            self.stats.http_answers[client.http_status] += 1
         member = self._members.pop(conn, None)
         if member is None:
             return
@@ -527,22 +417,8 @@ class Hub:
 
     # -- output ----------------------------------------------------------------------
 
-    def _flush(self, now: float) -> None:
+    def _flush_more(self, now: float) -> None:
         actions = self._actions
-        if self._dirty:
-            limit = self.config.max_outbound_buffer
-            dirty = self._dirty
-            self._dirty = {}
-            for conn, client in dirty.items():
-                if client.out:
-                    if client.write_paused_since is None:
-                        actions.append(SendToClient(conn=conn, data=client.take_output()))
-                    elif client.out_bytes > limit and client.state is ClientState.OPEN:
-                        self._close_slow(client, f"over {limit} bytes queued")
-                        self._dirty.pop(conn, None)
-                if client.state is ClientState.CLOSED and conn in self._clients:
-                    actions.append(CloseClient(conn=conn, abort=client.abort))
-                    self._forget(client)
         for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
                            (RedisLink.COMMANDS, self._cmd.take_commands(now))):
             if data:
@@ -555,10 +431,9 @@ class Hub:
                     member.reading_paused = False
                     actions.append(ResumeClient(conn=conn))
             self._paused_senders.clear()
-        if self._stopping and not self._stopped and not self._clients and self._cmd.idle:
-            self._stopped = True
-            log.info("shutdown complete")
-            actions.append(Stopped())
+
+    def _drained(self) -> bool:
+        return self._cmd.idle
 
     # -- metrics ------------------------------------------------------------------------
 

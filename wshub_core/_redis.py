@@ -252,12 +252,17 @@ class SubscriberSession(RedisSession):
             if not isinstance(reply, list) or len(reply) < 2:
                 self.broken = f"unexpected reply on the subscriber link: {reply!r}"[:200]
                 break
-            kind = reply[0]
-            if kind == b"message" and len(reply) == 3:
-                out.append(PubMessage(channel=reply[1], payload=reply[2]))
+            kind, channel = reply[0], reply[1]
+            if not isinstance(channel, bytes):
+                self.broken = f"unexpected reply on the subscriber link: {reply!r}"[:200]
+                break
+            if kind == b"message":
+                if len(reply) != 3 or not isinstance(reply[2], bytes):
+                    self.broken = f"malformed message on the subscriber link: {reply!r}"[:200]
+                    break
+                out.append(PubMessage(channel=channel, payload=reply[2]))
                 continue
             self._owed = max(0, self._owed - 1)
-            channel = reply[1]
             if kind == b"subscribe":
                 left = self._pending_sub.get(channel, 0) - 1
                 if left > 0:

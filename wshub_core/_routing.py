@@ -32,6 +32,11 @@ def parse_groups(payload: bytes) -> frozenset[str] | None:
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None
+        try:
+            for name in value:
+                name.encode("utf-8")  # JSON may carry lone surrogates ("\ud800"): no channel name
+        except UnicodeEncodeError:
+            return None
         return frozenset(v for v in value if v)
     if text.startswith(("{", '"')):
         return None  # JSON, but not a list

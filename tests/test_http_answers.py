@@ -1,0 +1,200 @@
+"""HTTP answers of the hub (docs/protocol.md, "HTTP"), over raw TCP sockets with exact bytes.
+
+Every answer but 101 is a complete HTTP/1.1 response followed by the server
+closing the socket: ``http_exchange`` reads until EOF and times out otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import pytest
+
+from helpers import (
+    RedisProcess,
+    http_exchange,
+    hub_config,
+    raw_websocket,
+    running_hub,
+    upgrade_head,
+    wait_for,
+    within,
+)
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+PADDING = "X-Padding: " + "p" * 2000
+
+
+def _head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+UPGRADE = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+           "Sec-WebSocket-Version: 13")
+
+# (what, request bytes, status, a fragment the body must contain, headers the answer must carry)
+CASES: list[tuple[str, bytes, int, bytes, dict[str, str]]] = [
+    ("missing key", _head("GET /ws HTTP/1.1", "Host: x", *UPGRADE), 400, b"session_key", {}),
+    ("empty key", _head("GET /ws?session_key= HTTP/1.1", "Host: x", *UPGRADE), 400, b"session_key", {}),
+    ("other parameter only", _head("GET /ws?other=k HTTP/1.1", "Host: x", *UPGRADE), 400, b"session_key", {}),
+    ("another path", _head("GET /elsewhere?session_key=k HTTP/1.1", "Host: x", *UPGRADE), 404, b"/elsewhere",
+     {}),
+    ("a path below serverUrl", _head("GET /ws/x?session_key=k HTTP/1.1", "Host: x", *UPGRADE), 404, b"not found",
+     {}),
+    ("GET without Upgrade", _head("GET /ws?session_key=k HTTP/1.1", "Host: x"), 426, b"WebSocket",
+     {"upgrade": "websocket"}),
+    ("POST on serverUrl", _head("POST /ws?session_key=k HTTP/1.1", "Host: x", "Content-Length: 0", *UPGRADE),
+     405, b"GET", {"allow": "GET"}),
+    ("malformed request line", b"GARBAGE\r\n\r\n", 400, b"malformed", {}),
+    ("request line without a version", b"GET /ws?session_key=k\r\n\r\n", 400, b"malformed", {}),
+    ("HTTP/1.1 without Host", _head("GET /ws?session_key=k HTTP/1.1", *UPGRADE), 400, b"Host", {}),
+    ("header line without a colon", _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "nonsense", *UPGRADE),
+     400, b"", {}),
+    ("no Sec-WebSocket-Key", _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
+                                   "Connection: Upgrade", "Sec-WebSocket-Version: 13"), 400, b"handshake", {}),
+    ("no Connection: Upgrade", _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
+                                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"),
+     400, b"handshake", {}),
+    # RFC 6455 4.2.2: a server that does not speak the version MUST send the versions it does speak.
+    ("Sec-WebSocket-Version 8", upgrade_head("k", version="8"), 426, b"handshake", {"sec-websocket-version": "13"}),
+    ("no Sec-WebSocket-Version", _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
+                                       "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+     400, b"handshake", {}),
+    # obs-text (RFC 9110 5.5) passes h11 but not the handshake: an answer, not an exception in data_received.
+    ("non-ASCII Connection value", _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
+                                         "Connection: Upgrade\xe9", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                                         "Sec-WebSocket-Version: 13").replace(b"\xc3\xa9", b"\xe9"),
+     400, b"", {}),
+    ("healthz", _head("GET /healthz HTTP/1.1", "Host: x"), 200, b"ok", {}),
+    ("POST healthz", _head("POST /healthz HTTP/1.1", "Host: x", "Content-Length: 0"), 405, b"GET",
+     {"allow": "GET"}),
+]
+
+
+@pytest.mark.parametrize(("what", "request_bytes", "status", "body", "headers"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_answer_and_close(redis_server: RedisProcess, prefix: str, what: str, request_bytes: bytes, status: int,
+                          body: bytes, headers: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            answer = await http_exchange(server.port, request_bytes)  # returns only once the hub closed
+            assert answer.status == status, answer.raw
+            assert body in answer.body, answer.raw
+            assert answer.headers.get("connection") == "close"
+            assert int(answer.headers["content-length"]) == len(answer.body)
+            for name, value in headers.items():
+                assert answer.headers.get(name) == value, (name, answer.raw)
+            await wait_for(lambda: server.hub.client_count() == 0, what="socket forgotten")
+            assert server.hub.is_empty()
+
+    asyncio.run(scenario())
+
+
+def test_upgrade_answers_101_with_the_accept_key_and_no_extension(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            head = upgrade_head("k", extra=("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+                                            "Sec-WebSocket-Protocol: chat"))
+            raw = await raw_websocket(server.port, "k", head=head)
+            assert raw.status_line == b"HTTP/1.1 101 Switching Protocols"
+            fields = {k.strip().lower(): v.strip() for k, _, v in
+                      (line.partition(":") for line in raw.head.decode().split("\r\n")[1:] if line)}
+            nonce = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n")
+                         if line.startswith(b"Sec-WebSocket-Key"))
+            assert fields["sec-websocket-accept"] == base64.b64encode(hashlib.sha1(nonce + WS_GUID).digest()).decode()
+            assert fields["upgrade"].lower() == "websocket"
+            assert "upgrade" in fields["connection"].lower()
+            assert "sec-websocket-extensions" not in fields  # no permessage-deflate
+            assert "sec-websocket-protocol" not in fields  # no subprotocol
+            await raw.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_head_sent_one_byte_at_a_time_is_upgraded(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for byte in upgrade_head("slowly"):
+                writer.write(bytes([byte]))
+                await writer.drain()
+            answer = await within(reader.readuntil(b"\r\n\r\n"))
+            assert answer.startswith(b"HTTP/1.1 101 ")
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_request_head_growing_past_max_header_size_gets_431(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024)) as server:
+            # A head that is still incomplete when it passes the limit.
+            unfinished = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", *UPGRADE, PADDING)[:-4] + b"\r\n"
+            answer = await http_exchange(server.port, unfinished)
+            assert answer.status == 431 and b"too large" in answer.body, answer.raw
+            # Under the limit is fine.
+            raw = await raw_websocket(server.port, "k", head=upgrade_head("k", extra=("X-Padding: " + "p" * 500,)))
+            assert raw.status_line.startswith(b"HTTP/1.1 101")
+            await raw.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_complete_request_head_over_max_header_size_gets_431(redis_server: RedisProcess, prefix: str) -> None:
+    """webSocket.maxHeaderSize is "the largest HTTP request head; larger is answered 431" (_config.py).
+
+    A complete head that arrives in one read must not slip past the limit just
+    because the parser never saw it incomplete.
+    """
+
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024)) as server:
+            complete = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", *UPGRADE, PADDING)
+            assert len(complete) > 2 * 1024
+            answer = await http_exchange(server.port, complete, timeout=2)
+            assert answer.status == 431, answer.raw
+
+    asyncio.run(scenario())
+
+
+def test_one_answer_per_connection_even_if_requests_are_pipelined(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            two = _head("GET /healthz HTTP/1.1", "Host: x") + _head("GET /ws?session_key=k HTTP/1.1", "Host: x",
+                                                                     *UPGRADE)
+            answer = await http_exchange(server.port, two)
+            assert answer.status == 200
+            assert answer.raw.count(b"HTTP/1.1 ") == 1
+            assert server.hub.stats.connects == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_first_key_value_is_refused(redis_server: RedisProcess, prefix: str) -> None:
+    """docs/protocol.md: the first value counts; an empty key is refused with 400."""
+
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            answer = await http_exchange(server.port, _head("GET /ws?session_key=&session_key=k HTTP/1.1",
+                                                            "Host: x", *UPGRADE), timeout=2)
+            assert answer.status == 400, answer.raw
+
+    asyncio.run(scenario())
+
+
+def test_metrics_count_each_answer_under_its_own_status(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            assert (await http_exchange(server.port, upgrade_head("k", version="8"))).status == 426
+            assert (await http_exchange(server.port, _head("GET /nope HTTP/1.1", "Host: x"))).status == 404
+            no_key = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
+                           "Connection: Upgrade", "Sec-WebSocket-Version: 13")
+            assert (await http_exchange(server.port, no_key)).status == 400
+            metrics = server.hub.metrics_text()
+            assert 'wshub_http_responses_total{status="404"} 1' in metrics
+            assert 'wshub_http_responses_total{status="426"} 1' in metrics, metrics
+            assert 'wshub_http_responses_total{status="400"} 1' in metrics, metrics
+
+    asyncio.run(scenario())

@@ -1,0 +1,89 @@
+"""The echo application: ``python -m wshub_asyncio.echo --address 127.0.0.1:9001``.
+
+A conformance target (Autobahn|Testsuite, see docs/conformance.md): the real
+core's ``ClientConnection`` behind an ``EchoHub``, driven the way ``HubServer``
+drives a ``Hub`` -- ``asyncio.Protocol`` callbacks, actions executed in order,
+one loop timer at the core's next deadline. It decides nothing itself.
+
+It is ``CoreServer`` -- the part of ``HubServer`` without Redis -- around an
+``EchoHub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from wshub_core import EchoHub
+from wshub_core._echo import MiB
+
+from ._server import CoreServer
+
+__all__ = ["EchoServer", "main", "parse_address", "serve"]
+
+log = logging.getLogger("wshub.echo")
+
+
+class EchoServer(CoreServer):
+    """``CoreServer`` around an ``EchoHub``: no Redis, nothing else to execute."""
+
+    def __init__(self, hub: EchoHub) -> None:
+        super().__init__(hub)
+        self.hub = hub
+
+    async def start(self, host: str, port: int) -> None:
+        await self.listen(host=host, port=port)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6, ``:PORT`` for every interface)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--address must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(host: str, port: int, hub: EchoHub) -> int:
+    """Serve until SIGINT/SIGTERM; the exit status."""
+    server = EchoServer(hub)
+    await server.start(host, port)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        server.loop.add_signal_handler(sig, server.shutdown)
+    # Printed, not only logged: a parent that asked for port 0 reads the real one here.
+    print(f"echo server listening on {host or '*'}:{server.port}", flush=True)
+    await server.stopped.wait()
+    await server.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wshub_asyncio.echo",
+                                     description="WebSocket echo server on the WS-Hub core (conformance target)")
+    parser.add_argument("--address", default="127.0.0.1:9001", help="HOST:PORT to listen on (default %(default)s)")
+    parser.add_argument("--path", default="/", help="the WebSocket path (default %(default)s)")
+    parser.add_argument("--max-message-size", type=int, default=16 * MiB,
+                        help="bytes; a larger message is closed with 1009 (default %(default)s)")
+    parser.add_argument("--max-outbound-buffer", type=int, default=32 * MiB,
+                        help="bytes held for a client that does not read (default %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_address(args.address)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hub = EchoHub(path=args.path, max_message_size=args.max_message_size,
+                  max_outbound_buffer=args.max_outbound_buffer)
+    try:
+        return asyncio.run(serve(host, port, hub))
+    except OSError as exc:  # e.g. the address is in use
+        print(f"echo: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
