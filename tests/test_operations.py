@@ -193,3 +193,11 @@ def test_unreadable_tls_key_is_a_config_error_naming_the_key(tmp_path: Path) -> 
             await HubServer(config).start()
 
     asyncio.run(scenario())
+
+
+def test_bare_port_and_exponent_numbers_are_read_as_a_user_means_them() -> None:
+    config = load_config("address: 8081\n")
+    assert (config.host, config.port) == ("", 8081)
+    assert load_config("", environ={"WSHUB_REDIS_MAX_BUFFERED_BYTES": "1e6"}).max_buffered_bytes == 1_000_000
+    with pytest.raises(ValueError, match="WSHUB_WEBSOCKET_MAX_CONNECTIONS"):
+        load_config("", environ={"WSHUB_WEBSOCKET_MAX_CONNECTIONS": "1.5"})

@@ -306,11 +306,14 @@ class HubServer(CoreServer):
 
 def reuseport_socket(config: Config) -> socket.socket:
     """A listening socket that sibling worker processes bind too; the kernel spreads connects."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    every_interface = not config.host  # ":8080": IPv6 and IPv4, as create_server does
+    family = socket.AF_INET6 if every_interface or ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((config.host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.port))
+    if every_interface:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::" if every_interface else config.host, config.port))
     sock.listen(4096)
     sock.setblocking(False)
     return sock

@@ -44,6 +44,7 @@ class BaseHub:
         self._timers = Timers()
         self._stopping = False
         self._stopped = False
+        self.slow_closes = 0  # clients closed for not reading (write stall or outbound bound)
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class BaseHub:
         """A client that does not read: drop what it has not taken, close, discard unsent bytes."""
         client.out = []
         client.out_bytes = 0
+        self.slow_closes += 1
         client.close(CloseCode.POLICY, f"slow consumer: {why}", abort=True)
         self._dirty[client.conn] = client
 

@@ -47,7 +47,11 @@ class ClientState(enum.Enum):
 
 
 class CloseCode(enum.IntEnum):
-    """The close codes the hub sends (RFC 6455 section 7.4.1)."""
+    """The close codes the hub closes with (RFC 6455 section 7.4.1).
+
+    A slow consumer's 1008 is logged and counted but not delivered: its socket
+    is full, so the connection is aborted and the client sees 1006.
+    """
 
     NORMAL = 1000
     GOING_AWAY = 1001  # shutdown

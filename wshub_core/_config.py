@@ -182,14 +182,16 @@ def _unknown_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _coerce(key: Key, value: Any, source: str, from_env: bool) -> Any:
     where = f"{key.path} in {source}"
-    if from_env and key.kind != "str":
+    if from_env and key.kind == "list":
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    elif from_env and key.kind != "str":
         try:
-            value = yaml.safe_load(value) if key.kind != "list" else [
-                v.strip() for v in value.split(",") if v.strip()
-            ]
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: cannot parse {value!r}: {exc}") from None
+            value = float(value) if key.kind == "seconds" or not value.strip().isdigit() else int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if key.kind == "str":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # "address: 8081" is read by YAML as a number
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -212,8 +214,8 @@ def _coerce(key: Key, value: Any, source: str, from_env: bool) -> Any:
 
 def _split_host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = text, str(default_port)
+    if not sep:  # "8081" is a port, "redis" is a host
+        host, port_text = ("", text) if text.isdigit() else (text, str(default_port))
     host = host.strip("[]")
     try:
         port = int(port_text)

@@ -459,7 +459,7 @@ class Hub(BaseHub):
             ("wshub_messages_out_total", "counter", "Messages delivered to clients.", [("", s.messages_out)]),
             ("wshub_bytes_out_total", "counter", "Frame bytes queued to clients.", [("", s.bytes_out)]),
             ("wshub_slow_consumer_closes_total", "counter", "Clients closed for not reading.",
-             [("", s.closes[CloseCode.POLICY])]),
+             [("", self.slow_closes)]),
             ("wshub_oversize_closes_total", "counter", "Clients closed for an oversize message.",
              [("", s.closes[CloseCode.TOO_BIG])]),
             ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
