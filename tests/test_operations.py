@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -201,3 +202,21 @@ def test_bare_port_and_exponent_numbers_are_read_as_a_user_means_them() -> None:
     assert load_config("", environ={"WSHUB_REDIS_MAX_BUFFERED_BYTES": "1e6"}).max_buffered_bytes == 1_000_000
     with pytest.raises(ValueError, match="WSHUB_WEBSOCKET_MAX_CONNECTIONS"):
         load_config("", environ={"WSHUB_WEBSOCKET_MAX_CONNECTIONS": "1.5"})
+
+
+def test_debug_logs_each_message_only_when_asked(redis_server: RedisProcess, prefix: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=dbg")
+            await ws.send("hi")
+            await wait_for(lambda: server.hub.stats.messages_in == 1, what="message read")
+            await ws.close()
+
+    with caplog.at_level(logging.INFO, logger="wshub"):
+        asyncio.run(scenario())
+    assert not any("sent 2 bytes" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="wshub"):
+        asyncio.run(scenario())
+    assert any(r.message == "client 1 (dbg) sent 2 bytes" for r in caplog.records)

@@ -76,6 +76,7 @@ class Hub(BaseHub):
         )
         self.config = config
         self.stats = Stats()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # per-message logs cost nothing unless asked for
         self._members: dict[int, _Member] = {}
         self._paused_senders: set[int] = set()
         self._routing = Routing(prefix=config.channel_prefix)
@@ -200,6 +201,8 @@ class Hub(BaseHub):
                 if member is None:
                     continue
                 self.stats.messages_in += 1
+                if self._debug:
+                    log.debug("client %d (%s) sent %d bytes", client.conn, member.key, len(outcome.data))
                 self._cmd.publish(member.data_channel, outcome.data)
                 if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not member.reading_paused:
                     member.reading_paused = True
@@ -352,6 +355,9 @@ class Hub(BaseHub):
                 dirty[conn] = client
             self.stats.messages_out += len(members)
             self.stats.bytes_out += len(frame) * len(members)
+            if self._debug:
+                log.debug("group %s: %d bytes to %d members", self._routing.group_name(channel), len(payload),
+                          len(members))
             return
         conns = self._routing.conns_of_key(channel)
         if conns is None:
