@@ -54,11 +54,12 @@ def encode_message(payload: bytes) -> bytes:
 class _Member:
     """Hub-side facts about an upgraded connection."""
 
-    __slots__ = ("key", "data_channel", "has_groups", "reading_paused")
+    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "reading_paused")
 
-    def __init__(self, key: str, data_channel: bytes) -> None:
+    def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
         self.data_channel = data_channel
+        self.joined_at = joined_at  # upgrade time: webSocket.groupsTimeout counts from here
         self.has_groups = False
         self.reading_paused = False
 
@@ -155,6 +156,8 @@ class Hub(BaseHub):
                 log.warning("redis refused a PUBLISH: %s", error)
         if session.broken:
             self._drop_link(link, session, now, session.broken, close=True)
+        else:
+            self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
         self._flush(now)
 
     # -- shell API: time ----------------------------------------------------------
@@ -248,7 +251,7 @@ class Hub(BaseHub):
             return
         conn = client.conn
         self.stats.connects += 1
-        member = _Member(key, f"{self._data_prefix}{key}".encode())
+        member = _Member(key, f"{self._data_prefix}{key}".encode(), now)
         self._members[conn] = member
         key_channel = self._routing.key_channel(key)
         siblings = self._routing.conns_of_key(key_channel)
@@ -291,23 +294,28 @@ class Hub(BaseHub):
         return "subscriptions not confirmed yet"
 
     def _open_client_timer(self, client: ClientConnection, now: float) -> list[float]:
-        """Keepalive and groups deadline of an open client."""
+        """Groups deadline and keepalive of an open client."""
         cfg = self.config
         conn = client.conn
-        silent = client.last_seen + cfg.pong_wait
-        if now >= silent:
-            client.close(CloseCode.INTERNAL, "keepalive timeout")
-            self._dirty[conn] = client
-            return []
-        deadlines = [silent]
         member = self._members.get(conn)
+        deadlines = []
         if cfg.groups_timeout and member is not None and not member.has_groups:
-            no_groups = client.opened_at + cfg.groups_timeout
+            no_groups = member.joined_at + cfg.groups_timeout
             if now >= no_groups:
                 client.close(CloseCode.POLICY, "no groups assigned")
                 self._dirty[conn] = client
                 return []
             deadlines.append(no_groups)
+        if member is not None and member.reading_paused:
+            # We stopped reading it (Redis backpressure): its pongs wait in the socket.
+            # No ping, no silence close; the silence clock restarts when we resume it.
+            return [*deadlines, now + self._ping_interval]
+        silent = client.last_seen + cfg.pong_wait
+        if now >= silent:
+            client.close(CloseCode.INTERNAL, "keepalive timeout")
+            self._dirty[conn] = client
+            return []
+        deadlines.append(silent)
         ping_due = max(client.last_seen, client.last_ping) + self._ping_interval
         if now >= ping_due:
             client.ping(now)
@@ -419,6 +427,7 @@ class Hub(BaseHub):
                 self._actions.append(SendToRedis(link=link, data=self._sub.ping(now)))
             else:
                 self._cmd.ping(now)
+                return  # _flush sends it and re-arms this link's timer with the reply deadline
         self._timers.schedule(link, session.deadline(timeout))
 
     # -- output ----------------------------------------------------------------------
@@ -433,8 +442,10 @@ class Hub(BaseHub):
         if self._paused_senders and self._cmd.buffered_bytes <= self.config.max_buffered_bytes // 2:
             for conn in self._paused_senders:
                 member = self._members.get(conn)
-                if member is not None:
+                client = self._clients.get(conn)
+                if member is not None and client is not None:
                     member.reading_paused = False
+                    client.last_seen = now  # it could not be heard while paused
                     actions.append(ResumeClient(conn=conn))
             self._paused_senders.clear()
 

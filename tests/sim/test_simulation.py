@@ -1,0 +1,49 @@
+"""The deterministic simulation (``world.py``) over a fixed list of seeds.
+
+Each seed is its own test; a failure's message starts with ``seed=N`` and
+``python -m tests.sim --seed N --trace`` replays it event by event. A longer
+campaign: ``python -m tests.sim --seeds 1000``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .world import run_seed
+
+# Seeds 0-29 are the standing sample. Seeds the simulation found failing are
+# appended and stay here (no skip, no xfail) until the core is fixed:
+#   78, 153: a client upgraded after its groupsTimeout had already run out since
+#            its TCP accept is closed for "no groups" at whatever unrelated timer
+#            fires next (first ping, leftover handshake timer): 1.35 s and 1.83 s
+#            after its upgrade with groupsTimeout=3 s. See the (d) groupsTimeout
+#            rule in world.py.
+SEEDS = [*range(30), 78, 153]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=[f"seed={s}" for s in SEEDS])
+def test_simulated_hub_keeps_every_invariant(seed: int) -> None:
+    result = run_seed(seed)
+    assert result["events"] > 0
+
+
+def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:
+    """The printed seed is enough to replay a run: hash randomization does not change it."""
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.sim", "--seed", "7", "--fingerprint"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1, outputs
+    in_process = run_seed(7, fingerprint=True)
+    assert f"fingerprint={in_process['fingerprint']} " in outputs.pop()
