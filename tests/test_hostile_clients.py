@@ -194,3 +194,17 @@ def test_groups_timeout_closes_an_unanswered_client_with_1008(redis_server: Redi
         await r.aclose()
 
     asyncio.run(scenario())
+
+
+def test_http10_upgrade_without_host_gets_400_not_an_exception(redis_server: RedisProcess, prefix: str) -> None:
+    """wsproto re-serialises the request and h11 refuses it locally: that must become a 400."""
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            head = (b"GET /ws?session_key=k HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            raw = await raw_websocket(server.port, None, head=head)
+            assert raw.status_line.startswith(b"HTTP/1.1 400"), raw.head
+            assert b"Missing mandatory Host" in await within(raw.reader.read())  # body, then EOF
+            assert server.hub.client_count() == 0
+
+    asyncio.run(scenario())

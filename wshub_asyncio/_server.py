@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import ssl
+from typing import cast
 
 from wshub_core import (
     Action,
@@ -55,14 +56,14 @@ class ClientProtocol(asyncio.Protocol):
         self.conn = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.conn = self._hub.client_opened(self._loop.time())
         self._server.transports[self.conn] = transport
 
     def data_received(self, data: bytes) -> None:
         self._hub.client_data(self.conn, data, self._loop.time())
-        self._server.drain()
+        self._server.drain_soon()
 
     def eof_received(self) -> bool:
         self._hub.client_eof(self.conn, self._loop.time())
@@ -93,7 +94,7 @@ class _RedisProtocol(asyncio.Protocol):
         return self._server.redis.get(self._link) is self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -102,7 +103,7 @@ class _RedisProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._current():
             self._server.hub.redis_data(self._link, data, self._server.loop.time())
-            self._server.drain()
+            self._server.drain_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._current():
@@ -135,6 +136,7 @@ class CoreServer:
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._drain_pending = False
         self.stopped = asyncio.Event()
 
     async def listen(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None,
@@ -163,8 +165,21 @@ class CoreServer:
         self.core.shutdown(self.loop.time())
         self.drain()
 
+    def drain_soon(self) -> None:
+        """Drain once, after every socket that is ready in this loop iteration was read.
+
+        Reads are fed to the core as they come; the core builds its output only
+        when drained, so a client that gets ten group messages from one
+        iteration's Redis reads gets one write, and ten client messages go to
+        Redis in one write.
+        """
+        if not self._drain_pending:
+            self._drain_pending = True
+            self.loop.call_soon(self.drain)
+
     def drain(self) -> None:
         """Execute what the core asked for, then re-arm the single timer."""
+        self._drain_pending = False
         core = self.core
         actions = core.actions()
         while actions:

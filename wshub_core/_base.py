@@ -7,10 +7,11 @@ close -- is decided in one place.
 Rules:
 1. Every public method takes ``now`` and appends actions; the shell drains
    them with ``actions()`` and arms one timer at ``next_deadline()``.
-2. Output is coalesced: bytes for one socket produced by one call go out as
-   one ``SendToClient`` (see ``_flush``).
-3. A client that reached ``CLOSED`` is forgotten in the same call: the shell
-   gets its ``CloseClient`` and later input for it is ignored.
+2. Output is coalesced: inputs only change state; ``actions()`` builds the
+   output, so all bytes for one socket since the last ``actions()`` go out as
+   one ``SendToClient``, and all commands for a Redis link as one write.
+3. A client that reached ``CLOSED`` takes no more input, and is forgotten at
+   the next ``actions()``, which also hands the shell its ``CloseClient``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class BaseHub:
         self._clients: dict[int, ClientConnection] = {}
         self._dirty: dict[int, ClientConnection] = {}
         self._next_conn = 0
+        self._now = 0.0  # time of the latest input: output is built at that time
         self._timers = Timers()
         self._stopping = False
         self._stopped = False
@@ -77,6 +79,13 @@ class BaseHub:
     # -- shell API ---------------------------------------------------------------------
 
     def actions(self) -> list[Action]:
+        """Everything to do since the last call, in order; output is built here, once.
+
+        Inputs only change state. Bytes for a socket (and commands for Redis)
+        are assembled when the shell asks, so a shell that feeds all of one
+        loop iteration's input before asking gets one write per socket.
+        """
+        self._flush(self._now)
         actions = self._actions
         self._actions = []
         return actions
@@ -96,7 +105,7 @@ class BaseHub:
         for client in self._clients.values():
             client.close(CloseCode.GOING_AWAY, "server shutting down")
             self._dirty[client.conn] = client
-        self._flush(now)
+        self._now = now
 
     def client_opened(self, now: float) -> int:
         """A TCP client was accepted; returns the id used in every action about it."""
@@ -114,7 +123,7 @@ class BaseHub:
             return
         self._dirty[conn] = client
         self._handle_outcomes(client, client.feed(data, now), now)
-        self._flush(now)
+        self._now = now
 
     def client_eof(self, conn: int, now: float) -> None:
         """The peer half-closed (idempotent): we close too."""
@@ -123,7 +132,7 @@ class BaseHub:
             return
         client.feed_eof()
         self._dirty[conn] = client
-        self._flush(now)
+        self._now = now
 
     def client_lost(self, conn: int, now: float) -> None:
         """The transport is gone (idempotent): forget the client without writing."""
@@ -134,7 +143,7 @@ class BaseHub:
             client.feed_eof()
         client.out = []
         self._forget(client)
-        self._flush(now)
+        self._now = now
 
     def client_write_paused(self, conn: int, now: float) -> None:
         client = self._clients.get(conn)
@@ -149,7 +158,7 @@ class BaseHub:
             client.write_paused_since = None
             self._on_write_resumed(client)
             self._dirty[conn] = client
-            self._flush(now)
+            self._now = now
 
     def handle_timer(self, now: float) -> None:
         for owner in self._timers.pop_due(now):
@@ -159,7 +168,7 @@ class BaseHub:
             client = self._clients.get(owner)
             if client is not None:
                 self._client_timer(client, now)
-        self._flush(now)
+        self._now = now
 
     # -- internals ---------------------------------------------------------------------
 

@@ -247,6 +247,9 @@ class ClientConnection:
         except UnicodeError as exc:  # wsproto decodes some header values as ASCII
             self.answer(400, f"bad WebSocket handshake: header is not ASCII: {exc}\n")
             return False
+        except h11.LocalProtocolError as exc:  # wsproto re-serialises the request: e.g. HTTP/1.0 without Host
+            self.answer(400, f"bad WebSocket handshake: {exc}\n")
+            return False
         ws = handshake.connection
         assert ws is not None
         trailing, _closed = self._h11.trailing_data

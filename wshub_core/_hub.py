@@ -1,10 +1,10 @@
 """The hub: ties clients, routing and the two Redis sessions together.
 
 Rules:
-1. Every public method takes ``now`` and appends actions; the shell drains
-   them with ``actions()`` and then arms one timer at ``next_deadline()``.
-2. Output is coalesced: bytes for one socket produced by one call go out as
-   one ``SendToClient``; commands for Redis produced by one call as one
+1. Every public method takes ``now`` and changes state; the shell then calls
+   ``actions()`` and arms one timer at ``next_deadline()``.
+2. Output is coalesced (see ``BaseHub``): bytes for one socket since the last
+   ``actions()`` go out as one ``SendToClient``, Redis commands as one
    ``SendToRedis`` per link (pipelined).
 3. A group message is encoded into a frame once; the same bytes object is
    queued to every member.
@@ -107,7 +107,7 @@ class Hub(BaseHub):
     def start(self, now: float) -> None:
         for link in self._sessions:
             self._dial(link, now)
-        self._flush(now)
+        self._now = now
 
     def shutdown(self, now: float) -> None:
         """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
@@ -130,7 +130,7 @@ class Hub(BaseHub):
             for channel in sorted(self._routing.needed()):
                 self._sub.want(channel)
         self._timers.schedule(link, session.deadline(self.config.redis_timeout))
-        self._flush(now)
+        self._now = now
 
     def redis_lost(self, link: RedisLink, now: float) -> None:
         """The link dropped or could not be opened (idempotent)."""
@@ -138,7 +138,7 @@ class Hub(BaseHub):
         if session.state is RedisState.DOWN:
             return
         self._drop_link(link, session, now, "connection lost", close=False)
-        self._flush(now)
+        self._now = now
 
     def redis_data(self, link: RedisLink, data: bytes, now: float) -> None:
         session = self._sessions[link]
@@ -158,7 +158,7 @@ class Hub(BaseHub):
             self._drop_link(link, session, now, session.broken, close=True)
         else:
             self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
-        self._flush(now)
+        self._now = now
 
     # -- shell API: time ----------------------------------------------------------
 

@@ -1,0 +1,221 @@
+'use strict';
+// Shared helpers of the Node benchmark processes: a monotonic clock in
+// microseconds (the same CLOCK_MONOTONIC as Python's time.monotonic_ns()),
+// a log-linear latency histogram, JSON-line I/O with the orchestrator, and a
+// minimal RESP encoder/parser (no Redis client library: cheaper per message).
+
+const readline = require('readline');
+
+// process.hrtime is CLOCK_MONOTONIC on Linux, like Python's time.monotonic_ns().
+function nowUs() {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+// Latency histogram: 1 us buckets below 2048 us, then 256 buckets per power of two
+// (< 0.3 % relative error). bench/run.py has the same bucket -> value mapping.
+const LINEAR = 2048;
+const SUB = 256;
+const NBUCKETS = LINEAR + 24 * SUB;
+
+function bucketOf(us) {
+  if (us < 0) us = 0;
+  if (us < LINEAR) return Math.floor(us);
+  const b = LINEAR + Math.floor((Math.log2(us) - 11) * SUB);
+  return b < NBUCKETS ? b : NBUCKETS - 1;
+}
+
+class Step {
+  constructor() {
+    this.count = 0;
+    this.hist = new Uint32Array(NBUCKETS);
+    this.max = 0;
+    this.first = 0; // receipt time of the first message (us, monotonic)
+    this.last = 0;
+  }
+
+  add(latency, t) {
+    this.count++;
+    this.hist[bucketOf(latency)]++;
+    if (latency > this.max) this.max = latency;
+    if (this.first === 0) this.first = t;
+    this.last = t;
+  }
+
+  toJSON() {
+    const sparse = [];
+    for (let i = 0; i < NBUCKETS; i++) if (this.hist[i]) sparse.push([i, this.hist[i]]);
+    return { count: this.count, max: this.max, first: this.first, last: this.last, hist: sparse };
+  }
+}
+
+class Steps {
+  constructor() {
+    this.map = new Map();
+  }
+
+  get(step) {
+    let s = this.map.get(step);
+    if (s === undefined) {
+      s = new Step();
+      this.map.set(step, s);
+    }
+    return s;
+  }
+
+  take() {
+    const out = {};
+    for (const [k, v] of this.map) out[k] = v.toJSON();
+    this.map = new Map();
+    return out;
+  }
+}
+
+// Payload layout (ASCII, so a text frame): KIND STEP ',' T_US ',' padding.
+// KIND: 'M' group message, 'P' probe, 'U' upstream (client -> Redis).
+function makePayload(kind, step, tUs, size) {
+  const head = `${kind}${step},${tUs},`;
+  return size > head.length ? head + 'x'.repeat(size - head.length) : head;
+}
+
+// Parse 'KIND STEP , T_US ,' from a Buffer without decoding the padding.
+function parseHead(buf) {
+  const kind = buf[0];
+  let i = 1;
+  let step = 0;
+  let c;
+  while ((c = buf[i++]) !== 44 && c !== undefined) step = step * 10 + (c - 48);
+  let t = 0;
+  while ((c = buf[i++]) !== 44 && c !== undefined) t = t * 10 + (c - 48);
+  return [kind, step, t];
+}
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+// Commands arrive as JSON lines on stdin; stdin closing means: exit.
+function onCommands(handler, onEnd) {
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on('line', (line) => {
+    if (!line.trim()) return;
+    let cmd;
+    try {
+      cmd = JSON.parse(line);
+    } catch (err) {
+      emit({ event: 'error', error: `bad command: ${line}` });
+      return;
+    }
+    Promise.resolve(handler(cmd)).catch((err) => emit({ event: 'error', error: String(err && err.stack || err) }));
+  });
+  rl.on('close', onEnd);
+}
+
+function cpuUs() {
+  const u = process.cpuUsage();
+  return { user: u.user, system: u.system };
+}
+
+function parseArgs(argv, defaults) {
+  const out = { ...defaults };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
+    const key = a.slice(2);
+    if (!(key in defaults)) throw new Error(`unknown option ${a}`);
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`${a} needs a value`);
+    out[key] = typeof defaults[key] === 'number' ? Number(v) : v;
+  }
+  return out;
+}
+
+// -- RESP ---------------------------------------------------------------------
+
+function encodeCommand(args) {
+  let s = `*${args.length}\r\n`;
+  for (const a of args) {
+    const str = String(a);
+    s += `$${Buffer.byteLength(str)}\r\n${str}\r\n`;
+  }
+  return s;
+}
+
+const INCOMPLETE = Symbol('incomplete');
+
+// Streaming RESP2 reply parser; bulk strings come back as Buffers (views).
+class RespParser {
+  constructor() {
+    this.buf = Buffer.alloc(0);
+    this.pos = 0;
+  }
+
+  feed(chunk) {
+    this.buf = this.pos < this.buf.length ? Buffer.concat([this.buf.subarray(this.pos), chunk]) : chunk;
+    this.pos = 0;
+    const replies = [];
+    for (;;) {
+      const start = this.pos;
+      const r = this._value();
+      if (r === INCOMPLETE) {
+        this.pos = start;
+        break;
+      }
+      replies.push(r);
+    }
+    return replies;
+  }
+
+  _line() {
+    const end = this.buf.indexOf(13, this.pos);
+    if (end < 0 || end + 1 >= this.buf.length) return INCOMPLETE;
+    const s = this.buf.toString('latin1', this.pos, end);
+    this.pos = end + 2;
+    return s;
+  }
+
+  _value() {
+    if (this.pos >= this.buf.length) return INCOMPLETE;
+    const type = this.buf[this.pos++];
+    const line = this._line();
+    if (line === INCOMPLETE) return INCOMPLETE;
+    switch (type) {
+      case 43: // +
+        return line;
+      case 45: // -
+        return new Error(line);
+      case 58: // :
+        return Number(line);
+      case 36: { // $
+        const n = Number(line);
+        if (n < 0) return null;
+        if (this.pos + n + 2 > this.buf.length) return INCOMPLETE;
+        const v = this.buf.subarray(this.pos, this.pos + n);
+        this.pos += n + 2;
+        return v;
+      }
+      case 42: { // *
+        const n = Number(line);
+        if (n < 0) return null;
+        const arr = new Array(n);
+        for (let i = 0; i < n; i++) {
+          const v = this._value();
+          if (v === INCOMPLETE) return INCOMPLETE;
+          arr[i] = v;
+        }
+        return arr;
+      }
+      default:
+        throw new Error(`RESP protocol error: type byte ${type}`);
+    }
+  }
+}
+
+function splitHostPort(addr) {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i) || '127.0.0.1', port: Number(addr.slice(i + 1)) };
+}
+
+module.exports = {
+  nowUs, bucketOf, Step, Steps, makePayload, parseHead, emit, onCommands, cpuUs, parseArgs,
+  encodeCommand, RespParser, splitHostPort, NBUCKETS, LINEAR, SUB,
+};
