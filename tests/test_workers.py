@@ -76,3 +76,29 @@ def test_two_workers_share_the_port_serve_everyone_and_stop_together(redis_serve
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_hub_runs_on_uvloop_when_it_is_installed(redis_server: RedisProcess, prefix: str,
+                                                     tmp_path: Path) -> None:
+    """The 'fast' extra: uvloop is used when importable (the test extra installs it)."""
+    port = free_port()
+    env = dict(os.environ, WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
+               WSHUB_REDIS_CHANNEL_PREFIX=prefix)
+    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "listening on" in first and "(uvloop event loop)" in first, first
+
+        async def scenario() -> None:
+            ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key=uv")
+            await within(await ws.ping())
+            await ws.close()
+
+        asyncio.run(scenario())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

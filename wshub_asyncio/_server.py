@@ -339,7 +339,8 @@ async def run(config: Config, *, sock: socket.socket | None = None) -> int:
     server = HubServer(config)
     await server.start(sock=sock)
     server.install_signal_handlers()
-    log.info("listening on %s:%d%s", config.host or "*", server.port, config.server_url)
+    log.info("listening on %s:%d%s (%s event loop)", config.host or "*", server.port, config.server_url,
+             type(server.loop).__module__.split(".")[0])
     await server.stopped.wait()
     await server.close()
     return 0
