@@ -1,0 +1,739 @@
+"""A no-I/O harness for the Sans-IO core: a Hub, a virtual clock, a fake Redis, wsproto clients.
+
+What it is responsible for:
+- the clock: ``now`` only moves when a test calls ``advance``; every timer the
+  hub asks for fires in deadline order (aioquic's virtual clock);
+- the Redis server: ``FakeRedis`` parses the RESP the hub sends (hiredis),
+  answers AUTH/SELECT/SUBSCRIBE/UNSUBSCRIBE/PUBLISH/PING like Redis 7 does on a
+  RESP2 connection, keeps its own view of what is subscribed and lets a test
+  publish to it (the listener's side). Replies may be held and delivered later,
+  whole or in pieces, to interleave them with other inputs;
+- the clients: each connection is driven by a real WebSocket client state
+  machine (wsproto) or by raw bytes, and decodes what the hub sent it.
+
+What it must never do: open a socket, read a clock, or let a hub action go
+unchecked. Every action is checked against the contract in
+docs/architecture.md (no bytes after CloseClient, no bytes to a Redis link that
+is down, close codes from the documented set, ...); a violation raises
+``ContractError`` in the test that caused it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import h11
+import hiredis
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from wshub_core import (
+    Action,
+    CloseClient,
+    CloseRedis,
+    Config,
+    ConnectRedis,
+    Hub,
+    PauseClient,
+    RedisLink,
+    ResumeClient,
+    SendToClient,
+    SendToRedis,
+    StopListening,
+    Stopped,
+    load_config,
+)
+
+SUB = RedisLink.SUBSCRIBER
+CMD = RedisLink.COMMANDS
+
+# RFC 6455 section 7.4.1 codes the hub documents (CloseCode), and the HTTP
+# statuses it documents (architecture.md), plus h11's own hint for a
+# Transfer-Encoding it cannot parse.
+DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011})
+DOCUMENTED_HTTP_STATUSES = frozenset({200, 400, 403, 404, 405, 426, 431, 501, 503})
+
+WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3 sample nonce
+
+
+class ContractError(AssertionError):
+    """The hub emitted an action the architecture forbids at that point."""
+
+
+# -- configuration --------------------------------------------------------------
+
+
+def make_config(text: str | None = None, **overrides: object) -> Config:
+    """A config from YAML text (through the real loader), then attribute overrides."""
+    config = load_config(text)
+    return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+
+
+# -- RESP, written by hand (what Redis sends) -----------------------------------
+
+
+def resp_bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def resp_int(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def resp_simple(value: bytes) -> bytes:
+    return b"+%s\r\n" % value
+
+
+def resp_error(value: bytes) -> bytes:
+    return b"-%s\r\n" % value
+
+
+def resp_array(*items: bytes) -> bytes:
+    """``items`` are already RESP-encoded."""
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def resp_push(kind: bytes, channel: bytes, count: int) -> bytes:
+    """A (un)subscribe confirmation: ``*3 $kind $channel :count``."""
+    return resp_array(resp_bulk(kind), resp_bulk(channel), resp_int(count))
+
+
+def resp_message(channel: bytes, payload: bytes) -> bytes:
+    return resp_array(resp_bulk(b"message"), resp_bulk(channel), resp_bulk(payload))
+
+
+def resp_command(*args: bytes) -> bytes:
+    """A command as a client sends it (array of bulk strings)."""
+    return resp_array(*(resp_bulk(a) for a in args))
+
+
+def parse_commands(data: bytes) -> list[list[bytes]]:
+    """Split RESP the hub sent into commands; raises if it is not whole, valid RESP."""
+    reader = hiredis.Reader()
+    reader.feed(data)
+    commands = []
+    while (cmd := reader.gets()) is not False:
+        assert isinstance(cmd, list), cmd
+        commands.append(cmd)
+    return commands
+
+
+# -- frames and HTTP, written by hand (what hostile clients send) --------------
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = b"\x01\x02\x03\x04",
+             rsv: int = 0, length: int | None = None) -> bytes:
+    """One RFC 6455 section 5.2 frame; ``length`` overrides the declared payload length."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mask_bit = 0x80 if mask is not None else 0
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 1 << 16:
+        head += bytes([mask_bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def upgrade_request(target: bytes = b"/ws?session_key=k", *, method: bytes = b"GET",
+                    headers: Iterable[tuple[bytes, bytes]] | None = None,
+                    extra: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """A raw HTTP/1.1 upgrade request head (RFC 6455 section 4.1)."""
+    if headers is None:
+        headers = [
+            (b"Host", b"hub.test"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", WS_KEY),
+            (b"Sec-WebSocket-Version", b"13"),
+        ]
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines += [k + b": " + v for k, v in [*headers, *extra]]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    rest: bytes  # bytes after the head of a 101 (WebSocket frames)
+
+
+def parse_http_answer(data: bytes, *, method: bytes = b"GET") -> HttpAnswer | None:
+    """Parse what the hub answered with a real HTTP client parser; None if incomplete."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[
+        ("host", "x"), ("connection", "upgrade"), ("upgrade", "websocket")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(bytes(data))
+    answer: HttpAnswer | None = None
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.InformationalResponse):
+            assert event.status_code == 101, event
+            return HttpAnswer(status=101, headers=dict(event.headers), body=b"",
+                              rest=bytes(client.trailing_data[0]))
+        if isinstance(event, h11.Response):
+            answer = HttpAnswer(status=event.status_code, headers=dict(event.headers), body=b"", rest=b"")
+        elif isinstance(event, h11.Data):
+            assert answer is not None
+            answer.body += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return answer
+        else:
+            return None  # NEED_DATA: not all of it yet
+
+
+# -- the fake Redis server ------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One reply queued on a link: its bytes and what it means (for models)."""
+
+    data: bytes
+    kind: str  # "message", "subscribe", "unsubscribe", "pong", "ok", "int", "error", "raw"
+    channel: bytes = b""
+    payload: bytes = b""
+    published: int | None = None  # index in FakeRedis.published of the PUBLISH this answers
+
+
+@dataclass
+class FakeLink:
+    """The server side of one of the hub's two connections."""
+
+    link: RedisLink
+    up: bool = False
+    dialing: bool = False  # ConnectRedis seen, not answered yet (only when auto_connect is off)
+    subscribed: set[bytes] = field(default_factory=set)  # server-side view (subscriber link)
+    pending: list[Reply] = field(default_factory=list)  # replies not yet delivered to the hub
+    partial: int = 0  # bytes of pending[0] already delivered
+    commands: list[list[bytes]] = field(default_factory=list)  # every command received, all sessions
+    session_commands: list[list[bytes]] = field(default_factory=list)  # since the last connect
+    connects: int = 0  # ConnectRedis actions seen
+    closes: int = 0  # CloseRedis actions seen
+    db: int = 0
+    authed: bool = False
+    _reader: hiredis.Reader = field(default_factory=hiredis.Reader)
+
+    def reset(self) -> None:
+        self.up = False
+        self.dialing = False
+        self.subscribed.clear()
+        self.pending.clear()
+        self.partial = 0
+        self.session_commands = []
+        self.db = 0
+        self.authed = False
+        self._reader = hiredis.Reader()
+
+
+class FakeRedis:
+    """Redis as the hub sees it through its two links; commands run when they arrive."""
+
+    def __init__(self, *, password: str = "", username: str = "") -> None:
+        self.links = {SUB: FakeLink(SUB), CMD: FakeLink(CMD)}
+        self.password = password
+        self.username = username
+        self.published: list[tuple[bytes, bytes]] = []  # every PUBLISH run, in order (with resends)
+        self.on_publish: list[object] = []  # hooks: callables(channel, payload)
+
+    def connect(self, link: RedisLink) -> None:
+        fake = self.links[link]
+        fake.reset()
+        fake.up = True
+
+    def drop(self, link: RedisLink, *, lost_in_transit: bool = False) -> None:
+        """The connection is gone: its subscriptions and undelivered replies with it.
+
+        With ``lost_in_transit`` the PUBLISHes whose replies the hub never got
+        are forgotten too, as if their bytes died on the way: the hub cannot
+        tell the difference, so it must send them again.
+        """
+        fake = self.links[link]
+        if lost_in_transit:
+            undo = sorted((r.published for r in fake.pending if r.published is not None), reverse=True)
+            for index in undo:
+                del self.published[index]
+        fake.reset()
+
+    def receive(self, link: RedisLink, data: bytes) -> None:
+        fake = self.links[link]
+        if not fake.up:
+            raise ContractError(f"SendToRedis on {link.value} while that link is down")
+        fake._reader.feed(data)
+        while (cmd := fake._reader.gets()) is not False:
+            if not isinstance(cmd, list) or not all(isinstance(a, bytes) for a in cmd):
+                raise ContractError(f"hub sent something that is not a command: {cmd!r}")
+            fake.commands.append(cmd)
+            fake.session_commands.append(cmd)
+            self._run(fake, cmd)
+
+    def _run(self, fake: FakeLink, cmd: list[bytes]) -> None:
+        verb = cmd[0].upper()
+        args = cmd[1:]
+        out = fake.pending
+        if self.password and not fake.authed and verb != b"AUTH":
+            out.append(Reply(resp_error(b"NOAUTH Authentication required."), "error"))
+            return
+        if verb == b"AUTH":
+            user, password = (args[0], args[1]) if len(args) == 2 else (b"default", args[0])
+            if self.password and password == self.password.encode() and user == (
+                self.username or "default"
+            ).encode():
+                fake.authed = True
+                out.append(Reply(resp_simple(b"OK"), "ok"))
+            else:
+                out.append(Reply(resp_error(b"WRONGPASS invalid username-password pair or user is disabled."),
+                                 "error"))
+        elif verb == b"SELECT":
+            fake.db = int(args[0])
+            out.append(Reply(resp_simple(b"OK"), "ok"))
+        elif verb == b"SUBSCRIBE":
+            for channel in args:
+                fake.subscribed.add(channel)
+                out.append(Reply(resp_push(b"subscribe", channel, len(fake.subscribed)), "subscribe", channel))
+        elif verb == b"UNSUBSCRIBE":
+            for channel in args:
+                fake.subscribed.discard(channel)
+                out.append(Reply(resp_push(b"unsubscribe", channel, len(fake.subscribed)), "unsubscribe",
+                                 channel))
+        elif verb == b"PING":
+            if fake.subscribed:  # RESP2 subscribed context answers with a push
+                out.append(Reply(resp_array(resp_bulk(b"pong"), resp_bulk(b"")), "pong"))
+            else:
+                out.append(Reply(resp_simple(b"PONG"), "pong"))
+        elif verb == b"PUBLISH":
+            if fake.link is SUB:
+                raise ContractError("PUBLISH on the subscriber link")
+            channel, payload = args
+            self.published.append((channel, payload))
+            for hook in self.on_publish:
+                hook(channel, payload)  # type: ignore[operator]
+            out.append(Reply(resp_int(self.publish(channel, payload)), "int", channel, payload,
+                             published=len(self.published) - 1))
+        else:
+            out.append(Reply(resp_error(b"ERR unknown command '" + verb + b"'"), "error"))
+
+    def publish(self, channel: bytes, payload: bytes) -> int:
+        """Another Redis client publishes: the hub's subscriber gets it if subscribed now."""
+        fake = self.links[SUB]
+        if fake.up and channel in fake.subscribed:
+            fake.pending.append(Reply(resp_message(channel, payload), "message", channel, payload))
+            return 1
+        return 0
+
+
+# -- clients --------------------------------------------------------------------
+
+
+class Client:
+    """One client socket, as the hub's peer sees it."""
+
+    def __init__(self, harness: Harness, conn: int, *, auto_pong: bool = True, method: bytes = b"GET") -> None:
+        self.h = harness
+        self.conn = conn
+        self.auto_pong = auto_pong
+        self.method = method
+        self.ws: WSConnection | None = None  # set when the handshake is driven by wsproto
+        self.frames: Connection | None = None  # raw mode, after a 101
+        self.raw = bytearray()  # every byte the hub sent
+        self.sends: list[bytes] = []  # each SendToClient, in order
+        self.events: list[Event] = []
+        self.messages: list[str | bytes] = []
+        self._parts: list[str | bytes] = []
+        self.status: int | None = None  # 101, or the HTTP status of the answer
+        self.answer: HttpAnswer | None = None
+        self.close_code: int | None = None  # from the hub's close frame
+        self.close_reason = ""
+        self.pings = 0
+        self.closed = False  # CloseClient seen (or we reported the socket lost)
+        self.abort: bool | None = None
+        self.reading_paused = False
+        self.lost = False
+        self.sent_close = False  # we started the close handshake (the hub echoes our code)
+
+    # -- what the hub sends us ------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        self.raw += data
+        self.sends.append(data)
+        if self.ws is not None:
+            self.ws.receive_data(data)
+            self._events(self.ws.events())
+            return
+        if self.frames is not None:
+            self.frames.receive_data(data)
+            self._events(self.frames.events())
+            return
+        answer = parse_http_answer(bytes(self.raw), method=self.method)
+        if answer is None:
+            return
+        self.answer = answer
+        self.status = answer.status
+        if answer.status == 101:
+            self.frames = Connection(ConnectionType.CLIENT)
+            if answer.rest:
+                self.frames.receive_data(answer.rest)
+                self._events(self.frames.events())
+
+    def _events(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.events.append(event)
+            if isinstance(event, AcceptConnection):
+                self.status = 101
+            elif isinstance(event, RejectConnection):
+                self.status = event.status_code
+            elif isinstance(event, RejectData):
+                pass
+            elif isinstance(event, TextMessage | BytesMessage):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    if isinstance(event, TextMessage):
+                        self.messages.append("".join(p for p in self._parts if isinstance(p, str)))
+                    else:
+                        self.messages.append(b"".join(p for p in self._parts if isinstance(p, bytes | bytearray)))
+                    self._parts = []
+            elif isinstance(event, Ping):
+                self.pings += 1
+                if self.auto_pong and not self.closed:
+                    self.h.pending_inputs.append((self, self._proto.send(event.response())))
+            elif isinstance(event, CloseConnection):
+                if self.close_code is not None:
+                    raise ContractError(f"conn {self.conn}: second close frame")
+                if not self.sent_close and event.code not in DOCUMENTED_CLOSE_CODES:
+                    raise ContractError(f"conn {self.conn}: undocumented close code {event.code}")
+                self.close_code = event.code
+                self.close_reason = event.reason or ""
+
+    @property
+    def _proto(self) -> WSConnection | Connection:
+        proto = self.ws if self.ws is not None else self.frames
+        assert proto is not None, "not upgraded"
+        return proto
+
+    @property
+    def open(self) -> bool:
+        """Upgraded, and neither side has closed."""
+        return self.status == 101 and not self.closed and self.close_code is None
+
+    # -- what we send the hub -------------------------------------------------
+
+    def send_event(self, event: Event) -> bytes:
+        data = self._proto.send(event)
+        self.send_raw(data)
+        return data
+
+    def send_raw(self, data: bytes, *, chunk: int | None = None) -> None:
+        self.h.client_data(self.conn, data, chunk=chunk)
+
+    def text(self, text: str) -> None:
+        self.send_event(TextMessage(data=text))
+
+    def binary(self, data: bytes) -> None:
+        self.send_event(BytesMessage(data=data))
+
+    def ping(self, payload: bytes = b"") -> None:
+        self.send_event(Ping(payload=payload))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the close handshake from the client side (RFC 6455 section 7.1.2)."""
+        self.sent_close = True
+        self.send_event(CloseConnection(code=code, reason=reason))
+
+    def message_frames_sent(self, payload: bytes) -> bytes:
+        """The bytes wsproto would send for one text message (for byte-by-byte feeding)."""
+        return self._proto.send(TextMessage(data=payload.decode()))
+
+
+# -- the harness -----------------------------------------------------------------
+
+
+class Harness:
+    """A hub with a virtual clock, a fake Redis and clients. No sockets, no real time."""
+
+    def __init__(self, config: Config | None = None, *, auto_connect: bool = True, auto_reply: bool = True,
+                 redis: FakeRedis | None = None, start: bool = True, now: float = 1000.0,
+                 seed: int = 0) -> None:
+        self.config = config or make_config()
+        self.hub = Hub(config=self.config, seed=seed)
+        self.now = now
+        self.redis = redis or FakeRedis(password=self.config.redis_password, username=self.config.redis_username)
+        self.auto_connect = auto_connect
+        self.auto_reply = auto_reply
+        self.refuse: set[RedisLink] = set()  # links whose dials fail (connection refused)
+        self.clients: dict[int, Client] = {}
+        self.log: list[tuple[float, Action]] = []  # every action, with the time it was emitted
+        self.pending_inputs: list[tuple[Client, bytes]] = []  # auto pongs, fed after the current batch
+        self.listening = True
+        self.stopped = False
+        if start:
+            self.hub.start(self.now)
+            self.run()
+
+    # -- driving the hub --------------------------------------------------------
+
+    def run(self) -> list[Action]:
+        """Execute the hub's actions like a shell, until it has nothing more to say."""
+        done: list[Action] = []
+        for _ in range(10_000):
+            actions = self.hub.actions()
+            if not actions:
+                if self.pending_inputs:
+                    client, data = self.pending_inputs.pop(0)
+                    if not client.closed:
+                        self.hub.client_data(client.conn, data, self.now)
+                    continue
+                if self.auto_reply and self._deliver_one_batch():
+                    continue
+                return done
+            for action in actions:
+                self.log.append((self.now, action))
+                done.append(action)
+                self._execute(action)
+        raise AssertionError("the hub never went quiet")
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, SendToClient):
+            client = self._live_client(action.conn, action)
+            if not action.data:
+                raise ContractError(f"empty SendToClient for conn {action.conn}")
+            client.receive(action.data)
+        elif isinstance(action, CloseClient):
+            client = self._live_client(action.conn, action)
+            client.closed = True
+            client.abort = action.abort
+        elif isinstance(action, PauseClient):
+            client = self._live_client(action.conn, action)
+            if client.reading_paused:
+                raise ContractError(f"conn {action.conn} paused twice")
+            client.reading_paused = True
+        elif isinstance(action, ResumeClient):
+            client = self._live_client(action.conn, action)
+            if not client.reading_paused:
+                raise ContractError(f"conn {action.conn} resumed without a pause")
+            client.reading_paused = False
+        elif isinstance(action, ConnectRedis):
+            fake = self.redis.links[action.link]
+            if fake.up or fake.dialing:
+                raise ContractError(f"ConnectRedis on {action.link.value} while a connection exists")
+            fake.connects += 1
+            if (action.host, action.port) != (self.config.redis_host, self.config.redis_port):
+                raise ContractError(f"ConnectRedis to {action.host}:{action.port}")
+            fake.dialing = True
+            if self.auto_connect:
+                self.answer_dial(action.link)
+        elif isinstance(action, SendToRedis):
+            self.redis.receive(action.link, action.data)
+        elif isinstance(action, CloseRedis):
+            fake = self.redis.links[action.link]
+            if not (fake.up or fake.dialing):
+                raise ContractError(f"CloseRedis on {action.link.value} while it is down")
+            self.redis.drop(action.link)
+            fake.closes += 1
+        elif isinstance(action, StopListening):
+            self.listening = False
+        elif isinstance(action, Stopped):
+            if self.stopped:
+                raise ContractError("Stopped twice")
+            self.stopped = True
+        else:  # pragma: no cover - a new action type must be taught to the harness
+            raise ContractError(f"unknown action {action!r}")
+
+    def _live_client(self, conn: int, action: Action) -> Client:
+        client = self.clients.get(conn)
+        if client is None:
+            raise ContractError(f"{action!r} for an unknown conn")
+        if client.closed:
+            raise ContractError(f"{type(action).__name__} for conn {conn} after CloseClient/client_lost")
+        return client
+
+    def answer_dial(self, link: RedisLink) -> None:
+        """Report the outcome of a ConnectRedis: up, or refused if the link is in ``refuse``."""
+        fake = self.redis.links[link]
+        assert fake.dialing
+        fake.dialing = False
+        if link in self.refuse:
+            self.hub.redis_lost(link, self.now)
+        else:
+            self.redis.connect(link)
+            self.hub.redis_connected(link, self.now)
+
+    # -- clock --------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> list[Action]:
+        """Let virtual time pass, firing every deadline on the way, in order."""
+        target = self.now + seconds
+        done: list[Action] = []
+        for _ in range(100_000):
+            deadline = self.hub.next_deadline()
+            if deadline is None or deadline > target:
+                break
+            self.now = max(self.now, deadline)
+            self.hub.handle_timer(self.now)
+            done += self.run()
+        else:
+            raise AssertionError("timers never settled")
+        self.now = target
+        return done
+
+    def advance_to(self, when: float) -> list[Action]:
+        return self.advance(max(0.0, when - self.now))
+
+    # -- Redis --------------------------------------------------------------------
+
+    def _deliver_one_batch(self) -> bool:
+        """Deliver every pending reply of every up link (auto_reply mode)."""
+        delivered = False
+        for link in (SUB, CMD):
+            if self.redis.links[link].pending:
+                self.deliver(link, run=False)
+                delivered = True
+        return delivered
+
+    def deliver(self, link: RedisLink, count: int | None = None, *, chunk: int | None = None,
+                run: bool = True) -> list[Reply]:
+        """Feed the hub ``count`` pending replies (all by default), ``chunk`` bytes per call."""
+        fake = self.redis.links[link]
+        replies = fake.pending[: len(fake.pending) if count is None else count]
+        del fake.pending[: len(replies)]
+        data = b"".join(r.data for r in replies)[fake.partial:]
+        fake.partial = 0
+        self.redis_data(link, data, chunk=chunk, run=run)
+        return replies
+
+    def deliver_bytes(self, link: RedisLink, nbytes: int) -> list[Reply]:
+        """Feed the first ``nbytes`` of the pending stream; returns the replies completed."""
+        fake = self.redis.links[link]
+        done: list[Reply] = []
+        data = b""
+        while nbytes > 0 and fake.pending:
+            head = fake.pending[0]
+            left = len(head.data) - fake.partial
+            take = min(left, nbytes)
+            data += head.data[fake.partial: fake.partial + take]
+            nbytes -= take
+            if take == left:
+                done.append(fake.pending.pop(0))
+                fake.partial = 0
+            else:
+                fake.partial += take
+        self.redis_data(fake.link, data)
+        return done
+
+    def redis_data(self, link: RedisLink, data: bytes, *, chunk: int | None = None, run: bool = True) -> None:
+        if not data:
+            return
+        step = chunk or len(data)
+        for i in range(0, len(data), step):
+            self.hub.redis_data(link, data[i: i + step], self.now)
+            if run:
+                self.run()
+
+    def drop_redis(self, link: RedisLink, *, lost_in_transit: bool = False) -> list[Action]:
+        """The Redis connection died under the hub."""
+        self.redis.drop(link, lost_in_transit=lost_in_transit)
+        self.hub.redis_lost(link, self.now)
+        return self.run()
+
+    def commands(self, link: RedisLink) -> list[list[bytes]]:
+        return self.redis.links[link].commands
+
+    def published(self, channel: bytes | None = None) -> list[bytes]:
+        return [p for c, p in self.redis.published if channel is None or c == channel]
+
+    def channel(self, name: str) -> bytes:
+        return (self.config.channel_prefix + name).encode()
+
+    def set_groups(self, key: str, groups: Iterable[str] | bytes) -> int:
+        """The listener answers: PUBLISH groups-new:KEY with a JSON array."""
+        payload = groups if isinstance(groups, bytes) else ("[" + ",".join(f'"{g}"' for g in groups) + "]").encode()
+        receivers = self.redis.publish(self.channel(f"groups-new:{key}"), payload)
+        self.run()
+        return receivers
+
+    def group_data(self, group: str, payload: bytes) -> int:
+        receivers = self.redis.publish(self.channel(f"group-data:{group}"), payload)
+        self.run()
+        return receivers
+
+    # -- clients ------------------------------------------------------------------
+
+    def open(self, *, auto_pong: bool = True, method: bytes = b"GET") -> Client:
+        """A raw TCP client: accepted, nothing sent yet."""
+        conn = self.hub.client_opened(self.now)
+        if conn in self.clients:
+            raise ContractError(f"conn id {conn} reused")
+        client = Client(self, conn, auto_pong=auto_pong, method=method)
+        self.clients[conn] = client
+        self.run()
+        return client
+
+    def connect(self, key: str = "k", *, target: str | None = None, auto_pong: bool = True,
+                extra_headers: Iterable[tuple[str, str]] = (), chunk: int | None = None) -> Client:
+        """A wsproto client performing the opening handshake (RFC 6455 section 4.1)."""
+        client = self.open(auto_pong=auto_pong)
+        client.ws = WSConnection(ConnectionType.CLIENT)
+        path = target if target is not None else f"{self.config.server_url}?{self.config.client_key}={key}"
+        data = client.ws.send(Request(host="hub.test", target=path, extra_headers=list(extra_headers)))
+        self.client_data(client.conn, data, chunk=chunk)
+        return client
+
+    def client_data(self, conn: int, data: bytes, *, chunk: int | None = None) -> None:
+        step = chunk or max(1, len(data))
+        for i in range(0, max(1, len(data)), step):
+            if self.clients[conn].closed:
+                return  # the shell stops reading a socket it closed
+            self.hub.client_data(conn, data[i: i + step], self.now)
+            self.run()
+
+    def eof(self, client: Client) -> None:
+        self.hub.client_eof(client.conn, self.now)
+        self.run()
+
+    def lose(self, client: Client) -> None:
+        """The transport is gone (RST): no more actions may name this conn."""
+        self.hub.client_lost(client.conn, self.now)
+        client.closed = True
+        client.lost = True
+        self.run()
+
+    def write_paused(self, client: Client) -> None:
+        self.hub.client_write_paused(client.conn, self.now)
+        self.run()
+
+    def write_resumed(self, client: Client) -> None:
+        self.hub.client_write_resumed(client.conn, self.now)
+        self.run()
+
+    def shutdown(self) -> None:
+        self.hub.shutdown(self.now)
+        self.run()
+
+    # -- queries ------------------------------------------------------------------
+
+    def actions_since(self, index: int) -> list[Action]:
+        return [a for _, a in self.log[index:]]
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def ws_state(self, client: Client) -> ConnectionState:
+        return client._proto.state
