@@ -87,7 +87,7 @@ class MessageReceived:
 
 Outcome = HttpRequest | MessageReceived
 
-_HEADER_STATUS = {400: "malformed request", 431: "request head too large"}
+_HEADER_STATUS = {400: "malformed request", 431: "request head too large", 501: "not implemented"}
 
 
 class ClientConnection:
