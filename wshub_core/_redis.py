@@ -95,8 +95,6 @@ class RedisSession:
         "_prelude",
         "_prelude_pending",
         "_backoff",
-        "_username",
-        "_password",
     )
 
     def __init__(self, *, backoff: Backoff, username: str, password: str) -> None:
@@ -114,8 +112,6 @@ class RedisSession:
             self._prelude.append(auth)
         self._prelude_pending = 0
         self._backoff = backoff
-        self._username = username
-        self._password = password
 
     def connecting(self, now: float) -> None:
         self.state = RedisState.CONNECTING
@@ -284,7 +280,7 @@ class SubscriberSession(RedisSession):
 class CommandSession(RedisSession):
     """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
 
-    __slots__ = ("_outbox", "_inflight", "buffered_bytes", "db", "errors")
+    __slots__ = ("_outbox", "_inflight", "buffered_bytes")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, db: int) -> None:
         super().__init__(backoff=backoff, username=username, password=password)
@@ -293,8 +289,6 @@ class CommandSession(RedisSession):
         self._outbox: deque[bytes] = deque()  # packed commands not yet written
         self._inflight: deque[bytes] = deque()  # written, reply not yet read
         self.buffered_bytes = 0  # bytes in outbox + inflight
-        self.db = db
-        self.errors = 0  # PUBLISHes Redis answered with an error
 
     @property
     def idle(self) -> bool:
@@ -340,7 +334,6 @@ class CommandSession(RedisSession):
             if cmd is not _PING:  # PING is not counted in buffered_bytes
                 self.buffered_bytes -= len(cmd)
             if isinstance(reply, hiredis.ReplyError):
-                self.errors += 1
                 errors.append(reply)
         if not self._prelude_pending:
             self.waiting_since = now if self._inflight else None
