@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable
 
-from ._actions import Action, CloseClient, SendToClient, StopListening, Stopped
+from ._actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient, StopListening, Stopped
 from ._client import ClientConnection, ClientState, CloseCode, Outcome
 from ._timers import Timers
 
@@ -63,11 +63,9 @@ class BaseHub:
     def _on_forget(self, client: ClientConnection) -> None:
         """The client left for good: drop whatever else refers to it."""
 
-    def _on_write_paused(self, client: ClientConnection) -> None:
-        """The client's socket is full."""
-
-    def _on_write_resumed(self, client: ClientConnection) -> None:
-        """The client's socket drained."""
+    def _may_resume(self, client: ClientConnection) -> bool:
+        """Whether reading the client may resume now that its socket drained."""
+        return True
 
     def _flush_more(self, now: float) -> None:
         """Output other than the clients' (Redis commands), after the clients'."""
@@ -150,13 +148,17 @@ class BaseHub:
         if client is not None and client.write_paused_since is None:
             client.write_paused_since = now
             self._timers.schedule(conn, now + self._write_wait)
-            self._on_write_paused(client)
+            # Stop reading it too: a peer that does not read what we send must not
+            # make us hold what it sends (an echo, an upgrade answer, pongs).
+            self._actions.append(PauseClient(conn=conn))
 
     def client_write_resumed(self, conn: int, now: float) -> None:
         client = self._clients.get(conn)
         if client is not None and client.write_paused_since is not None:
             client.write_paused_since = None
-            self._on_write_resumed(client)
+            if client.state is ClientState.OPEN and self._may_resume(client):
+                client.last_seen = now  # it could not be heard while we did not read it
+                self._actions.append(ResumeClient(conn=conn))
             self._dirty[conn] = client
             self._now = now
 

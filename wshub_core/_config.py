@@ -239,6 +239,8 @@ def load_config(
             tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: nested too deeply to be a config file") from None
         if not isinstance(tree, Mapping):
             raise ConfigError(f"{source}: the top level must be a mapping of keys")
         unknown = _unknown_keys(tree)
@@ -275,7 +277,10 @@ def _derive(values: dict[str, Any], source: str) -> Config:
     address = values["redis_address"]
     tls = False
     if "://" in address:
-        url = urlsplit(address)
+        try:
+            url = urlsplit(address)
+        except ValueError as exc:
+            raise ConfigError(f"redis.address in {source}: not a URL: {address!r} ({exc})") from None
         check(url.scheme in ("redis", "rediss"), "redis.address", "URL scheme must be redis:// or rediss://")
         tls = url.scheme == "rediss"
         check(bool(url.hostname), "redis.address", "URL has no host")

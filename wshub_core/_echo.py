@@ -21,9 +21,8 @@ import logging
 
 from wsproto.frame_protocol import FrameProtocol
 
-from ._actions import PauseClient, ResumeClient
 from ._base import BaseHub
-from ._client import ClientConnection, ClientState, HttpRequest, MessageReceived, Outcome
+from ._client import ClientConnection, HttpRequest, MessageReceived, Outcome
 
 __all__ = ["EchoHub"]
 
@@ -62,14 +61,6 @@ class EchoHub(BaseHub):
                          max_outbound_buffer=max_outbound_buffer, handshake_timeout=handshake_timeout,
                          write_wait=write_wait)
         self.path = path
-
-    def _on_write_paused(self, client: ClientConnection) -> None:
-        """Stop reading: every byte read becomes a byte to write."""
-        self._actions.append(PauseClient(conn=client.conn))
-
-    def _on_write_resumed(self, client: ClientConnection) -> None:
-        if client.state is ClientState.OPEN:
-            self._actions.append(ResumeClient(conn=client.conn))
 
     def _handle_outcomes(self, client: ClientConnection, outcomes: list[Outcome], now: float) -> None:
         for outcome in outcomes:

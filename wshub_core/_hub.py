@@ -306,9 +306,10 @@ class Hub(BaseHub):
                 self._dirty[conn] = client
                 return []
             deadlines.append(no_groups)
-        if member is not None and member.reading_paused:
-            # We stopped reading it (Redis backpressure): its pongs wait in the socket.
-            # No ping, no silence close; the silence clock restarts when we resume it.
+        if (member is not None and member.reading_paused) or client.write_paused_since is not None:
+            # We stopped reading it (Redis backpressure, or its socket is full): its pongs
+            # wait in the socket. No ping, no silence close; the silence clock restarts
+            # when we read it again. A full socket has its own deadline (writeWait).
             return [*deadlines, now + self._ping_interval]
         silent = client.last_seen + cfg.pong_wait
         if now >= silent:
@@ -323,6 +324,10 @@ class Hub(BaseHub):
             ping_due = now + self._ping_interval
         deadlines.append(ping_due)
         return deadlines
+
+    def _may_resume(self, client: ClientConnection) -> bool:
+        member = self._members.get(client.conn)
+        return member is None or not member.reading_paused  # Redis backpressure resumes it later
 
     def _on_forget(self, client: ClientConnection) -> None:
         conn = client.conn
@@ -445,8 +450,9 @@ class Hub(BaseHub):
                 client = self._clients.get(conn)
                 if member is not None and client is not None:
                     member.reading_paused = False
-                    client.last_seen = now  # it could not be heard while paused
-                    actions.append(ResumeClient(conn=conn))
+                    if client.write_paused_since is None:  # else it resumes when its socket drains
+                        client.last_seen = now  # it could not be heard while paused
+                        actions.append(ResumeClient(conn=conn))
             self._paused_senders.clear()
 
     def _drained(self) -> bool:

@@ -145,6 +145,9 @@ class RedisSession:
             except hiredis.ProtocolError as exc:
                 self.broken = f"protocol error: {exc}"
                 return replies
+            except (TypeError, ValueError) as exc:  # e.g. a RESP3 map keyed by an array: no dict can hold it
+                self.broken = f"unreadable reply: {exc}"
+                return replies
             if reply is _NOT_ENOUGH:
                 return replies
             if self._prelude_pending:
@@ -260,15 +263,23 @@ class SubscriberSession(RedisSession):
                 continue
             self._owed = max(0, self._owed - 1)
             if kind == b"subscribe":
-                left = self._pending_sub.get(channel, 0) - 1
+                if channel not in self._pending_sub:
+                    # A confirmation we are not owed: our bookkeeping and Redis' disagree,
+                    # and the only way back to agreement is a fresh link and a resubscribe.
+                    self.broken = f"confirmation of a SUBSCRIBE never sent: {channel!r}"[:200]
+                    break
+                left = self._pending_sub[channel] - 1
                 if left > 0:
                     self._pending_sub[channel] = left
                 else:
-                    self._pending_sub.pop(channel, None)
+                    del self._pending_sub[channel]
                     if self._last_op.get(channel) is True:
                         out.append(Confirmed(channel=channel))
             elif kind == b"unsubscribe":
-                if self._last_op.get(channel) is False and channel not in self._pending_sub:
+                if channel not in self._last_op:
+                    self.broken = f"confirmation of an UNSUBSCRIBE never sent: {channel!r}"[:200]
+                    break
+                if self._last_op[channel] is False and channel not in self._pending_sub:
                     del self._last_op[channel]
             elif kind != b"pong":
                 self.broken = f"unexpected reply on the subscriber link: {kind!r}"[:200]
