@@ -77,7 +77,7 @@ class TestRedisReplyBookkeeping:
         resp(b"unsubscribe", b"ws-hub:group-data:never-asked", b"0"),
     ])
     def test_a_reply_that_breaks_the_bookkeeping_drops_and_redials_the_link(self, data: bytes) -> None:
-        hub, conn = hub_with_client()
+        hub, _conn = hub_with_client()
         hub.redis_data(RedisLink.SUBSCRIBER, data, 1.0)
         actions = hub.actions()
         assert CloseRedis(link=RedisLink.SUBSCRIBER) in actions

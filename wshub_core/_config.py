@@ -7,6 +7,7 @@ key (dotted, as written in YAML) and the file, so a user can fix it in one go.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -207,6 +208,8 @@ def _coerce(key: Key, value: Any, source: str, from_env: bool) -> Any:
         value = int(value)
     else:
         value = float(value)
+        if math.isnan(value):  # .inf is allowed: "never"
+            raise ConfigError(f"{where}: must be a number, got {value!r}")
     if key.minimum is not None and value < key.minimum:
         raise ConfigError(f"{where}: must be at least {key.minimum}, got {value!r}")
     return value
@@ -295,7 +298,8 @@ def _derive(values: dict[str, Any], source: str) -> Config:
             values["redis_password"] = unquote(url.password)
         db_text = url.path.strip("/")
         if db_text:
-            check(db_text.isdigit(), "redis.address", f"database must be a number, got {db_text!r}")
+            check(db_text.isascii() and db_text.isdigit(), "redis.address",
+                  f"database must be a number, got {db_text!r}")
             values["redis_db"] = int(db_text)
     else:
         redis_host, redis_port = _split_host_port(address, 6379, f"redis.address in {source}")
