@@ -21,11 +21,14 @@ is down, close codes from the documented set, ...); a violation raises
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import h11
 import hiredis
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
@@ -67,6 +70,46 @@ DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011})
 DOCUMENTED_HTTP_STATUSES = frozenset({200, 400, 403, 404, 405, 426, 431, 501, 503})
 
 WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3 sample nonce
+
+
+def fuzz_examples(default: int) -> int:
+    """max_examples of a fuzz test; ``WSHUB_FUZZ_EXAMPLES`` overrides it for a longer run."""
+    return int(os.environ.get("WSHUB_FUZZ_EXAMPLES", default))
+
+
+# -- hostile-input strategies (shared by the fuzz tests) -------------------------
+
+
+@st.composite
+def chunked(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """``data`` cut at random places (the socket decides, not the peer)."""
+    if not data:
+        return []
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=8)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: bytes) -> bytes:
+    """Byte flips, insertions, deletions, duplications and truncation of valid input."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "truncate"]))
+        pos = draw(st.integers(0, max(0, len(out))))
+        if kind == "flip" and out:
+            out[min(pos, len(out) - 1)] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            out[pos:pos] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(
+                [b"\r\n", b"\r\n\r\n", b":", b" ", b"\x00", b"\xff", b"\n", b"\t", b",", b"%"]))
+        elif kind == "delete":
+            del out[pos:pos + draw(st.integers(1, 8))]
+        elif kind == "duplicate":
+            piece = out[pos:pos + draw(st.integers(1, 40))]
+            out[pos:pos] = piece
+        else:
+            del out[pos:]
+    return bytes(out)
 
 
 class ContractError(AssertionError):
@@ -113,22 +156,6 @@ def resp_push(kind: bytes, channel: bytes, count: int) -> bytes:
 
 def resp_message(channel: bytes, payload: bytes) -> bytes:
     return resp_array(resp_bulk(b"message"), resp_bulk(channel), resp_bulk(payload))
-
-
-def resp_command(*args: bytes) -> bytes:
-    """A command as a client sends it (array of bulk strings)."""
-    return resp_array(*(resp_bulk(a) for a in args))
-
-
-def parse_commands(data: bytes) -> list[list[bytes]]:
-    """Split RESP the hub sent into commands; raises if it is not whole, valid RESP."""
-    reader = hiredis.Reader()
-    reader.feed(data)
-    commands = []
-    while (cmd := reader.gets()) is not False:
-        assert isinstance(cmd, list), cmd
-        commands.append(cmd)
-    return commands
 
 
 # -- frames and HTTP, written by hand (what hostile clients send) --------------
@@ -227,6 +254,7 @@ class FakeLink:
     partial: int = 0  # bytes of pending[0] already delivered
     commands: list[list[bytes]] = field(default_factory=list)  # every command received, all sessions
     session_commands: list[list[bytes]] = field(default_factory=list)  # since the last connect
+    sessions: list[list[list[bytes]]] = field(default_factory=list)  # commands of each connection, in order
     connects: int = 0  # ConnectRedis actions seen
     closes: int = 0  # CloseRedis actions seen
     db: int = 0
@@ -259,6 +287,7 @@ class FakeRedis:
         fake = self.links[link]
         fake.reset()
         fake.up = True
+        fake.sessions.append(fake.session_commands)
 
     def drop(self, link: RedisLink, *, lost_in_transit: bool = False) -> None:
         """The connection is gone: its subscriptions and undelivered replies with it.
@@ -458,10 +487,6 @@ class Client:
         self.sent_close = True
         self.send_event(CloseConnection(code=code, reason=reason))
 
-    def message_frames_sent(self, payload: bytes) -> bytes:
-        """The bytes wsproto would send for one text message (for byte-by-byte feeding)."""
-        return self._proto.send(TextMessage(data=payload.decode()))
-
 
 # -- the harness -----------------------------------------------------------------
 
@@ -589,13 +614,14 @@ class Harness:
             self.now = max(self.now, deadline)
             self.hub.handle_timer(self.now)
             done += self.run()
+            after = self.hub.next_deadline()
+            if after is not None and after <= self.now:
+                # The shell would arm a timer that fires at once, forever: a busy loop.
+                raise ContractError(f"next_deadline() {after} is not after the handle_timer({self.now}) just done")
         else:
             raise AssertionError("timers never settled")
         self.now = target
         return done
-
-    def advance_to(self, when: float) -> list[Action]:
-        return self.advance(max(0.0, when - self.now))
 
     # -- Redis --------------------------------------------------------------------
 

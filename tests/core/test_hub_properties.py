@@ -30,8 +30,9 @@ subscribed.
 from __future__ import annotations
 
 import json
+import os
 
-from hypothesis import HealthCheck, settings, target
+from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -138,8 +139,8 @@ class HubMachine(RuleBasedStateMachine):
     # -- rules: clients ------------------------------------------------------------------
 
     @precondition(lambda self: len(self.open_clients()) < 8)
-    @rule(key=st.sampled_from(KEYS))
-    def connect(self, key: str) -> None:
+    @rule(key=st.sampled_from(KEYS), then_deliver=st.booleans())
+    def connect(self, key: str, then_deliver: bool) -> None:
         self._prune()
         mark = self.h.mark()
         client = self.h.connect(key)
@@ -149,6 +150,15 @@ class HubMachine(RuleBasedStateMachine):
         self.key_of[client.conn] = key
         self.expected[client.conn] = []
         self.key_groups.setdefault(key, None)
+        if then_deliver:
+            self._deliver_all_subscriber()
+
+    def _deliver_all_subscriber(self) -> None:
+        """Redis answers promptly: every reply (and what they trigger, e.g. the listener's answer)."""
+        for _ in range(3):
+            mark = self.h.mark()
+            self._absorb(self.h.deliver(SUB))
+            self._count_failures(mark)
 
     @precondition(lambda self: self.open_clients())
     @rule(index=st.integers(0, 99), burst=st.integers(1, 3))
@@ -185,10 +195,12 @@ class HubMachine(RuleBasedStateMachine):
             self.listener_groups[key] = groups
         self._answer(key, groups, form)
 
-    @rule(group=st.sampled_from(GROUPS))
-    def group_data(self, group: str) -> None:
+    @rule(group=st.sampled_from(GROUPS), then_deliver=st.booleans())
+    def group_data(self, group: str, then_deliver: bool) -> None:
         self.counter += 1
         self.h.redis.publish(self.h.channel(f"group-data:{group}"), f"{group}#{self.counter}".encode())
+        if then_deliver:
+            self._deliver_all_subscriber()
 
     # -- rules: Redis --------------------------------------------------------------------
 
@@ -307,9 +319,128 @@ class HubMachine(RuleBasedStateMachine):
 
 
 HubMachine.TestCase.settings = settings(
-    max_examples=120,
+    max_examples=int(os.environ.get("WSHUB_PROPERTY_EXAMPLES", "250")),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestHubInterleavings = HubMachine.TestCase
+
+
+# -- focused properties: the two Redis guarantees, with every step aimed at them --------------
+
+FOCUSED = settings(max_examples=2 * int(os.environ.get("WSHUB_PROPERTY_EXAMPLES", "250")), deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])
+
+COMMAND_OPS = st.lists(
+    st.tuples(st.just("send"), st.integers(1, 3))
+    | st.tuples(st.just("ack"), st.integers(1, 4))
+    | st.tuples(st.just("ack-bytes"), st.integers(1, 9))
+    | st.tuples(st.just("drop"), st.booleans())
+    | st.tuples(st.just("refuse"), st.booleans())
+    | st.tuples(st.just("tick"), st.sampled_from([0.05, 0.5, 1.0])),
+    max_size=30,
+)
+
+
+@FOCUSED
+@given(ops=COMMAND_OPS)
+def test_client_messages_reach_redis_at_least_once_and_in_order(ops: list[tuple[str, object]]) -> None:
+    """The command link: unacknowledged PUBLISHes survive any drop, and each connection sends in order."""
+    h = Harness(make_config(reconnect_min=0.1, reconnect_max=1.0, max_buffered_bytes=1 << 30), auto_reply=False)
+    client = h.connect("k")
+    h.deliver(SUB)
+    h.deliver(CMD)
+    channel = h.channel("client-data:k")
+    sent: list[bytes] = []
+    for op, arg in ops:
+        if op == "send":
+            for _ in range(int(arg)):  # type: ignore[call-overload]
+                sent.append(b"m%d" % len(sent))
+                client.text(sent[-1].decode())
+        elif op == "ack":
+            h.deliver(CMD, int(arg))  # type: ignore[call-overload]
+        elif op == "ack-bytes":
+            h.deliver_bytes(CMD, int(arg))  # type: ignore[call-overload]
+        elif op == "drop" and h.redis.links[CMD].up:
+            h.drop_redis(CMD, lost_in_transit=bool(arg))
+        elif op == "refuse":
+            h.refuse = {CMD} if arg else set()
+        elif op == "tick":
+            h.advance(float(arg))  # type: ignore[arg-type]
+        first = list(dict.fromkeys(h.published(channel)))
+        assert first == sent[: len(first)]
+    h.refuse.clear()
+    for _ in range(5):
+        h.advance(1.0)
+        h.deliver(CMD)
+    assert list(dict.fromkeys(h.published(channel))) == sent  # nothing lost
+    for session in h.redis.links[CMD].sessions:  # each connection: resends first, then new, in order
+        indexes = [sent.index(c[2]) for c in session if c[:2] == [b"PUBLISH", channel]]
+        assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes), indexes
+    assert "wshub_redis_buffered_commands 0\n" in h.hub.metrics_text()
+
+
+SUBSCRIBER_OPS = st.lists(
+    st.tuples(st.just("connect"), st.sampled_from(["a", "b"]))
+    | st.tuples(st.just("leave"), st.integers(0, 9))
+    | st.tuples(st.just("deliver"), st.integers(1, 3))
+    | st.tuples(st.just("deliver-bytes"), st.integers(1, 50))
+    | st.tuples(st.just("groups"), st.sampled_from(["a", "b"]))
+    | st.tuples(st.just("drop"), st.none())
+    | st.tuples(st.just("tick"), st.none()),
+    max_size=30,
+)
+
+
+@FOCUSED
+@given(ops=SUBSCRIBER_OPS)
+def test_subscribe_races_end_where_redis_ends(ops: list[tuple[str, object]]) -> None:
+    """The subscriber link: churn on few keys, replies late or cut, drops; client-new waits for confirmation."""
+    h = Harness(make_config(reconnect_min=0.1, reconnect_max=1.0), auto_reply=False)
+    violations: list[bytes] = []
+    failed = [False]
+
+    def on_publish(channel: bytes, payload: bytes) -> None:
+        if channel == h.channel("client-new") and not failed[0]:
+            ch = h.channel("groups-new:" + payload.decode())
+            fake = h.redis.links[SUB]
+            if ch not in fake.subscribed or any(r.kind == "subscribe" and r.channel == ch for r in fake.pending):
+                violations.append(payload)
+
+    h.redis.on_publish.append(on_publish)
+    clients: list[Client] = []
+    key_of: dict[int, str] = {}
+    for op, arg in ops:
+        live = [c for c in clients if not c.closed]
+        if op == "connect":
+            clients.append(h.connect(str(arg)))
+            key_of[clients[-1].conn] = str(arg)
+        elif op == "leave" and live:
+            h.lose(live[int(arg) % len(live)])  # type: ignore[call-overload]
+        elif op == "deliver":
+            h.deliver(SUB, int(arg))  # type: ignore[call-overload]
+        elif op == "deliver-bytes":
+            h.deliver_bytes(SUB, int(arg))  # type: ignore[call-overload]
+        elif op == "groups":
+            h.redis.publish(h.channel(f"groups-new:{arg}"), b'["g"]')
+        elif op == "drop" and h.redis.links[SUB].up:
+            failed[0] = True
+            h.drop_redis(SUB)
+        elif op == "tick":
+            h.advance(0.5)
+        assert violations == []
+        if h.redis.links[SUB].up:
+            assert h.redis.links[SUB].subscribed == h.hub.needed_channels() == h.hub.subscribed_channels()
+        h.deliver(CMD)
+    for _ in range(3):
+        h.advance(1.0)
+        h.deliver(SUB)
+        h.deliver(CMD)
+    assert h.redis.links[SUB].pending == [] and h.hub.ready
+    assert h.redis.links[SUB].subscribed == h.hub.needed_channels()
+    # Every connection still waiting for groups has asked for them after its key was confirmed.
+    asked = h.published(h.channel("client-new"))
+    for client in clients:
+        if not client.closed and not h.hub.groups_of(client.conn):
+            assert key_of[client.conn].encode() in asked

@@ -503,6 +503,30 @@ class TestBrokenReplies:
         assert h.hub.stats.publish_errors == 1
         assert "wshub_redis_buffered_commands 0\n" in h.hub.metrics_text()
 
+    @pytest.mark.parametrize("link", [SUB, CMD], ids=["subscriber", "commands"])
+    @pytest.mark.parametrize("reply", [b"%1\r\n*0\r\n:1\r\n", b"%1\r\n%0\r\n:1\r\n"],
+                             ids=["array-key", "map-key"])
+    def test_resp3_map_with_an_unhashable_key_drops_the_link(self, link: RedisLink, reply: bytes) -> None:
+        """hiredis raises TypeError (not ProtocolError) building such a map: still Redis input, not a crash."""
+        h = Harness(make_config(reconnect_max=1.0))
+        h.connect("k")
+        mark = h.mark()
+        h.redis_data(link, reply)
+        assert closes(h, link, mark) == 1
+        h.advance(1.0)
+        assert h.redis.links[link].up and h.hub.ready
+
+    def test_confirmation_for_a_channel_never_subscribed_does_not_stall_readiness(self) -> None:
+        """A confirmation that answers nothing we sent must not stand in for the one we wait for."""
+        h = Harness(make_config(reconnect_max=1.0, redis_timeout=5.0), auto_reply=False)
+        h.connect("k")
+        h.redis.links[SUB].pending.clear()  # the real confirmation is lost...
+        h.redis_data(SUB, resp_push(b"subscribe", b"ws-hub:groups-new:other", 1))  # ...and this came instead
+        h.auto_reply = True
+        h.advance(30)
+        assert h.hub.ready, "the hub waits forever for a confirmation it no longer expects"
+        assert h.published(h.channel("client-new")) == [b"k"]
+
     @pytest.mark.parametrize(
         "reply",
         [

@@ -1,0 +1,111 @@
+"""Random config text, YAML trees and environment overrides into ``load_config``.
+
+The invariant: ``load_config`` returns a ``Config`` or raises ``ConfigError``
+(whose message names the source); nothing else escapes. And a ``Config`` it
+returns is one the hub can run with: every number within its documented
+minimum (so never NaN), and ``Hub(config=...)`` starts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from core.harness import fuzz_examples
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wshub_core import KEYS, Config, ConfigError, Hub, env_name, load_config
+
+FUZZ = settings(max_examples=fuzz_examples(300), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+LEAVES = sorted({k.path.rsplit(".", 1)[-1] for k in KEYS})
+SECTIONS = sorted({k.path.split(".")[0] for k in KEYS if "." in k.path})
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e-300, 2**63]),
+    st.text(max_size=20),
+    st.sampled_from([
+        ":8080", "127.0.0.1:0", "[::1]:6379", "localhost", "redis://u:p@h:1/2", "rediss://h", "redis://[::1",
+        "redis://h:1/\u00b2", "redis://h:99999", "redis://:p@/3", "http://h", "/ws", "ws", "", "text", "json",
+        "1e3", "0x10", "-1", "10s", "1_000",
+    ]),
+)
+TREES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(LEAVES + SECTIONS) | st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+DOCUMENTS = st.dictionaries(
+    st.sampled_from(LEAVES + SECTIONS),
+    TREES | st.dictionaries(st.sampled_from(LEAVES), SCALARS | st.lists(SCALARS, max_size=3), max_size=5),
+    max_size=6,
+)
+
+
+@st.composite
+def documented_keys(draw: st.DrawFn) -> dict[str, object]:
+    """Real keys at their real places, with values of any type."""
+    tree: dict[str, object] = {}
+    for key in draw(st.lists(st.sampled_from(KEYS), max_size=6, unique_by=lambda k: k.path)):
+        node = tree
+        *sections, leaf = key.path.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})  # type: ignore[assignment]
+        node[leaf] = draw(SCALARS | st.lists(SCALARS, max_size=3))
+    return tree
+
+
+def check(text: str | None, environ: dict[str, str] | None = None) -> None:
+    try:
+        config = load_config(text, source="fuzz.yaml", environ=environ)
+    except ConfigError as exc:
+        assert "fuzz.yaml" in str(exc) or "environment variable" in str(exc), exc
+        return
+    assert isinstance(config, Config)
+    for key in KEYS:
+        value = getattr(config, key.attr)
+        if key.minimum is not None:
+            assert not (isinstance(value, float) and math.isnan(value)), f"{key.path} is NaN"
+            assert value >= key.minimum, (key.path, value)
+    hub = Hub(config=config)
+    hub.start(0.0)
+    assert hub.actions()
+
+
+class TestConfigFuzz:
+    @FUZZ
+    @given(st.text(max_size=300))
+    def test_random_text(self, text: str) -> None:
+        check(text)
+
+    @FUZZ
+    @given(DOCUMENTS)
+    def test_random_yaml_trees(self, tree: dict[str, object]) -> None:
+        check(yaml.safe_dump(tree))
+
+    @FUZZ
+    @given(documented_keys())
+    def test_documented_keys_with_any_values(self, tree: dict[str, object]) -> None:
+        check(yaml.safe_dump(tree))
+
+    @FUZZ
+    @given(st.dictionaries(st.sampled_from([env_name(k.path) for k in KEYS]),
+                           st.text(max_size=20) | st.sampled_from([".nan", ".inf", "-.inf", "1e400", "[1", "{a: 1}",
+                                                                   "a,b", "~", "0o17", "redis://[::1"]),
+                           max_size=4))
+    def test_random_environment(self, environ: dict[str, str]) -> None:
+        check(None, environ)
+
+    @pytest.mark.parametrize("opener", ["[", "{a: ", "- "])
+    @pytest.mark.parametrize("depth", [10, 100, 1000, 3000])
+    def test_deep_nesting(self, depth: int, opener: str) -> None:
+        """A nesting bomb (a classic hostile input): a ConfigError, not a RecursionError."""
+        check("address: " + opener * depth)
