@@ -6,7 +6,7 @@ import asyncio
 
 import websockets
 
-from helpers import RedisProcess, Subscriber, hub_config, running_hub, within
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
 
 
 def test_four_steps(redis_server: RedisProcess, prefix: str) -> None:
@@ -18,9 +18,10 @@ def test_four_steps(redis_server: RedisProcess, prefix: str) -> None:
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=k1")
             assert await sub.next() == (f"{prefix}client-new", b"k1")
             await r.publish(f"{prefix}groups-new:k1", '["g1"]')
-            # The listener's answer makes the hub SUBSCRIBE group-data:g1; wait until it is live.
-            while await r.publish(f"{prefix}group-data:g1", "hello") == 0:
-                await asyncio.sleep(0.01)
+            # The listener's answer makes the hub SUBSCRIBE group-data:g1; wait until Redis confirmed it.
+            await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g1".encode()
+                           in server.hub.subscribed_channels(), what="group subscribed")
+            assert await r.publish(f"{prefix}group-data:g1", "hello") == 1
             assert await within(ws.recv()) == "hello"
             await ws.send(b"\x00\xff")
             assert await sub.next() == (f"{prefix}client-data:k1", b"\x00\xff")
