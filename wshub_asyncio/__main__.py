@@ -63,13 +63,12 @@ def serve(config: Config, *, reuseport: bool = False) -> int:
     try:
         import uvloop  # type: ignore[import-not-found, unused-ignore]
 
-        loop_factory = uvloop.new_event_loop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
-        loop_factory = None
+        pass
     try:
         sock = reuseport_socket(config) if reuseport else None
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(run(config, sock=sock))
+        return asyncio.run(run(config, sock=sock))
     except ConfigError as exc:  # found while starting (e.g. an unreadable TLS key)
         print(f"wshub: bad config: {exc}", file=sys.stderr)
         return 2
