@@ -200,9 +200,7 @@ class Hub(BaseHub):
     def _handle_outcomes(self, client: ClientConnection, outcomes: list[Outcome], now: float) -> None:
         for outcome in outcomes:
             if isinstance(outcome, MessageReceived):
-                member = self._members.get(client.conn)
-                if member is None:
-                    continue
+                member = self._members[client.conn]  # messages come only after the upgrade registered it
                 self.stats.messages_in += 1
                 if self._debug:
                     log.debug("client %d (%s) sent %d bytes", client.conn, member.key, len(outcome.data))
