@@ -8,8 +8,9 @@ hubs report losing: connections, subscriptions, client messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 import websockets
@@ -37,6 +38,21 @@ async def join(server: HubServer, r: aredis.Redis, sub: Subscriber, prefix: str,
     channels = {f"{prefix}group-data:{g}".encode() for g in groups}
     await wait_for(lambda: channels <= server.hub.needed_channels() and server.hub.ready, what="groups live")
     return ws
+
+
+@contextlib.asynccontextmanager
+async def client_a_in_group_g(own_redis: RedisProcess, prefix: str,
+                              **config: Any) -> AsyncIterator[tuple[HubServer, Subscriber, ClientConnection]]:
+    """A hub on ``own_redis``, client "a" in group "g", and a subscriber to client-data:a."""
+    r = own_redis.client()
+    sub = Subscriber(r)
+    await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
+    try:
+        async with running_hub(hub_config(own_redis.port, prefix, **config)) as server:
+            yield server, sub, await join(server, r, sub, prefix, "a", ["g"])
+    finally:
+        await sub.close()
+        await r.aclose()
 
 
 async def redis_channels(r: aredis.Redis, prefix: str) -> set[bytes]:
@@ -123,11 +139,7 @@ def test_client_kill_pubsub_recovers_every_subscription(own_redis: RedisProcess,
 def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: RedisProcess,
                                                                    prefix: str) -> None:
     async def scenario() -> None:
-        r = own_redis.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
-        async with running_hub(hub_config(own_redis.port, prefix, redis_timeout=30)) as server:
-            a = await join(server, r, sub, prefix, "a", ["g"])
+        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30) as (server, sub, a):
             own_redis.pause()
             try:
                 for i in range(200):
@@ -140,8 +152,6 @@ def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: R
             assert got == [(f"{prefix}client-data:a", f"m{i}".encode()) for i in range(200)]
             assert "wshub_redis_buffered_commands 0" in server.hub.metrics_text()
             await within(await a.ping())  # never disconnected
-            await sub.close()
-        await r.aclose()
 
     run(scenario)
 
@@ -149,12 +159,8 @@ def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: R
 def test_full_buffer_pauses_the_sender_instead_of_dropping(own_redis: RedisProcess, prefix: str) -> None:
     """Above redis.maxBufferedBytes the hub stops reading the sender; TCP pushes back; nothing is lost."""
     async def scenario() -> None:
-        r = own_redis.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
-        config = hub_config(own_redis.port, prefix, redis_timeout=30, redis_maxBufferedBytes=4096)
-        async with running_hub(config) as server:
-            a = await join(server, r, sub, prefix, "a", ["g"])
+        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30,
+                                       redis_maxBufferedBytes=4096) as (server, sub, a):
             payload = "x" * 1000
             own_redis.pause()
             try:
@@ -169,8 +175,6 @@ def test_full_buffer_pauses_the_sender_instead_of_dropping(own_redis: RedisProce
             assert got == [(f"{prefix}client-data:a", f"{i}:{payload}".encode()) for i in range(300)]
             await wait_for(lambda: "wshub_clients_reading_paused 0" in server.hub.metrics_text(),
                            what="sender resumed")
-            await sub.close()
-        await r.aclose()
 
     run(scenario)
 
@@ -208,11 +212,7 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own
 
 def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        r = own_redis.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
-        async with running_hub(hub_config(own_redis.port, prefix, redis_timeout=30)) as server:
-            a = await join(server, r, sub, prefix, "a", ["g"])
+        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30) as (server, sub, a):
             own_redis.pause()
             try:
                 for i in range(20):
@@ -227,8 +227,6 @@ def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, pref
             await within(server.stopped.wait())
             got = [await sub.next() for _ in range(20)]
             assert got == [(f"{prefix}client-data:a", f"last-words-{i}".encode()) for i in range(20)]
-            await sub.close()
-        await r.aclose()
 
     run(scenario)
 
@@ -236,13 +234,7 @@ def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, pref
 def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_redis: RedisProcess,
                                                                           prefix: str) -> None:
     async def scenario() -> None:
-        r = own_redis.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new")
-        config = hub_config(own_redis.port, prefix, redis_timeout=30, shutdownTimeout=0.5)
-        async with running_hub(config) as server:
-            a = await join(server, r, sub, prefix, "a", ["g"])
-            await sub.close()
+        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30, shutdownTimeout=0.5) as (server, _, a):
             own_redis.pause()
             try:
                 await a.send("stuck")
@@ -253,7 +245,6 @@ def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_r
                 assert 0.4 <= asyncio.get_running_loop().time() - started < 3
             finally:
                 own_redis.resume()
-        await r.aclose()
 
     run(scenario)
 
