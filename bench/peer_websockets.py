@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import resource
 import signal
@@ -34,23 +33,9 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from wshub_core import parse_groups  # the payload format is the protocol's, not part of the comparison
+
 log = logging.getLogger("peer")
-
-
-def parse_groups(payload: bytes) -> set[str] | None:
-    try:
-        text = payload.decode().strip()
-    except UnicodeDecodeError:
-        return None
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return {v for v in value if v}
-        return None
-    return {p.strip() for p in text.split(",") if p.strip()}
 
 
 class Peer:

@@ -246,21 +246,13 @@ class NodeProc:
 
 
 async def stop_pid(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Give the process ``grace`` seconds to exit by itself, then ``terminate`` it."""
     if proc.returncode is not None:
         return
     try:
         await asyncio.wait_for(proc.wait(), grace)
-        return
     except asyncio.TimeoutError:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await terminate(proc, grace)
 
 
 async def terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
