@@ -28,6 +28,7 @@ def hub_with_client(config_text: str = "") -> tuple[Hub, int]:
     hub.start(0.0)
     for link in RedisLink:
         hub.redis_connected(link, 0.0)
+        hub.redis_data(link, b"+PONG\r\n", 0.0)  # the handshake's PING answered
     hub.actions()
     client = WSConnection(ConnectionType.CLIENT)
     conn = hub.client_opened(0.0)

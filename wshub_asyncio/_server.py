@@ -108,8 +108,21 @@ class _RedisProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._current():
             del self._server.redis[self._link]
-            self._server.hub.redis_lost(self._link, self._server.loop.time())
+            self._server.hub.redis_lost(self._link, self._server.loop.time(), os_reason(exc) if exc else "")
             self._server.drain()
+
+
+def os_reason(exc: BaseException) -> str:
+    """What failed, in the OS's words ("Connection refused", "Name or service not known").
+
+    asyncio words a refused connect as "Connect call failed ('127.0.0.1', 6379)", uvloop
+    as the errno's text; the errno's text is the same on both loops.
+    """
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
+        text = exc.strerror if isinstance(exc, socket.gaierror) else os.strerror(exc.errno)
+        if text:
+            return text
+    return str(exc) or type(exc).__name__
 
 
 def server_tls_context(config: Config) -> ssl.SSLContext | None:
@@ -299,9 +312,8 @@ class HubServer(CoreServer):
         except asyncio.CancelledError:
             return
         except OSError as exc:
-            log.debug("redis %s connect failed: %s", link.value, exc)
             self._connecting.pop(link, None)
-            self.hub.redis_lost(link, self.loop.time())
+            self.hub.redis_lost(link, self.loop.time(), os_reason(exc))
             self.drain()
             return
         self._connecting.pop(link, None)

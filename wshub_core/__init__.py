@@ -24,6 +24,7 @@ from ._client import ClientState, CloseCode
 from ._config import ENV_PREFIX, KEYS, Config, ConfigError, env_name, load_config
 from ._echo import EchoHub
 from ._hub import Hub, encode_message
+from ._redis import RedisState
 from ._routing import parse_groups
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Hub",
     "PauseClient",
     "RedisLink",
+    "RedisState",
     "ResumeClient",
     "SendToClient",
     "SendToRedis",

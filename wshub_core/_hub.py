@@ -86,17 +86,23 @@ class Hub(BaseHub):
         self._client_gone = f"{prefix}client-gone".encode()
         self._data_prefix = f"{prefix}client-data:"
         self._ping_interval = config.pong_wait * 0.9
+        # A link counts as healthy (its backoff starts over) once it stayed up for reconnectMax.
         self._sub = SubscriberSession(
             backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed),
             username=config.redis_username,
             password=config.redis_password,
+            healthy_after=config.reconnect_max,
         )
         self._cmd = CommandSession(
             backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed + 1),
             username=config.redis_username,
             password=config.redis_password,
             db=config.redis_db,
+            healthy_after=config.reconnect_max,
         )
+        host = config.redis_host
+        self._redis_address = f"[{host}]:{config.redis_port}" if ":" in host else f"{host}:{config.redis_port}"
+        self._link_errors: dict[RedisLink, str] = {}  # why each link that is not up went down
         self._sessions: dict[RedisLink, RedisSession] = {
             RedisLink.SUBSCRIBER: self._sub,
             RedisLink.COMMANDS: self._cmd,
@@ -122,27 +128,33 @@ class Hub(BaseHub):
         session = self._sessions[link]
         if session.state is not RedisState.CONNECTING:
             return
-        prelude = session.connected(now)
-        log.info("redis %s link up (%s:%d)", link.value, self.config.redis_host, self.config.redis_port)
-        if prelude:
-            self._actions.append(SendToRedis(link=link, data=prelude))
+        # Not "up" yet: only a successful answer to the prelude proves this is a Redis that takes us.
+        self._actions.append(SendToRedis(link=link, data=session.connected(now)))
         if session is self._sub:
             for channel in sorted(self._routing.needed()):
                 self._sub.want(channel)
         self._timers.schedule(link, session.deadline(self.config.redis_timeout))
         self._now = now
 
-    def redis_lost(self, link: RedisLink, now: float) -> None:
-        """The link dropped or could not be opened (idempotent)."""
+    def redis_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+        """The link dropped or could not be opened (idempotent); ``error`` is the OS's reason, if any."""
         session = self._sessions[link]
-        if session.state is RedisState.DOWN:
+        state = session.state
+        if state is RedisState.DOWN:
             return
-        self._drop_link(link, session, now, "connection lost", close=False)
+        if state is RedisState.CONNECTING:
+            why = f"connect failed: {error or 'refused'}"
+        elif state is RedisState.HANDSHAKE:
+            why = f"closed before answering the handshake{': ' + error if error else ''}"
+        else:
+            why = f"connection lost: {error or 'closed by the server'}"
+        self._drop_link(link, session, now, why, close=False)
         self._now = now
 
     def redis_data(self, link: RedisLink, data: bytes, now: float) -> None:
         session = self._sessions[link]
-        if session.state is not RedisState.READY:
+        state = session.state
+        if state is not RedisState.READY and state is not RedisState.HANDSHAKE:
             return
         if session is self._sub:
             for event in self._sub.feed(data, now):
@@ -157,6 +169,9 @@ class Hub(BaseHub):
         if session.broken:
             self._drop_link(link, session, now, session.broken, close=True)
         else:
+            if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
+                self._link_errors.pop(link, None)
+                log.info("redis %s link up (%s)", link.value, self._redis_address)
             self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
         self._now = now
 
@@ -181,6 +196,10 @@ class Hub(BaseHub):
             and not self._stopping
             and all(self._sub.is_confirmed(ch) for ch in self._routing.needed())
         )
+
+    def link_states(self) -> dict[RedisLink, RedisState]:
+        """Where each Redis link is in its lifecycle (READY means the prelude was answered)."""
+        return {link: session.state for link, session in self._sessions.items()}
 
     def subscribed_channels(self) -> set[bytes]:
         return self._sub.subscribed_channels()
@@ -288,7 +307,8 @@ class Hub(BaseHub):
             return "shutting down"
         for link, session in self._sessions.items():
             if session.state is not RedisState.READY:
-                return f"redis {link.value} link {session.state.value}"
+                error = self._link_errors.get(link)
+                return f"redis {link.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
         return "subscriptions not confirmed yet"
 
     def _open_client_timer(self, client: ClientConnection, now: float) -> list[float]:
@@ -407,7 +427,10 @@ class Hub(BaseHub):
         session.lost(now)
         if was_ready:
             self.stats.redis_reconnects += 1
-        log.warning("redis %s link down (%s); retrying in %.2fs", link.value, why, session.connect_at - now)
+        self._link_errors[link] = why
+        # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
+        log.warning("redis %s link to %s: %s; retrying in %.2fs", link.value, self._redis_address, why,
+                    session.connect_at - now)
         self._timers.schedule(link, session.connect_at)
 
     def _link_timer(self, link: RedisLink, now: float) -> None:
@@ -419,11 +442,12 @@ class Hub(BaseHub):
                 return
         elif session.state is RedisState.CONNECTING:
             if now >= session.connecting_since + timeout:
-                self._drop_link(link, session, now, "connect timeout", close=True)
+                self._drop_link(link, session, now, f"connect timed out after {timeout:g}s", close=True)
                 return
         elif session.waiting_since is not None:
             if now >= session.waiting_since + timeout:
-                self._drop_link(link, session, now, f"no reply for {timeout:g}s", close=True)
+                what = "no answer to the handshake" if session.state is RedisState.HANDSHAKE else "no reply"
+                self._drop_link(link, session, now, f"{what} for {timeout:g}s", close=True)
                 return
         elif now >= session.last_rx + timeout / 2:
             if session is self._sub:

@@ -43,8 +43,9 @@ _PING = pack(b"PING")
 
 class RedisState(enum.Enum):
     DOWN = "down"  # waiting for the reconnect deadline
-    CONNECTING = "connecting"  # ConnectRedis issued, no answer yet
-    READY = "ready"  # TCP up, prelude (AUTH/SELECT) sent
+    CONNECTING = "connecting"  # ConnectRedis issued, TCP not up yet
+    HANDSHAKE = "handshake"  # TCP up, prelude (AUTH/SELECT/PING) sent, not every reply back yet
+    READY = "ready"  # every prelude reply was a success: a Redis that takes our commands
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,25 +83,36 @@ class Backoff:
 
 
 class RedisSession:
-    """What both links share: dialling state, parser, prelude, reply deadline."""
+    """What both links share: dialling state, parser, prelude, reply deadline.
+
+    A link is READY only once Redis has answered every prelude command with a
+    success: a TCP accept proves nothing (a wrong password, ``maxclients``, or
+    a port that is not Redis at all accept TCP too). The backoff starts over
+    only after a link has stayed READY for ``healthy_after`` seconds, so a
+    server that accepts and then refuses is redialled ever more slowly.
+    """
 
     __slots__ = (
         "state",
         "connect_at",
         "connecting_since",
+        "ready_since",
         "waiting_since",
         "last_rx",
         "broken",
         "_reader",
         "_prelude",
+        "_handshake",
         "_prelude_pending",
         "_backoff",
+        "_healthy_after",
     )
 
-    def __init__(self, *, backoff: Backoff, username: str, password: str) -> None:
+    def __init__(self, *, backoff: Backoff, username: str, password: str, healthy_after: float) -> None:
         self.state = RedisState.DOWN
         self.connect_at = 0.0
         self.connecting_since = 0.0
+        self.ready_since = 0.0
         # Oldest moment since which a reply is owed and none has come.
         self.waiting_since: float | None = None
         self.last_rx = 0.0
@@ -110,25 +122,30 @@ class RedisSession:
         if password:
             auth = (b"AUTH", username.encode(), password.encode()) if username else (b"AUTH", password.encode())
             self._prelude.append(auth)
+        self._handshake = self._prelude  # what connected() sent: the prelude, or a PING in its place
         self._prelude_pending = 0
         self._backoff = backoff
+        self._healthy_after = healthy_after
 
     def connecting(self, now: float) -> None:
         self.state = RedisState.CONNECTING
         self.connecting_since = now
 
     def connected(self, now: float) -> bytes:
-        """The TCP link is up: the bytes to send first (prelude, then resends)."""
-        self.state = RedisState.READY
+        """TCP is up: the prelude to send; the link is READY when all of it is answered."""
+        self.state = RedisState.HANDSHAKE
         self.broken = ""
         self.last_rx = now
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-        self._backoff.reset()
-        self._prelude_pending = len(self._prelude)
-        self.waiting_since = now if self._prelude else None
-        return b"".join(pack(*cmd) for cmd in self._prelude)
+        # Something must be answered before we call the link up: with no AUTH/SELECT, a PING.
+        self._handshake = self._prelude or [(b"PING",)]
+        self._prelude_pending = len(self._handshake)
+        self.waiting_since = now
+        return b"".join(pack(*cmd) for cmd in self._handshake)
 
     def lost(self, now: float) -> None:
+        if self.state is RedisState.READY and now - self.ready_since >= self._healthy_after:
+            self._backoff.reset()
         self.state = RedisState.DOWN
         self.connect_at = now + self._backoff.next_delay()
         self.waiting_since = None
@@ -151,11 +168,17 @@ class RedisSession:
             if reply is _NOT_ENOUGH:
                 return replies
             if self._prelude_pending:
+                verb = self._handshake[len(self._handshake) - self._prelude_pending][0].decode()
                 self._prelude_pending -= 1
                 if isinstance(reply, hiredis.ReplyError):
-                    verb = self._prelude[len(self._prelude) - self._prelude_pending - 1][0].decode()
                     self.broken = f"{verb} failed: {reply}"
                     return replies
+                if verb == "PING" and reply != b"PONG":
+                    self.broken = f"not a Redis server: PING answered {reply!r}"[:200]
+                    return replies
+                if not self._prelude_pending:
+                    self.state = RedisState.READY
+                    self.ready_since = now
                 continue
             replies.append(reply)
 
@@ -175,8 +198,8 @@ class SubscriberSession(RedisSession):
 
     __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed")
 
-    def __init__(self, *, backoff: Backoff, username: str, password: str) -> None:
-        super().__init__(backoff=backoff, username=username, password=password)
+    def __init__(self, *, backoff: Backoff, username: str, password: str, healthy_after: float) -> None:
+        super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
         self._last_op: dict[bytes, bool] = {}  # channel -> True if SUBSCRIBE was sent last
         self._pending_sub: dict[bytes, int] = {}  # SUBSCRIBE confirmations still owed
         self._ops: list[tuple[bool, bytes]] = []  # queued (subscribe?, channel), in order
@@ -293,8 +316,8 @@ class CommandSession(RedisSession):
 
     __slots__ = ("_outbox", "_inflight", "buffered_bytes")
 
-    def __init__(self, *, backoff: Backoff, username: str, password: str, db: int) -> None:
-        super().__init__(backoff=backoff, username=username, password=password)
+    def __init__(self, *, backoff: Backoff, username: str, password: str, db: int, healthy_after: float) -> None:
+        super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
         if db:
             self._prelude.append((b"SELECT", str(db).encode()))
         self._outbox: deque[bytes] = deque()  # packed commands not yet written

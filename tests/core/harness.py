@@ -52,6 +52,7 @@ from wshub_core import (
     Hub,
     PauseClient,
     RedisLink,
+    RedisState,
     ResumeClient,
     SendToClient,
     SendToRedis,
@@ -252,6 +253,8 @@ class FakeLink:
     subscribed: set[bytes] = field(default_factory=set)  # server-side view (subscriber link)
     pending: list[Reply] = field(default_factory=list)  # replies not yet delivered to the hub
     partial: int = 0  # bytes of pending[0] already delivered
+    # The prelude (AUTH/SELECT, or PING) each connection opened with: kept apart from ``commands``.
+    handshakes: list[list[list[bytes]]] = field(default_factory=list)
     commands: list[list[bytes]] = field(default_factory=list)  # every command received, all sessions
     session_commands: list[list[bytes]] = field(default_factory=list)  # since the last connect
     sessions: list[list[list[bytes]]] = field(default_factory=list)  # commands of each connection, in order
@@ -303,14 +306,23 @@ class FakeRedis:
                 del self.published[index]
         fake.reset()
 
-    def receive(self, link: RedisLink, data: bytes) -> None:
+    def receive(self, link: RedisLink, data: bytes, *, handshake: bool = False) -> None:
+        """Commands from the hub; ``handshake``: sent while the hub's link waited for its prelude replies."""
         fake = self.links[link]
         if not fake.up:
             raise ContractError(f"SendToRedis on {link.value} while that link is down")
         fake._reader.feed(data)
+        if handshake:
+            fake.handshakes.append([])
         while (cmd := fake._reader.gets()) is not False:
             if not isinstance(cmd, list) or not all(isinstance(a, bytes) for a in cmd):
                 raise ContractError(f"hub sent something that is not a command: {cmd!r}")
+            if handshake:
+                if cmd[0] not in (b"AUTH", b"SELECT", b"PING"):
+                    raise ContractError(f"{cmd[0]!r} sent before the link's prelude was answered")
+                fake.handshakes[-1].append(cmd)
+                self._run(fake, cmd)
+                continue
             fake.commands.append(cmd)
             fake.session_commands.append(cmd)
             self._run(fake, cmd)
@@ -495,14 +507,17 @@ class Harness:
     """A hub with a virtual clock, a fake Redis and clients. No sockets, no real time."""
 
     def __init__(self, config: Config | None = None, *, auto_connect: bool = True, auto_reply: bool = True,
-                 redis: FakeRedis | None = None, start: bool = True, now: float = 1000.0,
-                 seed: int = 0) -> None:
+                 auto_handshake: bool = True, redis: FakeRedis | None = None, start: bool = True,
+                 now: float = 1000.0, seed: int = 0) -> None:
         self.config = config or make_config()
         self.hub = Hub(config=self.config, seed=seed)
         self.now = now
         self.redis = redis or FakeRedis(password=self.config.redis_password, username=self.config.redis_username)
         self.auto_connect = auto_connect
         self.auto_reply = auto_reply
+        # Without auto_reply, still answer the prelude (AUTH/SELECT/PING) of each new connection at once,
+        # as a real Redis does, so a test holds back only the replies it is about.
+        self.auto_handshake = auto_handshake
         self.refuse: set[RedisLink] = set()  # links whose dials fail (connection refused)
         self.clients: dict[int, Client] = {}
         self.log: list[tuple[float, Action]] = []  # every action, with the time it was emitted
@@ -527,6 +542,8 @@ class Harness:
                         self.hub.client_data(client.conn, data, self.now)
                     continue
                 if self.auto_reply and self._deliver_one_batch():
+                    continue
+                if self.auto_handshake and self._deliver_handshakes():
                     continue
                 return done
             for action in actions:
@@ -566,7 +583,8 @@ class Harness:
             if self.auto_connect:
                 self.answer_dial(action.link)
         elif isinstance(action, SendToRedis):
-            self.redis.receive(action.link, action.data)
+            self.redis.receive(action.link, action.data,
+                               handshake=self.hub.link_states()[action.link] is RedisState.HANDSHAKE)
         elif isinstance(action, CloseRedis):
             fake = self.redis.links[action.link]
             if not (fake.up or fake.dialing):
@@ -624,6 +642,15 @@ class Harness:
         return done
 
     # -- Redis --------------------------------------------------------------------
+
+    def _deliver_handshakes(self) -> bool:
+        """Answer the prelude of links still in their handshake (nothing else is pending on them)."""
+        delivered = False
+        for link, state in self.hub.link_states().items():
+            if state is RedisState.HANDSHAKE and self.redis.links[link].pending:
+                self.deliver(link, run=False)
+                delivered = True
+        return delivered
 
     def _deliver_one_batch(self) -> bool:
         """Deliver every pending reply of every up link (auto_reply mode)."""

@@ -8,10 +8,11 @@ between commands and confirmations are laid out step by step.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
-from wshub_core import CloseRedis, ConnectRedis, PauseClient, RedisLink, ResumeClient, SendToRedis
+from wshub_core import CloseRedis, ConnectRedis, PauseClient, RedisLink, RedisState, ResumeClient, SendToRedis
 
 from .harness import (
     CMD,
@@ -383,7 +384,7 @@ class TestBackoff:
         h.advance(2.0)
         assert h.redis.links[SUB].up
 
-    def test_backoff_resets_after_a_successful_connect(self) -> None:
+    def test_backoff_resets_only_after_the_link_stayed_up_for_reconnect_max(self) -> None:
         h = Harness(make_config(reconnect_min=0.1, reconnect_max=8.0))
         h.refuse.add(CMD)
         h.drop_redis(CMD)
@@ -392,9 +393,37 @@ class TestBackoff:
         h.advance(8)
         assert h.redis.links[CMD].up
         mark = h.mark()
+        h.drop_redis(CMD)  # up for less than reconnectMax: a flapping server is not rewarded
+        h.advance(0.1)
+        assert dials(h, CMD, mark) == []
+        h.advance(8)
+        assert h.redis.links[CMD].up
+        h.advance(8.0)  # healthy for reconnectMax
+        mark = h.mark()
         h.drop_redis(CMD)
         h.advance(0.1)
         assert len(dials(h, CMD, mark)) == 1
+
+    @pytest.mark.parametrize("redis", [
+        pytest.param(lambda: FakeRedis(password="right"), id="wrong-password"),
+        pytest.param(lambda: FakeRedis(), id="needs-no-password"),
+    ])
+    def test_a_redis_that_refuses_the_prelude_is_redialled_ever_more_slowly(self, redis: Any) -> None:
+        # Redis accepts TCP, then refuses AUTH: before, the TCP accept reset the backoff and the
+        # hub redialled at reconnectMin forever (132 connections in 6 s).
+        config = make_config("redis:\n  password: wrong\n  reconnectMin: 0.1\n  reconnectMax: 2\n")
+        h = Harness(config, redis=redis())
+        start = h.now
+        mark = h.mark()
+        h.advance(30)
+        times = [start, *dials(h, CMD, mark)]
+        delays = [b - a for a, b in itertools.pairwise(times)]
+        assert 12 <= len(delays) <= 30
+        for attempt, delay in enumerate(delays):
+            ceiling = min(2.0, 0.1 * 2**attempt)
+            assert ceiling / 2 - 1e-9 <= delay <= ceiling + 1e-9, (attempt, delay)
+        assert not h.hub.ready
+        assert h.hub.link_states() != {SUB: RedisState.READY, CMD: RedisState.READY}
 
 
 class TestPrelude:
@@ -405,30 +434,29 @@ class TestPrelude:
         assert (config.redis_host, config.redis_port) == ("redis.test", 6380)
         h = Harness(config)
         client = h.connect("k")
-        assert h.redis.links[SUB].commands[0] == [b"AUTH", b"alice", b"s3cret"]
-        assert h.redis.links[CMD].commands[:2] == [[b"AUTH", b"alice", b"s3cret"], [b"SELECT", b"2"]]
+        assert h.redis.links[SUB].handshakes == [[[b"AUTH", b"alice", b"s3cret"]]]  # pub/sub ignores the db
+        assert h.redis.links[CMD].handshakes == [[[b"AUTH", b"alice", b"s3cret"], [b"SELECT", b"2"]]]
         assert h.redis.links[CMD].db == 2
-        assert all(c[0] != b"SELECT" for c in h.redis.links[SUB].commands)  # pub/sub ignores the db
         client.text("hi")
         assert h.published(h.channel("client-data:k")) == [b"hi"]
         assert h.hub.ready
 
     def test_password_and_db_keys(self) -> None:
         h = Harness(make_config("redis:\n  password: pw\n  db: 3\n"))
-        assert h.redis.links[SUB].commands == [[b"AUTH", b"pw"]]
-        assert h.redis.links[CMD].commands == [[b"AUTH", b"pw"], [b"SELECT", b"3"]]
+        assert h.redis.links[SUB].handshakes == [[[b"AUTH", b"pw"]]]
+        assert h.redis.links[CMD].handshakes == [[[b"AUTH", b"pw"], [b"SELECT", b"3"]]]
 
     def test_select_without_auth(self) -> None:
         h = Harness(make_config("redis:\n  db: 5\n"))
-        assert h.redis.links[SUB].commands == []
-        assert h.redis.links[CMD].commands == [[b"SELECT", b"5"]]
+        assert h.redis.links[SUB].handshakes == [[[b"PING"]]]  # with nothing else to ask, a PING
+        assert h.redis.links[CMD].handshakes == [[[b"SELECT", b"5"]]]
 
     def test_prelude_is_sent_again_on_every_connect(self) -> None:
         h = Harness(make_config("redis:\n  password: pw\n  reconnectMax: 1\n"))
         h.connect("k")
         h.drop_redis(SUB)
         h.advance(1)
-        assert h.redis.links[SUB].session_commands[0] == [b"AUTH", b"pw"]
+        assert h.redis.links[SUB].handshakes == [[[b"AUTH", b"pw"]]] * 2
         assert_subscriptions_settled(h)
 
     def test_wrong_password_drops_the_link_and_retries(self) -> None:
@@ -441,11 +469,64 @@ class TestPrelude:
         assert not h.hub.ready
 
     def test_prelude_reply_timeout(self) -> None:
-        h = Harness(make_config("redis:\n  password: pw\n  timeout: 3\n"), auto_reply=False)
+        h = Harness(make_config("redis:\n  password: pw\n  timeout: 3\n"), auto_reply=False, auto_handshake=False)
         h.advance(2.99)
         assert closes(h, SUB) == 0
         h.advance(0.01)
         assert closes(h, SUB) == 1 and closes(h, CMD) == 1
+
+
+class TestLinkReadiness:
+    """A link is up only once Redis answered its prelude: a TCP accept proves nothing."""
+
+    def test_not_ready_until_the_prelude_is_answered(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level("INFO", logger="wshub")
+        h = Harness(auto_reply=False, auto_handshake=False)
+        assert h.hub.link_states() == {SUB: RedisState.HANDSHAKE, CMD: RedisState.HANDSHAKE}
+        assert not h.hub.ready
+        assert 'wshub_redis_up{link="subscriber"} 0' in h.hub.metrics_text()
+        assert "link up" not in caplog.text
+        h.deliver(SUB)
+        h.deliver(CMD)
+        assert h.hub.link_states() == {SUB: RedisState.READY, CMD: RedisState.READY}
+        assert h.hub.ready
+        assert 'wshub_redis_up{link="commands"} 1' in h.hub.metrics_text()
+        assert caplog.text.count("link up") == 2
+
+    def test_nothing_but_the_prelude_is_sent_before_it_is_answered(self) -> None:
+        h = Harness(make_config("redis:\n  password: pw\n"), auto_reply=False, auto_handshake=False)
+        client = h.connect("k")
+        client.text("hello")
+        assert h.commands(SUB) == [] and h.commands(CMD) == []  # held: the harness refuses them in a handshake
+        h.deliver(SUB)
+        h.deliver(CMD)
+        assert subscribe_commands(h) == [[b"SUBSCRIBE", h.channel("groups-new:k")]]
+        assert h.commands(CMD) == [[b"PUBLISH", h.channel("client-data:k"), b"hello"]]
+
+    @pytest.mark.parametrize("answer", [
+        pytest.param(b"E\x00\x00\x00\x7fSFATAL\x00VFATAL\x00C0A000\x00", id="postgresql"),
+        pytest.param(b"HTTP/1.1 400 Bad Request\r\n\r\n", id="http"),
+        pytest.param(b":1\r\n", id="resp-but-not-pong"),
+        pytest.param(b"-DENIED Redis is running in protected mode\r\n", id="protected-mode"),
+        pytest.param(b"-ERR max number of clients reached\r\n", id="maxclients"),
+    ])
+    def test_a_server_that_does_not_answer_the_prelude_is_not_up(self, answer: bytes) -> None:
+        h = Harness(make_config(reconnect_max=1.0), auto_reply=False, auto_handshake=False)
+        mark = h.mark()
+        h.redis.links[SUB].pending.clear()
+        h.redis_data(SUB, answer)
+        assert closes(h, SUB, mark) == 1
+        assert h.hub.link_states()[SUB] is RedisState.DOWN
+        client = h.open()
+        client.send_raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = bytes(client.raw).partition(b"\r\n\r\n")[2]
+        assert body.startswith(b"redis subscriber link down (last error: "), body
+
+    def test_the_readiness_reason_names_the_refusal(self) -> None:
+        h = Harness(make_config("redis:\n  password: wrong\n"), redis=FakeRedis(password="right"))
+        client = h.open()
+        client.send_raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"AUTH failed: WRONGPASS" in bytes(client.raw)
 
 
 class TestBrokenReplies:

@@ -384,7 +384,8 @@ class SimRedis:
     def accept(self, link: RedisLink) -> RedisConn:
         self.next_id += 1
         cfg = self.world.cfg
-        prelude = int(bool(cfg.redis_password)) + int(link is CMD and cfg.redis_db != 0)
+        # AUTH, SELECT (command link), or a lone PING when there is neither: the link is up once answered.
+        prelude = int(bool(cfg.redis_password)) + int(link is CMD and cfg.redis_db != 0) or 1
         return RedisConn(self.world, self.next_id, link, prelude)
 
     def close(self, c: RedisConn) -> None:

@@ -1,0 +1,184 @@
+"""The Redis links' lifecycle, seen from outside a real hub process.
+
+A link is up only once Redis has answered its prelude; a server that accepts
+TCP and then refuses (a wrong password, not Redis at all) is redialled ever
+more slowly, /readyz says why, and every failure is logged once, with the
+address and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aredis
+
+from helpers import RedisProcess, free_port, http_exchange, within
+
+
+class HubProcess:
+    """``python -m wshub_asyncio`` configured by WSHUB_* variables; its stderr read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.log: list[str] = []
+
+    async def line_matching(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str]:
+        """The first line (read so far or next) matching ``pattern``."""
+        return (await self.lines_matching(pattern, 1, timeout=timeout))[0]
+
+    async def lines_matching(self, pattern: str, count: int, *, timeout: float = 10.0) -> list[re.Match[str]]:
+        """The first ``count`` lines matching ``pattern``, read within ``timeout`` in all."""
+        regex = re.compile(pattern)
+
+        async def scan() -> list[re.Match[str]]:
+            while True:
+                found = [m for line in self.log if (m := regex.search(line)) is not None]
+                if len(found) >= count:
+                    return found[:count]
+                assert self.proc.stderr is not None
+                line = await self.proc.stderr.readline()
+                assert line, f"the hub exited: {self.log}"
+                self.log.append(line.decode(errors="replace"))
+
+        return await within(scan(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def hub_process(**env: str) -> AsyncIterator[HubProcess]:
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    environ.update({"WSHUB_ADDRESS": f"127.0.0.1:{port}", **env})
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", env=environ,
+                                                stdin=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    hub = HubProcess(proc, port)
+    try:
+        await hub.line_matching(r"listening on")
+        yield hub
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        assert proc.stderr is not None
+        await within(proc.stderr.read(), 15)  # drain, so the process is not blocked on a full pipe
+        await within(proc.wait(), 15)
+
+
+async def readyz(port: int) -> tuple[int, bytes]:
+    answer = await http_exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    return answer.status, answer.body
+
+
+def retry_delays(matches: list[re.Match[str]]) -> list[float]:
+    return [float(m.group("delay")) for m in matches]
+
+
+def assert_backing_off(delays: list[float], minimum: float) -> None:
+    """Each delay is within the jittered exponential window of its attempt: [ceiling/2, ceiling]."""
+    for attempt, delay in enumerate(delays):
+        ceiling = minimum * 2**attempt
+        assert ceiling / 2 - 0.011 <= delay <= ceiling + 0.011, (attempt, delays)
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[RedisProcess]:
+    server = RedisProcess(extra=("--requirepass", "right"))
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_a_wrong_password_is_not_a_reconnect_storm(redis_with_password: RedisProcess) -> None:
+    asyncio.run(_wrong_password(redis_with_password))
+
+
+async def _wrong_password(redis_with_password: RedisProcess) -> None:
+    # Before: the TCP accept reset the backoff and logged "link up": ~100 dials in 5 s, /readyz 200.
+    address = f"redis://:wrongpw@127.0.0.1:{redis_with_password.port}"
+    async with hub_process(WSHUB_REDIS_ADDRESS=address) as hub:
+        pattern = (rf"redis commands link to 127\.0\.0\.1:{redis_with_password.port}: AUTH failed: WRONGPASS"
+                   r".*; retrying in (?P<delay>[0-9.]+)s")
+        failures = await hub.lines_matching(pattern, 6)
+        assert_backing_off(retry_delays(failures), 0.1)
+        status, body = await readyz(hub.port)
+        assert status == 503
+        assert b"AUTH failed: WRONGPASS" in body, body
+        metrics = await http_exchange(hub.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b'wshub_redis_up{link="commands"} 0' in metrics.body
+        assert not any("link up" in line for line in hub.log), hub.log
+        assert not any("connection lost" in line for line in hub.log), hub.log
+    info = aredis.Redis(host="127.0.0.1", port=redis_with_password.port, password="right")
+    received = int((await info.info("stats"))["total_connections_received"])
+    await info.aclose()
+    assert received <= 2 * 8 + 1  # both links, about 6 to 7 attempts each in the time 6 lines took
+
+
+def test_a_port_that_is_not_redis_is_never_called_up() -> None:
+    asyncio.run(_a_port_that_is_not_redis_is_never_called_up())
+
+
+async def _a_port_that_is_not_redis_is_never_called_up() -> None:
+    async def not_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_redis, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
+            await hub.line_matching(rf"redis subscriber link to 127\.0\.0\.1:{port}: protocol error")
+            status, body = await readyz(hub.port)
+            assert status == 503 and b"protocol error" in body, body
+            assert not any("link up" in line for line in hub.log), hub.log
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_refused_connect_names_the_address_and_the_reason() -> None:
+    asyncio.run(_a_refused_connect_names_the_address_and_the_reason())
+
+
+async def _a_refused_connect_names_the_address_and_the_reason() -> None:
+    port = free_port()  # nothing listens there
+    async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
+        failures = await hub.lines_matching(
+            rf"redis commands link to 127\.0\.0\.1:{port}: connect failed: Connection refused"
+            r"; retrying in (?P<delay>[0-9.]+)s", 3)
+        assert_backing_off(retry_delays(failures), 0.1)
+        status, body = await readyz(hub.port)
+        assert status == 503 and b"connect failed: Connection refused" in body, body
+
+
+def test_a_name_that_does_not_resolve_names_the_host() -> None:
+    asyncio.run(_a_name_that_does_not_resolve_names_the_host())
+
+
+async def _a_name_that_does_not_resolve_names_the_host() -> None:
+    async with hub_process(WSHUB_REDIS_ADDRESS="no-such-host.invalid:6379") as hub:
+        line = await hub.line_matching(r"redis \w+ link to no-such-host\.invalid:6379: connect failed: (?P<why>.+);")
+        assert "refused" not in line.group("why")  # the resolver's own words, not a made-up reason
+
+
+def test_a_link_lost_after_it_was_up_says_so_and_comes_back(own_redis: RedisProcess) -> None:
+    asyncio.run(_lost_after_up(own_redis))
+
+
+async def _lost_after_up(redis: RedisProcess) -> None:
+    async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
+                           WSHUB_REDIS_RECONNECT_MAX="0.5") as hub:
+        await hub.lines_matching(r"link up", 2)
+        redis.kill()
+        await hub.line_matching(rf"redis subscriber link to 127\.0\.0\.1:{redis.port}: connection lost")
+        redis.start()
+        await hub.lines_matching(r"link up", 4)
+        status, _ = await readyz(hub.port)
+        assert status == 200
