@@ -117,12 +117,10 @@ class TestJson:
 
 
 class TestWorkerTag:
-    def test_the_text_line_names_the_worker(self) -> None:
+    def test_the_text_line_names_the_worker_and_one_process_keeps_the_plain_name(self) -> None:
         assert " INFO wshub[w2]: client w2-5 connected" in text(record("client %s%d connected", "w2-", 5,
                                                                        worker="w2"))
-
-    def test_one_process_keeps_the_plain_name(self) -> None:
-        assert " INFO wshub: hello" in text(record("hello"))
+        assert " INFO wshub: client 5 connected" in text(record("client %s%d connected", "", 5))
 
 
 class TestFingerprint:
