@@ -15,7 +15,7 @@ import yaml
 
 from wshub_core import Config, ConfigError, load_config
 
-from ._logging import setup_logging
+from ._logging import set_worker, setup_logging
 from ._server import reuseport_socket, run
 
 __all__ = ["main"]
@@ -88,11 +88,12 @@ def supervise(config: Config) -> int:
 
     signal.signal(signal.SIGINT, relay)  # before forking: no window where a signal kills only us
     signal.signal(signal.SIGTERM, relay)
-    for _ in range(config.workers):
+    for number in range(1, config.workers + 1):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                set_worker(f"w{number}")  # every line, and every client id, names its worker
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker's loop installs its own
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 code = serve(config, reuseport=True)

@@ -37,6 +37,8 @@ from wshub_core import (
     Stopped,
 )
 
+from ._logging import worker_name
+
 __all__ = ["ClientProtocol", "CoreServer", "HubServer", "reuseport_socket", "run", "server_tls_context"]
 
 log = logging.getLogger("wshub")
@@ -268,7 +270,8 @@ class HubServer(CoreServer):
     """One hub process: ``CoreServer`` plus the two Redis connections."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
-        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"))
+        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"),
+                       log_name=worker_name())
         super().__init__(self.hub)
         self.config = config
         self.redis: dict[RedisLink, _RedisProtocol] = {}

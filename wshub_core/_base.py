@@ -235,5 +235,5 @@ class BaseHub:
         self._flush_more(now)
         if self._stopping and not self._stopped and not self._clients and self._drained():
             self._stopped = True
-            log.info("shutdown complete")
+            log.info("shutdown complete", extra={"event": "shutdown_complete"})
             actions.append(Stopped())

@@ -90,4 +90,6 @@ class EchoHub(BaseHub):
 
     def _on_forget(self, client: ClientConnection) -> None:
         if client.close_code:
-            log.debug("client %d closed: code=%d reason=%s", client.conn, client.close_code, client.close_reason)
+            log.debug("client %d closed: code=%d reason=%s", client.conn, client.close_code, client.close_reason,
+                      extra={"event": "close", "conn": client.conn, "code": client.close_code,
+                             "reason": client.close_reason})

@@ -31,6 +31,7 @@ from ._actions import (
 from ._base import BaseHub
 from ._client import ClientConnection, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._config import Config
+from ._logs import fingerprint, host_port
 from ._metrics import Stats, render
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
 from ._routing import Routing, parse_groups
@@ -54,7 +55,7 @@ def encode_message(payload: bytes) -> bytes:
 class _Member:
     """Hub-side facts about an upgraded connection."""
 
-    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "reading_paused")
+    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "reading_paused", "fp")
 
     def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
@@ -62,12 +63,14 @@ class _Member:
         self.joined_at = joined_at  # upgrade time: webSocket.groupsTimeout counts from here
         self.has_groups = False
         self.reading_paused = False
+        self.fp: str | None = None  # the key's fingerprint, computed the first time a line names it
 
 
 class Hub(BaseHub):
     """The WS-Hub state machine. Construct once per process (or per worker)."""
 
-    def __init__(self, *, config: Config, seed: int = 0) -> None:
+    def __init__(self, *, config: Config, seed: int = 0, log_name: str = "") -> None:
+        """``log_name`` (a worker's name, e.g. ``w2``) labels client ids in logs: ``w2-17``."""
         super().__init__(
             max_header_size=config.max_header_size,
             max_message_size=config.max_message_size,
@@ -78,6 +81,8 @@ class Hub(BaseHub):
         self.config = config
         self.stats = Stats()
         self._debug = log.isEnabledFor(logging.DEBUG)  # per-message logs cost nothing unless asked for
+        self._info = log.isEnabledFor(logging.INFO)  # nor per-connect ones (a fingerprint is a SHA-256)
+        self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
         self._paused_senders: set[int] = set()
         self._routing = Routing(prefix=config.channel_prefix)
@@ -100,8 +105,7 @@ class Hub(BaseHub):
             db=config.redis_db,
             healthy_after=config.reconnect_max,
         )
-        host = config.redis_host
-        self._redis_address = f"[{host}]:{config.redis_port}" if ":" in host else f"{host}:{config.redis_port}"
+        self._redis_address = host_port(config.redis_host, config.redis_port)
         self._link_errors: dict[RedisLink, str] = {}  # why each link that is not up went down
         self._sessions: dict[RedisLink, RedisSession] = {
             RedisLink.SUBSCRIBER: self._sub,
@@ -118,7 +122,7 @@ class Hub(BaseHub):
     def shutdown(self, now: float) -> None:
         """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
         if not self._stopping:
-            log.info("shutting down: closing %d clients", len(self._clients))
+            log.info("shutting down: closing %d clients", len(self._clients), extra={"event": "shutdown"})
             self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
         super().shutdown(now)
 
@@ -165,13 +169,14 @@ class Hub(BaseHub):
         else:
             for error in self._cmd.feed(data, now):
                 self.stats.publish_errors += 1
-                log.warning("redis refused a PUBLISH: %s", error)
+                log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
         if session.broken:
             self._drop_link(link, session, now, session.broken, close=True)
         else:
             if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
                 self._link_errors.pop(link, None)
-                log.info("redis %s link up (%s)", link.value, self._redis_address)
+                log.info("redis %s link up (%s)", link.value, self._redis_address,
+                         extra={"event": "link_up", "link": link.value})
             self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
         self._now = now
 
@@ -181,7 +186,8 @@ class Hub(BaseHub):
         if isinstance(owner, RedisLink):
             self._link_timer(owner, now)
         elif owner == _SHUTDOWN and not self._stopped:
-            log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd))
+            log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd),
+                        extra={"event": "shutdown_timeout", "count": len(self._cmd)})
             self._stopped = True
             self._actions.append(Stopped())
 
@@ -222,7 +228,8 @@ class Hub(BaseHub):
                 member = self._members[client.conn]  # messages come only after the upgrade registered it
                 self.stats.messages_in += 1
                 if self._debug:
-                    log.debug("client %d (%s) sent %d bytes", client.conn, member.key, len(outcome.data))
+                    log.debug("client %s%d (%s) sent %d bytes", self._conn_prefix, client.conn, member.key,
+                              len(outcome.data), extra={"event": "message", "conn": client.conn})
                 self._cmd.publish(member.data_channel, outcome.data)
                 if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not member.reading_paused:
                     member.reading_paused = True
@@ -257,6 +264,10 @@ class Hub(BaseHub):
         origin = request.header(b"origin")
         if cfg.allowed_origins and (origin is None or origin.decode("latin-1") not in cfg.allowed_origins):
             client.answer(403, "origin not allowed\n")
+            if self._info:
+                log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, client.conn,
+                         "(no Origin header)" if origin is None else origin,
+                         extra={"event": "refused", "conn": client.conn, "status": 403, "origin": origin})
             return
         if self._stopping:
             client.answer(503, "server shutting down\n")
@@ -279,7 +290,15 @@ class Hub(BaseHub):
                 self._set_groups(conn, member, self._routing.groups_of(first))
         for channel in self._routing.add(conn, key):
             self._sub.want(channel)
-        log.info("client %d connected: %s=%s", conn, cfg.client_key, key)
+        if self._info:
+            fp = self._fp(member)
+            extra = {"event": "connect", "conn": conn, "key": fp}
+            if self._debug:  # the whole key, a credential, only when asked for
+                log.info("client %s%d connected: %s sha256:%s (%s)", self._conn_prefix, conn, cfg.client_key, fp,
+                         key, extra=extra)
+            else:
+                log.info("client %s%d connected: %s sha256:%s", self._conn_prefix, conn, cfg.client_key, fp,
+                         extra=extra)
         if self._sub.is_confirmed(key_channel):
             self._cmd.publish(self._client_new, key.encode())
         self._timers.schedule(conn, now + self._ping_interval)
@@ -361,7 +380,17 @@ class Hub(BaseHub):
             self._sub.unwant(channel)
         if last:
             self._cmd.publish(self._client_gone, member.key.encode())
-        log.info("client %d closed: code=%d reason=%s", conn, client.close_code, client.close_reason)
+        if self._info:
+            log.info("client %s%d closed: code=%d reason=%s", self._conn_prefix, conn, client.close_code,
+                     client.close_reason, extra={"event": "close", "conn": conn, "key": self._fp(member),
+                                                 "code": client.close_code, "reason": client.close_reason})
+
+    @staticmethod
+    def _fp(member: _Member) -> str:
+        """The fingerprint a log line names the member's key by; hashed once per member, and only if logged."""
+        if member.fp is None:
+            member.fp = fingerprint(member.key)
+        return member.fp
 
     def _set_groups(self, conn: int, member: _Member, channels: frozenset[bytes]) -> None:
         member.has_groups = True
@@ -388,20 +417,26 @@ class Hub(BaseHub):
             self.stats.bytes_out += len(frame) * len(members)
             if self._debug:
                 log.debug("group %s: %d bytes to %d members", self._routing.group_name(channel), len(payload),
-                          len(members))
+                          len(members), extra={"event": "group_message", "count": len(members)})
             return
         conns = self._routing.conns_of_key(channel)
         if conns is None:
             return  # a message that crossed our UNSUBSCRIBE
         groups = parse_groups(payload)
         if groups is None:
-            log.warning("ignored groups for %r: neither a JSON array of strings nor a comma list: %r",
-                        channel, payload[:100])
+            fp = self._fp(self._members[next(iter(conns))])
+            log.warning("ignored groups for %s sha256:%s: neither a JSON array of strings nor a comma list: %s",
+                        self.config.client_key, fp, payload, extra={"event": "groups_ignored", "key": fp})
             return
         channels = frozenset(self._routing.group_channel(g) for g in groups)
         for conn in list(conns):
             self._set_groups(conn, self._members[conn], channels)
-        log.info("groups of %r set to %s for %d connection(s)", channel, sorted(groups), len(conns))
+        if self._info:
+            # The formatter shows the first few groups (sorted) and how many more: 10,000 groups make one short line.
+            fp = self._fp(self._members[next(iter(conns))])
+            log.info("groups of %s sha256:%s set to %d group(s) %s for %d connection(s)", self.config.client_key,
+                     fp, len(groups), groups, len(conns),
+                     extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
     def _on_confirmed(self, channel: bytes) -> None:
         conns = self._routing.conns_of_key(channel)
@@ -430,7 +465,7 @@ class Hub(BaseHub):
         self._link_errors[link] = why
         # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
         log.warning("redis %s link to %s: %s; retrying in %.2fs", link.value, self._redis_address, why,
-                    session.connect_at - now)
+                    session.connect_at - now, extra={"event": "link_down", "link": link.value, "reason": why})
         self._timers.schedule(link, session.connect_at)
 
     def _link_timer(self, link: RedisLink, now: float) -> None:
