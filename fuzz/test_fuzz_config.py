@@ -1,9 +1,10 @@
 """Random config text, YAML trees and environment overrides into ``load_config``.
 
 The invariant: ``load_config`` returns a ``Config`` or raises ``ConfigError``
-(whose message names the source); nothing else escapes. And a ``Config`` it
-returns is one the hub can run with: every number within its documented
-minimum (so never NaN), and ``Hub(config=...)`` starts.
+(whose message names the source: the file, or a variable that is set); nothing
+else escapes. And a ``Config`` it returns is one the hub can run with: every
+number within its documented minimum (so never NaN), and ``Hub(config=...)``
+starts. A number means the same in the file as in the environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wshub_core import KEYS, Config, ConfigError, Hub, env_name, load_config
+from wshub_core._config import Key
 
 FUZZ = settings(max_examples=fuzz_examples(300), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -67,7 +69,9 @@ def check(text: str | None, environ: dict[str, str] | None = None) -> None:
     try:
         config = load_config(text, source="fuzz.yaml", environ=environ)
     except ConfigError as exc:
-        assert "fuzz.yaml" in str(exc) or "environment variable" in str(exc), exc
+        named = [f"environment variable {name}" for name in environ or {}]
+        assert "fuzz.yaml" in str(exc) or any(n in str(exc) for n in named), exc
+        assert isinstance(exc.json_logs, bool)
         return
     assert isinstance(config, Config)
     for key in KEYS:
@@ -75,6 +79,7 @@ def check(text: str | None, environ: dict[str, str] | None = None) -> None:
         if key.minimum is not None:
             assert not (isinstance(value, float) and math.isnan(value)), f"{key.path} is NaN"
             assert value >= key.minimum, (key.path, value)
+    assert sorted(config.origins) == sorted(k.path for k in KEYS)
     hub = Hub(config=config)
     hub.start(0.0)
     assert hub.actions()
@@ -99,10 +104,32 @@ class TestConfigFuzz:
     @FUZZ
     @given(st.dictionaries(st.sampled_from([env_name(k.path) for k in KEYS]),
                            st.text(max_size=20) | st.sampled_from([".nan", ".inf", "-.inf", "1e400", "[1", "{a: 1}",
-                                                                   "a,b", "~", "0o17", "redis://[::1"]),
+                                                                   "a,b", "~", "0o17", "redis://[::1",
+                                                                   "=", "<<", "1e6", "2001-01-01"]),
                            max_size=4))
     def test_random_environment(self, environ: dict[str, str]) -> None:
         check(None, environ)
+
+    @FUZZ
+    @given(st.dictionaries(st.sampled_from([env_name(k.path) for k in KEYS]) | st.from_regex(r"\AWSHUB_[A-Z_]{0,12}\Z"),
+                           st.sampled_from(["1", "", "json", "x:1"]), max_size=3),
+           st.sampled_from([None, "logFormat: json\n", "clientKey: ''\n"]))
+    def test_unknown_variables_and_a_file(self, environ: dict[str, str], text: str | None) -> None:
+        check(text, environ)
+
+    @FUZZ
+    @given(st.sampled_from([k for k in KEYS if k.kind in ("int", "bytes", "seconds")]),
+           st.from_regex(r"\A[-+]?[0-9._eEx:ob]{0,10}\Z"))
+    def test_a_number_means_the_same_in_the_file_and_the_environment(self, key: Key, text: str) -> None:
+        section, _, leaf = key.path.rpartition(".")
+        yaml_text = f"{section}:\n  {leaf}: {text}\n" if section else f"{leaf}: {text}\n"
+        outcomes = []
+        for args in ((yaml_text, {}), (None, {env_name(key.path): text})):
+            try:
+                outcomes.append(getattr(load_config(args[0], environ=args[1]), key.attr))
+            except ConfigError:
+                outcomes.append("error")
+        assert outcomes[0] == outcomes[1], (yaml_text, outcomes)
 
     @pytest.mark.parametrize("opener", ["[", "{a: ", "- "])
     @pytest.mark.parametrize("depth", [10, 100, 1000, 3000])

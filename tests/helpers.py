@@ -31,6 +31,11 @@ T = TypeVar("T")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+def hub_env(**overrides: str) -> dict[str, str]:
+    """The test's environment without its own WSHUB_* variables (a hub refuses unknown ones), plus ``overrides``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}, **overrides}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

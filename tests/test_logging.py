@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import re
 import signal
 import sys
@@ -22,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import websockets
 
-from helpers import RedisProcess, free_port, raw_websocket, upgrade_head, within, ws_frame
+from helpers import RedisProcess, free_port, hub_env, raw_websocket, upgrade_head, within, ws_frame
 
 FORGED = "x\r\n2026-01-01 12:00:00,000 WARNING wshub: fake\x00"
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
@@ -59,9 +58,8 @@ class HubLog:
 async def hub_process(redis: RedisProcess, prefix: str, tmp_path: Path, *args: str,
                       **env: str) -> AsyncIterator[tuple[int, HubLog]]:
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
-    environ.update(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
-                   WSHUB_REDIS_CHANNEL_PREFIX=prefix, **env)
+    environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
+                      WSHUB_REDIS_CHANNEL_PREFIX=prefix, **env)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", *args, cwd=tmp_path,
                                                 env=environ, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, free_port, hub_config, running_hub, wait_for, within
+from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, wait_for, within
 from wshub_asyncio import HubServer
 from wshub_core import KEYS, env_name, load_config
 
@@ -131,7 +130,7 @@ def _console_script() -> str:
 
 
 def test_wshub_command_check_config_shows_env_overrides(tmp_path: Path) -> None:
-    env = dict(os.environ, WSHUB_REDIS_ADDRESS="redis://:secret@127.0.0.1:7001/3", WSHUB_WEBSOCKET_PONG_WAIT="7")
+    env = hub_env(WSHUB_REDIS_ADDRESS="redis://:secret@127.0.0.1:7001/3", WSHUB_WEBSOCKET_PONG_WAIT="7")
     out = subprocess.run([_console_script(), "--check-config"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=30, check=True).stdout
     effective = yaml.safe_load(out)
@@ -143,7 +142,7 @@ def test_wshub_command_check_config_shows_env_overrides(tmp_path: Path) -> None:
 
 def test_json_logs_one_object_per_line(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     port = free_port()
-    env = dict(os.environ, WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
+    env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
                WSHUB_REDIS_CHANNEL_PREFIX=prefix)
     proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio", "--log-json"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -13,12 +12,12 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, Subscriber, free_port, wait_until, within, ws_url
+from helpers import RedisProcess, Subscriber, free_port, hub_env, wait_until, within, ws_url
 
 
 def clean_env() -> dict[str, str]:
     """The test's environment without WSHUB_* overrides, so only the config file counts."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    return hub_env()
 
 
 def write_config(tmp_path: Path, tree: dict[str, object]) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aredis
 
-from helpers import RedisProcess, free_port, http_exchange, within
+from helpers import RedisProcess, free_port, http_exchange, hub_env, within
 
 
 class HubProcess:
@@ -53,8 +52,7 @@ class HubProcess:
 @contextlib.asynccontextmanager
 async def hub_process(**env: str) -> AsyncIterator[HubProcess]:
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
-    environ.update({"WSHUB_ADDRESS": f"127.0.0.1:{port}", **env})
+    environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", **env)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", env=environ,
                                                 stdin=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.PIPE)

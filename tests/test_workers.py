@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,13 @@ from pathlib import Path
 
 import websockets
 
-from helpers import RedisProcess, free_port, within
+from helpers import RedisProcess, free_port, hub_env, within
 
 
 def test_two_workers_share_the_port_serve_everyone_and_stop_together(redis_server: RedisProcess, prefix: str,
                                                                      tmp_path: Path) -> None:
     port = free_port()
-    env = dict(os.environ, WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_WORKERS="2",
+    env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_WORKERS="2",
                WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}", WSHUB_REDIS_CHANNEL_PREFIX=prefix)
     proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio"], cwd=tmp_path, env=env,
                             stderr=subprocess.DEVNULL)
@@ -82,7 +81,7 @@ def test_the_hub_runs_on_uvloop_when_it_is_installed(redis_server: RedisProcess,
                                                      tmp_path: Path) -> None:
     """The 'fast' extra: uvloop is used when importable (the test extra installs it)."""
     port = free_port()
-    env = dict(os.environ, WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
+    env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
                WSHUB_REDIS_CHANNEL_PREFIX=prefix)
     proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)

@@ -5,20 +5,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
+import json
 import os
 import resource
 import signal
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from wshub_core import Config, ConfigError, load_config
+from wshub_core import Config, ConfigError, env_name, load_config
 
 from ._logging import set_worker, setup_logging
-from ._server import reuseport_socket, run
+from ._server import reuseport_socket, run, server_tls_context
 
 __all__ = ["main"]
+
+EPILOG = """\
+Every config key can also be set from the environment, which wins over the
+file: WSHUB_<SECTION>_<KEY> in upper snake case, e.g. redis.address is
+WSHUB_REDIS_ADDRESS and webSocket.pongWait is WSHUB_WEBSOCKET_PONG_WAIT; an
+unknown WSHUB_* variable is an error, like an unknown key in the file.
+Exit status: 0 stopped (or config valid), 1 cannot start, 2 bad config.
+Every key, its variable and default: docs/configuration.md
+"""
 
 
 def raise_file_limit() -> int:
@@ -30,35 +44,93 @@ def raise_file_limit() -> int:
     return soft
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wshub", description="Redis pub/sub <-> WebSocket hub")
-    parser.add_argument("--config", help="path of config.yaml (default: ./config.yaml if it exists)")
-    parser.add_argument("--check-config", action="store_true", help="validate, print the effective config, exit")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines (same as logFormat: json)")
-    parser.add_argument("--debug", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
+def report_error(message: str, *, json_lines: bool) -> None:
+    """One line on stderr, also before logging is set up: a log shipper reading JSON must not choke on it.
 
-    path = Path(args.config) if args.config else Path("config.yaml")
-    if args.config and not path.is_file():
-        print(f"wshub: config file not found: {path}", file=sys.stderr)
-        return 2
-    text = path.read_text(encoding="utf-8") if path.is_file() else None
+    The fields are those of ``_logging._JsonFormatter``.
+    """
+    if json_lines:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        line = json.dumps({"time": stamp, "level": "error", "logger": "wshub", "message": message})
+    else:
+        line = f"wshub: {message}"
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Version(argparse.Action):
+    """``--version``, read from the installed package's metadata only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        print(f"wshub {importlib.metadata.version('wshub')}")
+        parser.exit()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wshub", description="Redis pub/sub <-> WebSocket hub.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (default: ./config.yaml if present)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check, print the effective config, exit 0 (or 2)")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines (same as logFormat: json)")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level instead of INFO")
+    return parser.parse_args(argv)
+
+
+def read_config_file(option: str | None) -> tuple[Path, str | None]:
+    """The file's path and text; no text when ``--config`` is not given and ``./config.yaml`` does not exist.
+
+    Anything that is there but cannot be read (a directory, not UTF-8, no
+    permission) is a config error: a hub silently running on defaults is worse.
+    """
+    path = Path(option or "config.yaml")
+    if option is None and not (path.exists() or path.is_symlink()):
+        return path, None
+    json_logs = os.environ.get(env_name("logFormat")) == "json"
     try:
-        config = load_config(text, source=str(path) if text is not None else "defaults", environ=os.environ)
+        return path, path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}", json_logs=json_logs) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})",
+                          json_logs=json_logs) from None
+
+
+def check_output(config: Config) -> str:
+    """``--check-config``'s YAML; with a comment when secrets are masked, so it is not taken for a usable file."""
+    text = yaml.safe_dump(config.as_dict(), sort_keys=False)
+    hidden = config.hidden_keys()
+    if hidden:
+        text = (f"# {', '.join(hidden)}: hidden as ***; set the real value before using this as a config file\n"
+                + text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        path, text = read_config_file(args.config)
+        config = load_config(text, source=str(path), environ=os.environ)
+        if args.check_config:
+            server_tls_context(config)  # the start loads the files too: a check that passes must start
     except ConfigError as exc:
-        print(f"wshub: bad config: {exc}", file=sys.stderr)
+        report_error(f"bad config: {exc}", json_lines=args.log_json or exc.json_logs)
         return 2
     if args.check_config:
-        print(yaml.safe_dump(config.as_dict(), sort_keys=False), end="")
+        print(check_output(config), end="")
         return 0
-    setup_logging(json_lines=args.log_json or config.log_format == "json", debug=args.debug)
+    json_lines = args.log_json or config.log_format == "json"
+    setup_logging(json_lines=json_lines, debug=args.debug)
     raise_file_limit()
+    config_file = str(path.absolute()) if text is not None else None
     if config.workers > 1:
-        return supervise(config)
-    return serve(config)
+        return supervise(config, config_file=config_file, json_errors=json_lines)
+    return serve(config, config_file=config_file, json_errors=json_lines)
 
 
-def serve(config: Config, *, reuseport: bool = False) -> int:
+def serve(config: Config, *, config_file: str | None, json_errors: bool, reuseport: bool = False) -> int:
     """One hub process; uvloop is used when installed (the 'fast' extra)."""
     try:
         import uvloop  # type: ignore[import-not-found, unused-ignore]
@@ -68,16 +140,16 @@ def serve(config: Config, *, reuseport: bool = False) -> int:
         pass
     try:
         sock = reuseport_socket(config) if reuseport else None
-        return asyncio.run(run(config, sock=sock))
+        return asyncio.run(run(config, config_file=config_file, sock=sock))
     except ConfigError as exc:  # found while starting (e.g. an unreadable TLS key)
-        print(f"wshub: bad config: {exc}", file=sys.stderr)
+        report_error(f"bad config: {exc}", json_lines=json_errors)
         return 2
     except OSError as exc:  # e.g. the address is in use
-        print(f"wshub: cannot start: {exc}", file=sys.stderr)
+        report_error(f"cannot start: {exc}", json_lines=json_errors)
         return 1
 
 
-def supervise(config: Config) -> int:
+def supervise(config: Config, *, config_file: str | None, json_errors: bool) -> int:
     """Fork ``workers`` hub processes on one SO_REUSEPORT port; relay SIGINT/SIGTERM; exit when all have."""
     children: list[int] = []
 
@@ -96,7 +168,7 @@ def supervise(config: Config) -> int:
                 set_worker(f"w{number}")  # every line, and every client id, names its worker
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker's loop installs its own
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = serve(config, reuseport=True)
+                code = serve(config, config_file=config_file, json_errors=json_errors, reuseport=True)
             finally:
                 os._exit(code)
         children.append(pid)

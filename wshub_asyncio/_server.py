@@ -128,7 +128,7 @@ def os_reason(exc: BaseException) -> str:
 
 
 def server_tls_context(config: Config) -> ssl.SSLContext | None:
-    """The wss:// context, or None for plain ws://; errors name the key and the file."""
+    """The wss:// context, or None for plain ws://; errors name the keys and where each value came from."""
     if not config.tls_cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -136,7 +136,8 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
         context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
-            f"tls.certFile/tls.keyFile ({config.tls_cert_file}, {config.tls_key_file}): cannot load: {exc}"
+            f"{config.where('tls.certFile')} and {config.where('tls.keyFile')}: cannot load "
+            f"{config.tls_cert_file!r} with {config.tls_key_file!r}: {exc}", json_logs=config.log_format == "json",
         ) from None
     return context
 
@@ -349,13 +350,22 @@ def reuseport_socket(config: Config) -> socket.socket:
     return sock
 
 
-async def run(config: Config, *, sock: socket.socket | None = None) -> int:
-    """Serve until SIGINT/SIGTERM has closed every client; the exit status."""
+async def run(config: Config, *, config_file: str | None, sock: socket.socket | None = None) -> int:
+    """Serve until SIGINT/SIGTERM has closed every client; the exit status.
+
+    ``config_file`` is the file the config came from (None: defaults and
+    environment only): the start line says so, and whether TLS is on, so a
+    log answers "which settings is this running with".
+    """
     server = HubServer(config)
     await server.start(sock=sock)
     server.install_signal_handlers()
-    log.info("listening on %s:%d%s (%s event loop)", config.host or "*", server.port, config.server_url,
-             type(server.loop).__module__.split(".")[0])
+    host = config.host or "*"
+    if ":" in host:
+        host = f"[{host}]"  # "::1:8080" would be ambiguous
+    log.info("listening on %s:%d%s (%s event loop), %s, %s", host, server.port, config.server_url,
+             type(server.loop).__module__.split(".")[0], "TLS on (wss://)" if config.tls_cert_file else "TLS off (ws://)",
+             f"config file {config_file}" if config_file else "no config file")
     await server.stopped.wait()
     await server.close()
     return 0

@@ -2,11 +2,15 @@
 
 Rules: this module never reads a file or the process environment by itself;
 the shell passes the text, the file name and a mapping. Every error names the
-key (dotted, as written in YAML) and the file, so a user can fix it in one go.
+key (dotted, as written in YAML) and where its value came from (the
+environment variable, the file, or the default), so a user can fix it in one go.
+The file and the environment are read by the same rules: a number is a YAML
+number either way, and an unknown name is an error either way.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -22,7 +26,51 @@ ENV_PREFIX = "WSHUB_"
 
 
 class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and the source."""
+    """A config value is wrong; the message names the key and the source.
+
+    ``json_logs`` says whether the input asked for JSON logs (``logFormat:
+    json`` in the file or the environment), as far as it could be read: the
+    shell reports the error itself in that format.
+    """
+
+    def __init__(self, message: str, *, json_logs: bool = False) -> None:
+        super().__init__(message)
+        self.json_logs = json_logs
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, line: int, first_line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first set on line {first_line})")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a config file needs it.
+
+    A key given twice is an error (PyYAML keeps the last one silently), and
+    ``1e6`` is a number (PyYAML, following YAML 1.1, wants ``1.0e+6``), as it
+    is in the environment and in YAML 1.2.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" then a key of its own overrides by design
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if first is not key_node:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,17 +180,35 @@ class Config:
     redis_host: str = "localhost"
     redis_port: int = 6379
     redis_tls: bool = False
+    # Where each key's value came from, by dotted path, for errors found later
+    # (a TLS file the shell cannot load). Not part of the value: equal configs
+    # from different sources compare equal.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, path: str) -> str:
+        """``tls.certFile in environment variable WSHUB_TLS_CERT_FILE``, ``... in FILE`` or ``... (default)``."""
+        return self.origins.get(path, path)
+
+    def hidden_keys(self) -> list[str]:
+        """The keys ``as_dict`` masks: a password, also inside a ``redis.address`` URL."""
+        out = []
+        if self.redis_password and "@" in self.redis_address and "://" in self.redis_address:
+            out.append("redis.address")
+        if self.redis_password:
+            out.append("redis.password")
+        return out
 
     def as_dict(self) -> dict[str, Any]:
-        """The effective config in the YAML layout (for ``--check-config``)."""
+        """The effective config in the YAML layout (for ``--check-config``); ``hidden_keys`` show ``***``."""
+        hidden = self.hidden_keys()
         out: dict[str, Any] = {}
         for key in KEYS:
             value = getattr(self, key.attr)
             if isinstance(value, tuple):
                 value = list(value)
-            if key.attr == "redis_password" and value:
+            if key.path == "redis.password" and key.path in hidden:
                 value = "***"
-            elif key.attr == "redis_address" and self.redis_password and "@" in value:
+            elif key.path == "redis.address" and key.path in hidden:
                 scheme, _, rest = value.partition("://")
                 value = f"{scheme}://***@{rest.rpartition('@')[2]}"  # never print a secret
             node = out
@@ -159,6 +225,10 @@ def env_name(path: str) -> str:
     return ENV_PREFIX + "_".join(parts).replace("WEB_SOCKET", "WEBSOCKET")
 
 
+ENV_NAMES = {env_name(k.path): k for k in KEYS}
+SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS if "." in k.path}
+
+
 def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     node: Any = tree
     for part in path.split("."):
@@ -168,50 +238,72 @@ def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _unknown_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_names(tree: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Every file key is a documented key, and a section is a mapping (or empty)."""
     known = {k.path for k in KEYS}
-    sections = {p.rsplit(".", 1)[0] for p in known if "." in p}
-    out = []
     for name, value in tree.items():
         path = f"{prefix}{name}"
-        if path in sections and isinstance(value, Mapping):
-            out += _unknown_keys(value, path + ".")
+        if path in SECTIONS:
+            if value is None:
+                continue  # "tls:" with every key commented out: the same as no section
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path} in {source}: must be a mapping of keys (a section), got {value!r}")
+            _check_names(value, source, path + ".")
         elif path not in known:
-            out.append(path)
-    return out
+            raise ConfigError(f"{path} in {source}: unknown key{_suggest(str(path), sorted(known | SECTIONS))}")
 
 
-def _coerce(key: Key, value: Any, source: str, from_env: bool) -> Any:
-    where = f"{key.path} in {source}"
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A mistyped variable would be ignored silently; it is as fatal as a mistyped file key."""
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in ENV_NAMES:
+            raise ConfigError(f"environment variable {name}: unknown, no config key has this name"
+                              f"{_suggest(name, sorted(ENV_NAMES))}; see docs/configuration.md")
+
+
+def _yaml_number(text: str) -> Any:
+    """An environment value read as the file's loader reads a plain scalar: ``1e6``, ``0.5`` and ``30`` alike."""
+    text = text.strip()
+    loader = _Loader("")
+    tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return loader.construct_object(yaml.ScalarNode(tag, text))
+    return text  # "=", "<<", "~", "yes": not a number, whatever else YAML makes of them
+
+
+def _coerce(key: Key, value: Any, where: str, from_env: bool) -> Any:
+    shown = value  # errors quote the value as the user wrote it
     if from_env and key.kind == "list":
         value = [v.strip() for v in value.split(",") if v.strip()]
     elif from_env and key.kind != "str":
-        try:
-            value = float(value) if key.kind == "seconds" or not value.strip().isdigit() else int(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        value = _yaml_number(value)
     if key.kind == "str":
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # "address: 8081" is read by YAML as a number
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown!r}")
         return value
     if key.kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of strings, got {shown!r}")
         return tuple(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {shown!r}")
     if key.kind in ("int", "bytes"):
         if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            raise ConfigError(f"{where}: expected a whole number, got {shown!r}")
         value = int(value)
     else:
         value = float(value)
         if math.isnan(value):  # .inf is allowed: "never"
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
+            raise ConfigError(f"{where}: must be a number, got {shown!r}")
     if key.minimum is not None and value < key.minimum:
-        raise ConfigError(f"{where}: must be at least {key.minimum}, got {value!r}")
+        raise ConfigError(f"{where}: must be at least {key.minimum}, got {shown!r}")
     return value
 
 
@@ -229,6 +321,27 @@ def _split_host_port(text: str, default_port: int, where: str) -> tuple[str, int
     return host, port
 
 
+def _parse(text: str | None, source: str) -> Mapping[str, Any]:
+    if text is None:
+        return {}
+    try:
+        tree = yaml.load(text, Loader=_Loader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source} {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config file") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    return tree
+
+
+def _asked_for_json(tree: Mapping[str, Any], env: Mapping[str, str]) -> bool:
+    name = env_name("logFormat")
+    return env[name] == "json" if name in env else tree.get("logFormat") == "json"
+
+
 def load_config(
     text: str | None,
     *,
@@ -236,80 +349,85 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the effective config from YAML text (or none) and environment overrides."""
-    tree: Any = {}
-    if text is not None:
-        try:
-            tree = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        except RecursionError:
-            raise ConfigError(f"{source}: nested too deeply to be a config file") from None
-        if not isinstance(tree, Mapping):
-            raise ConfigError(f"{source}: the top level must be a mapping of keys")
-        unknown = _unknown_keys(tree)
-        if unknown:
-            raise ConfigError(f"{unknown[0]} in {source}: unknown key")
-    values: dict[str, Any] = {}
     env = environ or {}
-    for key in KEYS:
-        name = env_name(key.path)
-        if name in env:
-            values[key.attr] = _coerce(key, env[name], f"environment variable {name}", True)
-            continue
-        found, value = _lookup(tree, key.path)
-        values[key.attr] = _coerce(key, value, source, False) if found else (
-            tuple(key.default) if key.kind == "list" else key.default
-        )
-    return _derive(values, source)
+    tree: Mapping[str, Any] = {}
+    try:
+        tree = _parse(text, source)
+        _check_names(tree, source)
+        _check_env_names(env)
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for key in KEYS:
+            name = env_name(key.path)
+            found, value = _lookup(tree, key.path)
+            if name in env:
+                origins[key.path] = f"{key.path} in environment variable {name}"
+                values[key.attr] = _coerce(key, env[name], origins[key.path], True)
+            elif found:
+                origins[key.path] = f"{key.path} in {source}"
+                values[key.attr] = _coerce(key, value, origins[key.path], False)
+            else:
+                origins[key.path] = f"{key.path} (default {key.default!r})"
+                values[key.attr] = tuple(key.default) if key.kind == "list" else key.default
+        return _derive(values, origins)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), json_logs=_asked_for_json(tree, env)) from None
 
 
-def _derive(values: dict[str, Any], source: str) -> Config:
+def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     def check(ok: bool, path: str, message: str) -> None:
         if not ok:
-            raise ConfigError(f"{path} in {source}: {message}")
+            raise ConfigError(f"{origins[path]}: {message}")
 
-    host, port = _split_host_port(values["address"], 8080, f"address in {source}")
-    check(values["workers"] == 1 or port != 0, "workers", "more than one worker needs a fixed port in address")
+    host, port = _split_host_port(values["address"], 8080, origins["address"])
+    check(values["workers"] == 1 or port != 0, "workers",
+          f"more than one worker needs a fixed port, but {origins['address']} is port 0")
     check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
     check(bool(values["client_key"]), "clientKey", "must not be empty")
     check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")
-    check(bool(values["tls_cert_file"]) == bool(values["tls_key_file"]), "tls.keyFile",
-          "tls.certFile and tls.keyFile go together")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        empty, given = ("tls.keyFile", "tls.certFile") if values["tls_cert_file"] else ("tls.certFile", "tls.keyFile")
+        check(False, empty, f"empty, but {origins[given]} is set: tls.certFile and tls.keyFile go together")
     check(values["reconnect_max"] >= values["reconnect_min"], "redis.reconnectMax",
-          "must be at least redis.reconnectMin")
+          f"must be at least {origins['redis.reconnectMin']}, which is {values['reconnect_min']!r}")
     address = values["redis_address"]
+    where = origins["redis.address"]
     tls = False
     if "://" in address:
         try:
             url = urlsplit(address)
         except ValueError as exc:
-            raise ConfigError(f"redis.address in {source}: not a URL: {address!r} ({exc})") from None
+            raise ConfigError(f"{where}: not a URL: {address!r} ({exc})") from None
         check(url.scheme in ("redis", "rediss"), "redis.address", "URL scheme must be redis:// or rediss://")
         tls = url.scheme == "rediss"
         check(bool(url.hostname), "redis.address", "URL has no host")
         try:
             redis_port = url.port or 6379
         except ValueError:
-            raise ConfigError(f"redis.address in {source}: bad port in {address!r}") from None
+            raise ConfigError(f"{where}: bad port in {address!r}") from None
         redis_host = url.hostname or ""
         if url.username:
             values["redis_username"] = unquote(url.username)
+            origins["redis.username"] = where
         if url.password:
             values["redis_password"] = unquote(url.password)
+            origins["redis.password"] = where
         db_text = url.path.strip("/")
         if db_text:
             check(db_text.isascii() and db_text.isdigit(), "redis.address",
                   f"database must be a number, got {db_text!r}")
             values["redis_db"] = int(db_text)
+            origins["redis.db"] = where
     else:
-        redis_host, redis_port = _split_host_port(address, 6379, f"redis.address in {source}")
+        redis_host, redis_port = _split_host_port(address, 6379, where)
         check(bool(redis_host), "redis.address", "has no host")
     return Config(
         **values, host=host, port=port, redis_host=redis_host, redis_port=redis_port, redis_tls=tls,
+        origins=origins,
     )
 
 
 # Every key has a Config attribute and vice versa.
-assert {f.name for f in fields(Config)} - {"host", "port", "redis_host", "redis_port", "redis_tls"} == {
+assert {f.name for f in fields(Config)} - {"host", "port", "redis_host", "redis_port", "redis_tls", "origins"} == {
     k.attr for k in KEYS
 }

@@ -6,6 +6,7 @@ The fuzz tests in fuzz/test_fuzz_config.py found these; each is pinned here.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -46,3 +47,102 @@ def test_deeply_nested_yaml_is_a_config_error(opener: str) -> None:
 def test_infinite_seconds_mean_never() -> None:
     """Not an error: an infinite timeout is a valid (if unusual) choice."""
     assert math.isinf(load_config("redis:\n  timeout: .inf\n").redis_timeout)
+
+
+class TestErrorsNameWhereTheValueCameFrom:
+    """Issue 8.4: the variable, the file and key, or the default; a check of two keys names both."""
+
+    def test_an_environment_value_is_blamed_on_its_variable_not_the_file(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            load_config("address: ':0'\n", source="hub.yaml", environ={"WSHUB_CLIENT_KEY": ""})
+        assert str(err.value).startswith("clientKey in environment variable WSHUB_CLIENT_KEY: must not be empty")
+        assert "hub.yaml" not in str(err.value)
+
+    @pytest.mark.parametrize(("text", "environ", "parts"), [
+        ("redis:\n  reconnectMin: 20\n", {},
+         ["redis.reconnectMax (default 10.0)", "redis.reconnectMin in hub.yaml"]),
+        ("", {"WSHUB_TLS_CERT_FILE": "/c.pem"},
+         ["tls.keyFile (default '')", "tls.certFile in environment variable WSHUB_TLS_CERT_FILE"]),
+        ("address: ':0'\n", {"WSHUB_WORKERS": "2"},
+         ["workers in environment variable WSHUB_WORKERS", "address in hub.yaml"]),
+        ("redis:\n  address: h:1\n", {"WSHUB_REDIS_ADDRESS": "h:x"},
+         ["redis.address in environment variable WSHUB_REDIS_ADDRESS"]),
+        ("", {"WSHUB_REDIS_ADDRESS": "redis://h/x"}, ["redis.address in environment variable WSHUB_REDIS_ADDRESS"]),
+        ("", {"WSHUB_ADDRESS": "h:99999"}, ["address in environment variable WSHUB_ADDRESS"]),
+    ], ids=["reconnectMax default vs file", "tls key default vs env", "workers env vs address file",
+            "redis port from env", "redis db from env", "address from env"])
+    def test_derived_checks_name_each_origin(self, text: str, environ: dict[str, str], parts: list[str]) -> None:
+        with pytest.raises(ConfigError) as err:
+            load_config(text, source="hub.yaml", environ=environ)
+        for part in parts:
+            assert part in str(err.value), err.value
+
+    def test_the_origin_of_every_key_is_kept_for_errors_found_later(self) -> None:
+        """The shell loads the TLS files; its error needs to know where their names came from."""
+        config = load_config("tls:\n  keyFile: k.pem\n", source="hub.yaml", environ={"WSHUB_TLS_CERT_FILE": "c.pem"})
+        assert config.where("tls.certFile") == "tls.certFile in environment variable WSHUB_TLS_CERT_FILE"
+        assert config.where("tls.keyFile") == "tls.keyFile in hub.yaml"
+        assert config.where("workers") == "workers (default 1)"
+
+    @pytest.mark.parametrize(("environ", "json_logs"), [
+        ({}, True), ({"WSHUB_LOG_FORMAT": "text"}, False), ({"WSHUB_LOG_FORMAT": "json", "WSHUB_X": "1"}, True),
+    ])
+    def test_the_error_says_whether_json_logs_were_asked_for(self, environ: dict[str, str], json_logs: bool) -> None:
+        """Item 12: the shell prints a bad-config error as a JSON line when the config asks for JSON logs."""
+        with pytest.raises(ConfigError) as err:
+            load_config("logFormat: json\nclientKey: ''\n", environ=environ)
+        assert err.value.json_logs is json_logs
+
+
+class TestTheFileAndTheEnvironmentAlike:
+    """Issue 8.11: the same value means the same thing, and the same mistake is the same error."""
+
+    def test_a_section_that_is_not_a_mapping_says_so(self) -> None:
+        with pytest.raises(ConfigError, match=r"^webSocket in c\.yaml: must be a mapping"):
+            load_config("webSocket: 5\n", source="c.yaml")
+
+    def test_an_empty_section_is_no_section(self) -> None:
+        """``tls:`` with every key commented out is null in YAML; it sets nothing."""
+        assert load_config("tls:\nwebSocket:\n  pongWait: 5\n") == load_config("webSocket:\n  pongWait: 5\n")
+
+    @pytest.mark.parametrize(("text", "value"), [("1e6", 1_000_000), ("1.5e3", 1500), ("2E+3", 2000), ("1_000", 1000),
+                                                 ("0x10", 16), ("3.0", 3)])
+    def test_numbers_read_the_same_from_the_file_and_the_environment(self, text: str, value: int) -> None:
+        from_file = load_config(f"redis:\n  maxBufferedBytes: {text}\n").max_buffered_bytes
+        from_env = load_config(None, environ={"WSHUB_REDIS_MAX_BUFFERED_BYTES": text}).max_buffered_bytes
+        assert from_file == from_env == value
+
+    @pytest.mark.parametrize("text", ["1.5e0", "1e400", "inf", "soon", "'7'"])
+    def test_a_number_refused_in_one_is_refused_in_the_other(self, text: str) -> None:
+        with pytest.raises(ConfigError, match=r"maxConnections in c\.yaml"):
+            load_config(f"webSocket:\n  maxConnections: {text}\n", source="c.yaml")
+        with pytest.raises(ConfigError, match="WSHUB_WEBSOCKET_MAX_CONNECTIONS"):
+            load_config(None, environ={"WSHUB_WEBSOCKET_MAX_CONNECTIONS": text})
+
+    @pytest.mark.parametrize("text", ["=", "<<", "~", "yes", "2001-01-01"])
+    def test_a_variable_yaml_reads_as_no_number_is_not_a_number(self, text: str) -> None:
+        """``=`` and ``<<`` have YAML tags without a constructor: found by the fuzzer."""
+        with pytest.raises(ConfigError, match=rf"WSHUB_WORKERS: expected a number, got {re.escape(repr(text))}"):
+            load_config(None, environ={"WSHUB_WORKERS": text})
+
+    @pytest.mark.parametrize(("text", "key", "line", "first"), [
+        ("address: ':1'\nredis:\n  db: 1\n  db: 2\n", "db", 4, 3),
+        ("redis:\n  db: 1\nworkers: 1\nredis:\n  db: 2\n", "redis", 4, 1),
+    ], ids=["in a section", "a whole section"])
+    def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(self, text: str, key: str, line: int,
+                                                                   first: int) -> None:
+        with pytest.raises(ConfigError, match=rf"^c\.yaml line {line}: duplicate key '{key}' "
+                                              rf"\(first set on line {first}\)"):
+            load_config(text, source="c.yaml")
+
+    def test_a_merge_key_is_not_a_duplicate(self) -> None:
+        """YAML's ``<<`` lets a key of the mapping override a merged one: that is not a key given twice."""
+        config = load_config("webSocket:\n  <<: {pongWait: 5, writeWait: 3}\n  pongWait: 7\n")
+        assert (config.pong_wait, config.write_wait) == (7, 3)
+
+    def test_an_unknown_wshub_variable_is_an_error_naming_it(self) -> None:
+        with pytest.raises(ConfigError, match=r"^environment variable WSHUB_WEBSOCKET_PONGWAIT: unknown.*"
+                                              r"did you mean WSHUB_WEBSOCKET_PONG_WAIT\?"):
+            load_config(None, environ={"WSHUB_WEBSOCKET_PONGWAIT": "5"})
+        # Other variables are not the hub's business.
+        assert load_config(None, environ={"PATH": "/bin", "wshub_pong_wait": "x", "XWSHUB_A": "1"}) == load_config(None)
