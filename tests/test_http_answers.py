@@ -45,6 +45,8 @@ CASES: list[tuple[str, bytes, int, bytes, dict[str, str]]] = [
      {}),
     ("GET without Upgrade", _head("GET /ws?session_key=k HTTP/1.1", "Host: x"), 426, b"WebSocket",
      {"upgrade": "websocket"}),
+    # A plain GET is checked like an upgrade: the key first (a page's fetch() learns why its WebSocket failed).
+    ("GET without Upgrade or key", _head("GET /ws HTTP/1.1", "Host: x"), 400, b"session_key", {}),
     ("POST on serverUrl", _head("POST /ws?session_key=k HTTP/1.1", "Host: x", "Content-Length: 0", *UPGRADE),
      405, b"GET", {"allow": "GET"}),
     ("malformed request line", b"GARBAGE\r\n\r\n", 400, b"malformed", {}),
@@ -196,5 +198,72 @@ def test_metrics_count_each_answer_under_its_own_status(redis_server: RedisProce
             assert 'wshub_http_responses_total{status="404"} 1' in metrics
             assert 'wshub_http_responses_total{status="426"} 1' in metrics, metrics
             assert 'wshub_http_responses_total{status="400"} 1' in metrics, metrics
+
+    asyncio.run(scenario())
+
+
+# -- A page's fetch() after a failed WebSocket: the same answer as the upgrade, readable cross-origin ------------
+
+PAGE = "http://page.example:8000"
+
+
+def _plain_get(target: str, *extra: str) -> bytes:
+    """What a browser's fetch() of the WebSocket URL sends: a GET without Upgrade, with the page's Origin."""
+    return _head(f"GET {target} HTTP/1.1", "Host: x", *extra)
+
+
+# (what, allowedOrigins, request, status, body fragment, headers that must be there, headers that must not)
+FETCH_CASES: list[tuple[str, list[str], bytes, int, bytes, dict[str, str], tuple[str, ...]]] = [
+    ("no key, any origin allowed", [], _plain_get("/ws", f"Origin: {PAGE}"), 400, b"session_key",
+     {"access-control-allow-origin": "*"}, ()),
+    ("good key, any origin allowed", [], _plain_get("/ws?session_key=k", f"Origin: {PAGE}"), 426, b"WebSocket",
+     {"access-control-allow-origin": "*", "upgrade": "websocket"}, ()),
+    ("a page opened from disk", [], _plain_get("/ws?session_key=k", "Origin: null"), 426, b"WebSocket",
+     {"access-control-allow-origin": "*"}, ()),
+    ("origin not listed", [PAGE], _plain_get("/ws?session_key=k", "Origin: http://evil.example"), 403,
+     b"origin not allowed", {"vary": "origin"}, ("access-control-allow-origin",)),
+    ("no origin, origins listed", [PAGE], _plain_get("/ws?session_key=k"), 403, b"origin not allowed",
+     {"vary": "origin"}, ("access-control-allow-origin",)),
+    ("listed origin, no key", [PAGE], _plain_get("/ws", f"Origin: {PAGE}"), 400, b"session_key",
+     {"access-control-allow-origin": PAGE, "vary": "origin"}, ()),
+    ("listed origin, good key", [PAGE], _plain_get("/ws?session_key=k", f"Origin: {PAGE}"), 426, b"WebSocket",
+     {"access-control-allow-origin": PAGE, "vary": "origin"}, ()),
+    ("unlisted origin, no key", [PAGE], _plain_get("/ws", "Origin: http://evil.example"), 400, b"session_key",
+     {"vary": "origin"}, ("access-control-allow-origin",)),
+    # An upgrade refused for its origin tells the page nothing either: same answer as before.
+    ("upgrade from an unlisted origin", [PAGE], upgrade_head("k", extra=("Origin: http://evil.example",)), 403,
+     b"origin not allowed", {}, ("access-control-allow-origin",)),
+]
+
+
+@pytest.mark.parametrize(("what", "origins", "request_bytes", "status", "body", "present", "absent"), FETCH_CASES,
+                         ids=[c[0] for c in FETCH_CASES])
+def test_a_plain_get_gets_the_upgrades_answer_with_cors_for_allowed_origins(
+        redis_server: RedisProcess, prefix: str, what: str, origins: list[str], request_bytes: bytes, status: int,
+        body: bytes, present: dict[str, str], absent: tuple[str, ...]) -> None:
+    async def scenario() -> None:
+        config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=origins)
+        async with running_hub(config) as server:
+            answer = await http_exchange(server.port, request_bytes)
+            assert answer.status == status, answer.raw
+            assert body in answer.body, answer.raw
+            for name, value in present.items():
+                assert answer.headers.get(name) == value, (name, answer.raw)
+            for name in absent:
+                assert name not in answer.headers, (name, answer.raw)
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+            first = await raw_websocket(server.port, "first")
+            assert first.status_line.startswith(b"HTTP/1.1 101")
+            answer = await http_exchange(server.port, _plain_get("/ws?session_key=k", f"Origin: {PAGE}"))
+            assert answer.status == 503 and b"too many connections" in answer.body, answer.raw
+            assert answer.headers.get("retry-after") == "5"
+            assert answer.headers.get("access-control-allow-origin") == "*"
+            await first.aclose()
 
     asyncio.run(scenario())
