@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
+import re
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import websockets
 
 from helpers import (
     RedisProcess,
+    free_port,
     http_exchange,
     hub_config,
     raw_websocket,
     running_hub,
     upgrade_head,
     wait_for,
+    wait_until,
     within,
 )
 
@@ -265,5 +277,112 @@ def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(redis_server: R
             assert answer.headers.get("retry-after") == "5"
             assert answer.headers.get("access-control-allow-origin") == "*"
             await first.aclose()
+
+    asyncio.run(scenario())
+
+
+# -- example/index.html in a real browser: what the page makes of those answers ----------------------------------
+#
+# Headless Chromium, driven over its DevTools protocol (a WebSocket); skipped where Chromium is not installed
+# (Debian: apt-get install chromium). The page is opened from disk, so its origin is "null".
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGE_FILE = Path(__file__).resolve().parent.parent / "example" / "index.html"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+
+@contextlib.asynccontextmanager
+async def example_page(hub_url: str) -> AsyncIterator[Callable[[Callable[[str], bool]], Awaitable[str]]]:
+    """Open the example page on ``hub_url`` with key alice; yields ``until(done)``: the page's log text once
+    ``done(text)`` holds (polled; fails after 20 s)."""
+    assert CHROMIUM is not None
+    profile = tempfile.mkdtemp(prefix="wshub-chromium-")
+    browser = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+        f"--user-data-dir={profile}", "about:blank", stderr=asyncio.subprocess.PIPE)
+    drain: asyncio.Future[bytes] | None = None
+    try:
+        assert browser.stderr is not None
+        while not (found := re.search(rb"DevTools listening on ws://[^:]+:(\d+)/", await within(
+                browser.stderr.readline(), 20))):
+            pass
+        drain = asyncio.ensure_future(browser.stderr.read())  # keeps the pipe from filling up
+        targets = await asyncio.to_thread(
+            lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{found.group(1).decode()}/json/list",
+                                                      timeout=10).read()))
+        page = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+        async with websockets.connect(page, proxy=None, max_size=None) as cdp:
+            ids = iter(range(1, 1 << 30))
+
+            async def call(method: str, **params: Any) -> dict[str, Any]:
+                n = next(ids)
+                await cdp.send(json.dumps({"id": n, "method": method, "params": params}))
+                while True:
+                    answer: dict[str, Any] = json.loads(await within(cdp.recv()))
+                    if answer.get("id") == n:
+                        return answer
+
+            await call("Page.navigate", url=f"{PAGE_FILE.as_uri()}?url={hub_url}&key=alice")
+
+            async def until(done: Callable[[str], bool]) -> str:
+                text = ""
+
+                async def log_done() -> bool:
+                    nonlocal text
+                    answer = await call("Runtime.evaluate", expression="document.getElementById('log').innerText")
+                    text = str(answer["result"]["result"].get("value", ""))
+                    return done(text)
+
+                try:
+                    await wait_until(log_done, timeout=20, what="the page's log")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; the page's log: {text!r}") from None
+                return text
+
+            yield until
+    finally:
+        browser.kill()
+        await browser.wait()
+        if drain is not None:
+            drain.cancel()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@needs_chromium
+def test_the_page_says_the_hub_is_unreachable_and_backs_off() -> None:
+    async def scenario() -> None:
+        async with example_page(f"ws://127.0.0.1:{free_port()}/ws") as until:
+            text = await until(lambda t: t.count("Reconnecting in") >= 3)
+        assert "hub unreachable at 127.0.0.1:" in text, text
+        delays = [float(d) for d in re.findall(r"Reconnecting in (\d+\.\d) s", text)]
+        # 1 s, 2 s, 4 s, ... each +-20 %, never under 1 s
+        assert 1.0 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4 and 3.2 <= delays[2] <= 4.8, delays
+
+    asyncio.run(scenario())
+
+
+@needs_chromium
+def test_the_page_shows_an_origin_refusal(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=["http://app.example"])
+        async with running_hub(config) as server:
+            async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
+                text = await until(lambda t: "Reconnecting in" in t)
+            assert "does not let this page (origin null (a page opened from disk)) read why" in text, text
+            assert "HTTP 403" in text, text
+
+    asyncio.run(scenario())
+
+
+@needs_chromium
+def test_the_page_shows_a_full_hub_and_then_connects(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+            first = await raw_websocket(server.port, "first")
+            async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
+                text = await until(lambda t: "Reconnecting in" in t)
+                assert 'refused by the hub: HTTP 503 "too many connections"' in text, text
+                await first.aclose()  # room again: a later attempt of the same page gets in
+                await until(lambda t: "Connected to" in t)
 
     asyncio.run(scenario())
