@@ -1,18 +1,27 @@
 """The docs stay true to the code: every key, env var, close code and metric is documented.
 
-These tests read the code's own tables (``KEYS``, ``CloseCode``, ``Hub.metrics_text``)
-and the Markdown files; they start nothing and need no Redis.
+Most of these tests read the code's own tables (``KEYS``, ``CloseCode``, ``Hub.metrics_text``)
+and the Markdown files and start nothing; the README's "Try it" steps are run for real, against
+a redis-server and a hub process of the test's own (at the end of this file).
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
+import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from helpers import RedisProcess, Subscriber, free_port, wait_until, within
 from wshub_core import KEYS, CloseCode, Hub, env_name, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,3 +120,209 @@ class TestOperationsDoc:
         names = set(re.findall(r"^# TYPE (\S+) ", hub.metrics_text(), flags=re.M))
         for name in re.findall(r"^\| `(wshub_[a-z_]+)", read(OPERATIONS), flags=re.M):
             assert name in names, f"docs/operations.md lists {name}, which Hub.metrics_text() does not expose"
+
+
+# -- README "Try it with redis-cli": the steps, run as written ----------------------------------------------------
+#
+# Unlike the tests above, these start processes: a redis-server of their own (not the one on 6379) and the
+# hub by the Quick start's own command, on a free port. The commands are the README's, with three
+# substitutions a test needs: `redis-cli` talks to the test's Redis, the prefix `ws-hub:` becomes the
+# test's own, and `127.0.0.1:8080` the hub's port. Each runs through a shell, as a user would paste it.
+
+
+def readme_section(title: str) -> str:
+    text = read(ROOT / "README.md")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def sh_blocks(section: str, *, comments: bool = False) -> list[list[str]]:
+    """The ```sh blocks of a README section, each as its lines (comment lines dropped unless ``comments``)."""
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return [[line for line in block.splitlines() if line.strip() and (comments or not line.lstrip().startswith("#"))]
+            for block in blocks]
+
+
+def quick_start_hub_command() -> str:
+    """The part of the Quick start's first command that runs the hub (after the install)."""
+    first = sh_blocks(readme_section("Quick start"))[0]
+    assert len(first) == 1, first
+    command = first[0].split("&&")[-1].strip()
+    assert "-m wshub_asyncio" in command, command
+    return command
+
+
+def try_it_steps() -> list[list[str]]:
+    steps = sh_blocks(readme_section("Try it with redis-cli"))
+    assert len(steps) == 4, steps
+    return steps
+
+
+def python_module_of(command: str) -> tuple[str, list[str]]:
+    """``.venv/bin/python -m MODULE ARGS`` -> (MODULE, ARGS)."""
+    words = shlex.split(command)
+    assert words[0].endswith("/python") and words[1] == "-m", command
+    return words[2], words[3:]
+
+
+def base_distributions() -> set[str]:
+    """The distributions ``pip install -e .`` installs: wshub and its dependencies, without any extra."""
+    seen: set[str] = set()
+    todo = ["wshub"]
+    while todo:
+        name = todo.pop()
+        canonical = re.sub(r"[-_.]+", "-", name).lower()
+        if canonical in seen:
+            continue
+        seen.add(canonical)
+        for requirement in importlib.metadata.requires(name) or []:
+            if "extra ==" in requirement.replace("extra==", "extra =="):
+                continue
+            todo.append(re.match(r"[A-Za-z0-9._-]+", requirement).group())  # type: ignore[union-attr]
+    return seen
+
+
+def test_the_try_it_client_needs_only_what_the_quick_start_installs() -> None:
+    """Step 2 must work after the Quick start's first command (``pip install -e .``) alone."""
+    module, _ = python_module_of(try_it_steps()[1][0])
+    probe = (
+        "import importlib, importlib.metadata, json, sys\n"
+        "before = set(sys.modules)\n"  # what site startup loaded (e.g. setuptools' .pth hook) does not count
+        f"importlib.import_module({module!r})\n"
+        "owners = importlib.metadata.packages_distributions()\n"
+        "tops = {m.partition('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)\n"
+        "print(json.dumps(sorted({d for t in tops for d in owners.get(t, [])})))\n"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True, capture_output=True,
+                                       text=True, timeout=30).stdout)
+    needed = {re.sub(r"[-_.]+", "-", d).lower() for d in loaded}
+    assert needed <= base_distributions(), (
+        f"step 2 of README 'Try it' ({module}) loads {sorted(needed - base_distributions())}, "
+        "which the Quick start's first command does not install"
+    )
+
+
+class _Lines:
+    """The output of a process, line by line, read as the test needs it."""
+
+    def __init__(self, stream: asyncio.StreamReader, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.seen: list[str] = []
+
+    async def until(self, wanted: str, timeout: float = 10.0, *, partial: bool = False) -> None:
+        async def read() -> None:
+            while True:
+                line = await self.stream.readline()
+                assert line, f"{self.name} ended without printing {wanted!r}; it printed {self.seen}"
+                self.seen.append(line.decode().rstrip("\r\n"))
+                if self.seen[-1] == wanted or (partial and wanted in self.seen[-1]):
+                    return
+
+        await within(read(), timeout)
+
+    async def until_contains(self, wanted: str, timeout: float = 15.0) -> None:
+        await self.until(wanted, timeout, partial=True)
+
+
+def test_the_try_it_steps_work_as_written(own_redis: RedisProcess, tmp_path: Path) -> None:
+    prefix = "readme-try-it:"
+    hub_port = free_port()
+    steps = try_it_steps()
+
+    def adapt(command: str) -> str:
+        command = command.replace("redis-cli ", f"redis-cli -p {own_redis.port} ")
+        command = command.replace("ws-hub:", prefix).replace("127.0.0.1:8080", f"127.0.0.1:{hub_port}")
+        return command.replace(".venv/bin/python", shlex.quote(sys.executable))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    env.update(WSHUB_ADDRESS=f"127.0.0.1:{hub_port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{own_redis.port}",
+               WSHUB_REDIS_CHANNEL_PREFIX=prefix)
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(command: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_shell(
+            "exec " + command, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, **kwargs)
+        procs.append(proc)
+        return proc
+
+    async def run(command: str) -> str:
+        proc = await start(command)
+        out, _ = await within(proc.communicate(), 10)
+        assert proc.returncode == 0, (command, out)
+        return out.decode().strip()
+
+    def expected_output(line: str, terminal: int) -> str:
+        """What a step's comment says a terminal prints: ``terminal 2 prints: < hello``."""
+        found = re.search(rf'terminal {terminal} prints:? "?(.*?)"?\.?$', line)
+        assert found, (terminal, line)
+        return found.group(1)
+
+    async def scenario() -> None:
+        try:
+            await steps_as_written()
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    async def steps_as_written() -> None:
+        r = own_redis.client()
+        gone = Subscriber(r)
+        await gone.subscribe(f"{prefix}client-gone")
+        hub = await start(quick_start_hub_command(), stderr=asyncio.subprocess.PIPE)
+        assert hub.stderr is not None
+        await _Lines(hub.stderr, "the hub").until_contains(f"listening on 127.0.0.1:{hub_port}/ws")
+        drain = asyncio.ensure_future(hub.stderr.read())  # keeps the log pipe from filling up
+
+        # 1. redis-cli SUBSCRIBE client-new; without a terminal it prints the raw reply, one field a line.
+        (step1,) = steps[0]
+        listener = await start(adapt(step1))
+        assert listener.stdout is not None
+        terminal1 = _Lines(listener.stdout, "terminal 1")
+        await terminal1.until("1")  # subscribe <channel> 1: subscribed
+
+        # 2. the client; terminal 1 prints the key.
+        (step2,) = steps[1]
+        client = await start(adapt(step2), stdin=asyncio.subprocess.PIPE)
+        assert client.stdout is not None and client.stdin is not None
+        terminal2 = _Lines(client.stdout, "terminal 2")
+        step2_comment = sh_blocks(readme_section("Try it with redis-cli"), comments=True)[1][0]
+        await terminal1.until(expected_output(step2_comment, 1))
+
+        # 3. the groups answer, then group data. A person is slower than the hub's SUBSCRIBE to the
+        # group; the test waits for that SUBSCRIBE instead.
+        answer, publish = steps[2]
+        await run(adapt(answer))
+
+        async def subscribed() -> bool:
+            return dict(await r.pubsub_numsub(f"{prefix}group-data:news")).get(
+                f"{prefix}group-data:news".encode(), 0) == 1
+
+        await wait_until(subscribed, what="the hub subscribed to group-data:news")
+        command, _, comment = publish.partition("#")
+        assert await run(adapt(command)) == "1"
+        await terminal2.until(expected_output(comment.strip(), 2))
+
+        # 4. what alice types shows up in a SUBSCRIBE to client-data:alice.
+        (step4,) = steps[3]
+        watcher = await start(adapt(step4))
+        assert watcher.stdout is not None
+        terminal4 = _Lines(watcher.stdout, "terminal 4")
+        await terminal4.until("1")
+        client.stdin.write(b"hi from alice\n")
+        await terminal4.until("hi from alice")
+
+        # Ctrl-D closes the client; the hub announces alice on client-gone.
+        client.stdin.close()
+        assert await within(client.wait(), 10) == 0
+        assert await gone.next() == (f"{prefix}client-gone", b"alice")
+        await gone.close()
+        await r.aclose()
+        hub.terminate()
+        assert await within(hub.wait(), 15) == 0
+        await drain
+
+    asyncio.run(scenario())

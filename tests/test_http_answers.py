@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
+import re
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import websockets
 
 from helpers import (
     RedisProcess,
+    free_port,
     http_exchange,
     hub_config,
     raw_websocket,
     running_hub,
     upgrade_head,
     wait_for,
+    wait_until,
     within,
 )
 
@@ -45,6 +57,8 @@ CASES: list[tuple[str, bytes, int, bytes, dict[str, str]]] = [
      {}),
     ("GET without Upgrade", _head("GET /ws?session_key=k HTTP/1.1", "Host: x"), 426, b"WebSocket",
      {"upgrade": "websocket"}),
+    # A plain GET is checked like an upgrade: the key first (a page's fetch() learns why its WebSocket failed).
+    ("GET without Upgrade or key", _head("GET /ws HTTP/1.1", "Host: x"), 400, b"session_key", {}),
     ("POST on serverUrl", _head("POST /ws?session_key=k HTTP/1.1", "Host: x", "Content-Length: 0", *UPGRADE),
      405, b"GET", {"allow": "GET"}),
     ("malformed request line", b"GARBAGE\r\n\r\n", 400, b"malformed", {}),
@@ -196,5 +210,179 @@ def test_metrics_count_each_answer_under_its_own_status(redis_server: RedisProce
             assert 'wshub_http_responses_total{status="404"} 1' in metrics
             assert 'wshub_http_responses_total{status="426"} 1' in metrics, metrics
             assert 'wshub_http_responses_total{status="400"} 1' in metrics, metrics
+
+    asyncio.run(scenario())
+
+
+# -- A page's fetch() after a failed WebSocket: the same answer as the upgrade, readable cross-origin ------------
+
+PAGE = "http://page.example:8000"
+
+
+def _plain_get(target: str, *extra: str) -> bytes:
+    """What a browser's fetch() of the WebSocket URL sends: a GET without Upgrade, with the page's Origin."""
+    return _head(f"GET {target} HTTP/1.1", "Host: x", *extra)
+
+
+# (what, allowedOrigins, request, status, body fragment, headers that must be there, headers that must not)
+FETCH_CASES: list[tuple[str, list[str], bytes, int, bytes, dict[str, str], tuple[str, ...]]] = [
+    ("no key, any origin allowed", [], _plain_get("/ws", f"Origin: {PAGE}"), 400, b"session_key",
+     {"access-control-allow-origin": "*"}, ()),
+    ("good key, any origin allowed", [], _plain_get("/ws?session_key=k", f"Origin: {PAGE}"), 426, b"WebSocket",
+     {"access-control-allow-origin": "*", "upgrade": "websocket"}, ()),
+    ("a page opened from disk", [], _plain_get("/ws?session_key=k", "Origin: null"), 426, b"WebSocket",
+     {"access-control-allow-origin": "*"}, ()),
+    ("origin not listed", [PAGE], _plain_get("/ws?session_key=k", "Origin: http://evil.example"), 403,
+     b"origin not allowed", {"vary": "origin"}, ("access-control-allow-origin",)),
+    ("no origin, origins listed", [PAGE], _plain_get("/ws?session_key=k"), 403, b"origin not allowed",
+     {"vary": "origin"}, ("access-control-allow-origin",)),
+    ("listed origin, no key", [PAGE], _plain_get("/ws", f"Origin: {PAGE}"), 400, b"session_key",
+     {"access-control-allow-origin": PAGE, "vary": "origin"}, ()),
+    ("listed origin, good key", [PAGE], _plain_get("/ws?session_key=k", f"Origin: {PAGE}"), 426, b"WebSocket",
+     {"access-control-allow-origin": PAGE, "vary": "origin"}, ()),
+    ("unlisted origin, no key", [PAGE], _plain_get("/ws", "Origin: http://evil.example"), 400, b"session_key",
+     {"vary": "origin"}, ("access-control-allow-origin",)),
+    # An upgrade refused for its origin tells the page nothing either: same answer as before.
+    ("upgrade from an unlisted origin", [PAGE], upgrade_head("k", extra=("Origin: http://evil.example",)), 403,
+     b"origin not allowed", {}, ("access-control-allow-origin",)),
+]
+
+
+@pytest.mark.parametrize(("what", "origins", "request_bytes", "status", "body", "present", "absent"), FETCH_CASES,
+                         ids=[c[0] for c in FETCH_CASES])
+def test_a_plain_get_gets_the_upgrades_answer_with_cors_for_allowed_origins(
+        redis_server: RedisProcess, prefix: str, what: str, origins: list[str], request_bytes: bytes, status: int,
+        body: bytes, present: dict[str, str], absent: tuple[str, ...]) -> None:
+    async def scenario() -> None:
+        config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=origins)
+        async with running_hub(config) as server:
+            answer = await http_exchange(server.port, request_bytes)
+            assert answer.status == status, answer.raw
+            assert body in answer.body, answer.raw
+            for name, value in present.items():
+                assert answer.headers.get(name) == value, (name, answer.raw)
+            for name in absent:
+                assert name not in answer.headers, (name, answer.raw)
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+            first = await raw_websocket(server.port, "first")
+            assert first.status_line.startswith(b"HTTP/1.1 101")
+            answer = await http_exchange(server.port, _plain_get("/ws?session_key=k", f"Origin: {PAGE}"))
+            assert answer.status == 503 and b"too many connections" in answer.body, answer.raw
+            assert answer.headers.get("retry-after") == "5"
+            assert answer.headers.get("access-control-allow-origin") == "*"
+            await first.aclose()
+
+    asyncio.run(scenario())
+
+
+# -- example/index.html in a real browser: what the page makes of those answers ----------------------------------
+#
+# Headless Chromium, driven over its DevTools protocol (a WebSocket); skipped where Chromium is not installed
+# (Debian: apt-get install chromium). The page is opened from disk, so its origin is "null".
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGE_FILE = Path(__file__).resolve().parent.parent / "example" / "index.html"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+
+@contextlib.asynccontextmanager
+async def example_page(hub_url: str) -> AsyncIterator[Callable[[Callable[[str], bool]], Awaitable[str]]]:
+    """Open the example page on ``hub_url`` with key alice; yields ``until(done)``: the page's log text once
+    ``done(text)`` holds (polled; fails after 20 s)."""
+    assert CHROMIUM is not None
+    profile = tempfile.mkdtemp(prefix="wshub-chromium-")
+    browser = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+        f"--user-data-dir={profile}", "about:blank", stderr=asyncio.subprocess.PIPE)
+    drain: asyncio.Future[bytes] | None = None
+    try:
+        assert browser.stderr is not None
+        while not (found := re.search(rb"DevTools listening on ws://[^:]+:(\d+)/", await within(
+                browser.stderr.readline(), 20))):
+            pass
+        drain = asyncio.ensure_future(browser.stderr.read())  # keeps the pipe from filling up
+        targets = await asyncio.to_thread(
+            lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{found.group(1).decode()}/json/list",
+                                                      timeout=10).read()))
+        page = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+        async with websockets.connect(page, proxy=None, max_size=None) as cdp:
+            ids = iter(range(1, 1 << 30))
+
+            async def call(method: str, **params: Any) -> dict[str, Any]:
+                n = next(ids)
+                await cdp.send(json.dumps({"id": n, "method": method, "params": params}))
+                while True:
+                    answer: dict[str, Any] = json.loads(await within(cdp.recv()))
+                    if answer.get("id") == n:
+                        return answer
+
+            await call("Page.navigate", url=f"{PAGE_FILE.as_uri()}?url={hub_url}&key=alice")
+
+            async def until(done: Callable[[str], bool]) -> str:
+                text = ""
+
+                async def log_done() -> bool:
+                    nonlocal text
+                    answer = await call("Runtime.evaluate", expression="document.getElementById('log').innerText")
+                    text = str(answer["result"]["result"].get("value", ""))
+                    return done(text)
+
+                try:
+                    await wait_until(log_done, timeout=20, what="the page's log")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; the page's log: {text!r}") from None
+                return text
+
+            yield until
+    finally:
+        browser.kill()
+        await browser.wait()
+        if drain is not None:
+            drain.cancel()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@needs_chromium
+def test_the_page_says_the_hub_is_unreachable_and_backs_off() -> None:
+    async def scenario() -> None:
+        async with example_page(f"ws://127.0.0.1:{free_port()}/ws") as until:
+            text = await until(lambda t: t.count("Reconnecting in") >= 3)
+        assert "hub unreachable at 127.0.0.1:" in text, text
+        delays = [float(d) for d in re.findall(r"Reconnecting in (\d+\.\d) s", text)]
+        # 1 s, 2 s, 4 s, ... each +-20 %, never under 1 s
+        assert 1.0 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4 and 3.2 <= delays[2] <= 4.8, delays
+
+    asyncio.run(scenario())
+
+
+@needs_chromium
+def test_the_page_shows_an_origin_refusal(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=["http://app.example"])
+        async with running_hub(config) as server:
+            async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
+                text = await until(lambda t: "Reconnecting in" in t)
+            assert "does not let this page (origin null (a page opened from disk)) read why" in text, text
+            assert "HTTP 403" in text, text
+
+    asyncio.run(scenario())
+
+
+@needs_chromium
+def test_the_page_shows_a_full_hub_and_then_connects(redis_server: RedisProcess, prefix: str) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+            first = await raw_websocket(server.port, "first")
+            async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
+                text = await until(lambda t: "Reconnecting in" in t)
+                assert 'refused by the hub: HTTP 503 "too many connections"' in text, text
+                await first.aclose()  # room again: a later attempt of the same page gets in
+                await until(lambda t: "Connected to" in t)
 
     asyncio.run(scenario())

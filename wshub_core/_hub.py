@@ -248,32 +248,41 @@ class Hub(BaseHub):
         if path != cfg.server_url:
             client.answer(404, f"not found: {path}\n")
             return
+        # A plain GET gets the answer an upgrade would (400, 403, 503), and 426 only once it passed
+        # those checks: a page whose WebSocket failed can fetch() the same URL to learn why. So that
+        # it can read the answer, every answer here carries CORS headers for an allowed origin.
+        origin = request.header(b"origin")
+        origin_text = None if origin is None else origin.decode("latin-1")
+        allowed = not cfg.allowed_origins or origin_text in cfg.allowed_origins
+        cors: tuple[tuple[str, str], ...] = (("access-control-allow-origin", "*"),)  # an error text is no secret
+        if cfg.allowed_origins:
+            cors = (("access-control-allow-origin", origin_text), ("vary", "origin")) if allowed and origin_text \
+                else (("vary", "origin"),)
         if request.method != b"GET":
-            client.answer(405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"),))
-            return
-        upgrade = (request.header(b"upgrade") or b"").lower()
-        if b"websocket" not in upgrade:
-            client.answer(426, "this endpoint speaks WebSocket only\n",
-                                headers=(("upgrade", "websocket"),))
+            client.answer(405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
             return
         keys = parse_qs(query, keep_blank_values=True).get(cfg.client_key, [])  # the first value counts
         key = keys[0] if keys else ""
         if not key:
-            client.answer(400, f"missing query parameter {cfg.client_key}\n")
+            client.answer(400, f"missing query parameter {cfg.client_key}\n", headers=cors)
             return
-        origin = request.header(b"origin")
-        if cfg.allowed_origins and (origin is None or origin.decode("latin-1") not in cfg.allowed_origins):
-            client.answer(403, "origin not allowed\n")
+        if not allowed:
+            client.answer(403, "origin not allowed\n", headers=cors)
             if self._info:
                 log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, client.conn,
                          "(no Origin header)" if origin is None else origin,
                          extra={"event": "refused", "conn": client.conn, "status": 403, "origin": origin})
             return
         if self._stopping:
-            client.answer(503, "server shutting down\n")
+            client.answer(503, "server shutting down\n", headers=cors)
             return
         if cfg.max_connections and len(self._members) >= cfg.max_connections:
-            client.answer(503, "too many connections\n", headers=(("retry-after", "5"),))
+            client.answer(503, "too many connections\n", headers=(("retry-after", "5"), *cors))
+            return
+        upgrade = (request.header(b"upgrade") or b"").lower()
+        if b"websocket" not in upgrade:
+            client.answer(426, "this endpoint speaks WebSocket only\n",
+                          headers=(("upgrade", "websocket"), *cors))
             return
         if not client.accept(request):
             return
