@@ -386,3 +386,18 @@ def test_the_page_shows_a_full_hub_and_then_connects(redis_server: RedisProcess,
                 await until(lambda t: "Connected to" in t)
 
     asyncio.run(scenario())
+
+
+def test_a_key_that_is_not_utf8_is_refused(redis_server: RedisProcess, prefix: str) -> None:
+    """docs/protocol.md: %FF%FE and %FE%FF are two byte strings, not one key of two U+FFFD."""
+
+    async def scenario() -> None:
+        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            for raw in ("%FF%FE", "%FE%FF"):
+                answer = await http_exchange(server.port, _head(f"GET /ws?session_key={raw} HTTP/1.1",
+                                                                "Host: x", *UPGRADE), timeout=2)
+                assert answer.status == 400, answer.raw
+                assert answer.body == b"query parameter session_key is not valid UTF-8\n"
+            assert server.hub.stats.connects == 0
+
+    asyncio.run(scenario())

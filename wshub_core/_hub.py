@@ -90,6 +90,7 @@ class Hub(BaseHub):
         self._client_new = f"{prefix}client-new".encode()
         self._client_gone = f"{prefix}client-gone".encode()
         self._data_prefix = f"{prefix}client-data:"
+        self._key_param = config.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
         self._ping_interval = config.pong_wait * 0.9
         # A link counts as healthy (its backoff starts over) once it stayed up for reconnectMax.
         self._sub = SubscriberSession(
@@ -261,10 +262,17 @@ class Hub(BaseHub):
         if request.method != b"GET":
             client.answer(405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
             return
-        keys = parse_qs(query, keep_blank_values=True).get(cfg.client_key, [])  # the first value counts
-        key = keys[0] if keys else ""
-        if not key:
+        # Percent-decoded byte for byte (latin-1), then UTF-8 strictly: with replacement, %FF%FE and
+        # %FE%FF would both become U+FFFD U+FFFD, one key shared by two clients (groups, client-data).
+        raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(self._key_param, [])
+        raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
+        if not raw_key:
             client.answer(400, f"missing query parameter {cfg.client_key}\n", headers=cors)
+            return
+        try:
+            key = raw_key.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            client.answer(400, f"query parameter {cfg.client_key} is not valid UTF-8\n", headers=cors)
             return
         if not allowed:
             client.answer(403, "origin not allowed\n", headers=cors)

@@ -89,6 +89,24 @@ class TestUpgrade_RFC6455_4_2_2:
         assert h.commands(SUB)[-1] == [b"SUBSCRIBE", h.channel("groups-new:a b/c")]
 
 
+class TestKeysAreUtf8:
+    """A key is percent-decoded to bytes, then read as UTF-8 strictly (docs/protocol.md)."""
+
+    @pytest.mark.parametrize("target", [b"/ws?session_key=%FF%FE", b"/ws?session_key=%FE%FF",
+                                        b"/ws?session_key=a%C3", b"/ws?session_key=%ED%A0%80"])
+    def test_a_key_that_is_not_utf8_is_refused_with_400(self, target: bytes) -> None:
+        # Before, both %FF%FE and %FE%FF became U+FFFD U+FFFD: one key, shared groups and client-data.
+        h = Harness()
+        client = ask(h, upgrade_request(target))
+        assert b"session_key is not valid UTF-8" in assert_answered(h, client, 400)
+        assert h.commands(SUB) == []
+
+    def test_a_utf8_key_is_taken_as_written(self) -> None:
+        h = Harness()
+        assert ask(h, upgrade_request(b"/ws?session_key=%C3%A9t%C3%A9")).status == 101
+        assert h.commands(SUB)[-1] == [b"SUBSCRIBE", h.channel("groups-new:\u00e9t\u00e9")]
+
+
 class TestRejections_RFC6455_4_2_1:
     @pytest.mark.parametrize(
         ("request_bytes", "status"),
