@@ -176,6 +176,8 @@ class Hub(BaseHub):
         else:
             if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
                 self._link_errors.pop(link, None)
+                if session is self._cmd:
+                    self._announce_again()
                 log.info("redis %s link up (%s)", link.value, self._redis_address,
                          extra={"event": "link_up", "link": link.value})
             self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
@@ -317,7 +319,7 @@ class Hub(BaseHub):
                 log.info("client %s%d connected: %s sha256:%s", self._conn_prefix, conn, cfg.client_key, fp,
                          extra=extra)
         if self._sub.is_confirmed(key_channel):
-            self._cmd.publish(self._client_new, key.encode())
+            self._cmd.publish(self._client_new, key.encode(), resend=False)
         self._timers.schedule(conn, now + self._ping_interval)
         if cfg.groups_timeout:
             self._timers.schedule(conn, now + cfg.groups_timeout)
@@ -455,6 +457,23 @@ class Hub(BaseHub):
                      fp, len(groups), groups, len(conns),
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
+    def _announce_again(self) -> None:
+        """The command link is back: client-new for every connection still waiting for its groups.
+
+        Unanswered client-new PUBLISHes are not resent (``resend=False``): the
+        connection may have closed meanwhile, and a stale client-new would reach
+        the listener while nobody is subscribed to its answer. Instead each
+        connection that still needs its groups, and whose answer channel is
+        confirmed, is announced again, once per key.
+        """
+        announced: set[str] = set()
+        for member in self._members.values():
+            if member.has_groups or member.key in announced:
+                continue
+            if self._sub.is_confirmed(self._routing.key_channel(member.key)):
+                announced.add(member.key)
+                self._cmd.publish(self._client_new, member.key.encode(), resend=False)
+
     def _on_confirmed(self, channel: bytes) -> None:
         conns = self._routing.conns_of_key(channel)
         if not conns:
@@ -464,7 +483,7 @@ class Hub(BaseHub):
         for conn in conns:
             member = self._members[conn]
             if not member.has_groups:
-                self._cmd.publish(self._client_new, member.key.encode())
+                self._cmd.publish(self._client_new, member.key.encode(), resend=False)
 
     def _dial(self, link: RedisLink, now: float) -> None:
         session = self._sessions[link]

@@ -314,7 +314,7 @@ class SubscriberSession(RedisSession):
 class CommandSession(RedisSession):
     """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
 
-    __slots__ = ("_outbox", "_inflight", "buffered_bytes")
+    __slots__ = ("_outbox", "_inflight", "_volatile", "buffered_bytes")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, db: int, healthy_after: float) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
@@ -322,6 +322,7 @@ class CommandSession(RedisSession):
             self._prelude.append((b"SELECT", str(db).encode()))
         self._outbox: deque[bytes] = deque()  # packed commands not yet written
         self._inflight: deque[bytes] = deque()  # written, reply not yet read
+        self._volatile: set[int] = set()  # ids of queued commands a reconnect drops instead of resending
         self.buffered_bytes = 0  # bytes in outbox + inflight
 
     @property
@@ -331,10 +332,18 @@ class CommandSession(RedisSession):
     def __len__(self) -> int:
         return len(self._outbox) + len(self._inflight)
 
-    def publish(self, channel: bytes, payload: bytes) -> None:
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
+        """Queue a PUBLISH. ``resend=False``: after a reconnect it is dropped, not resent.
+
+        For announcements whose reason may be gone by the time the link is back
+        (``client-new`` of a connection that has closed meanwhile): the hub
+        decides afresh what to announce when the link is READY again.
+        """
         cmd = pack(b"PUBLISH", channel, payload)
         self._outbox.append(cmd)
         self.buffered_bytes += len(cmd)
+        if not resend:
+            self._volatile.add(id(cmd))
 
     def ping(self, now: float) -> None:
         self._outbox.append(_PING)
@@ -346,6 +355,16 @@ class CommandSession(RedisSession):
         self._inflight.extend(self._outbox)
         self._outbox = self._inflight
         self._inflight = deque()
+        if self._volatile:
+            volatile = self._volatile
+            kept: deque[bytes] = deque()
+            for cmd in self._outbox:
+                if id(cmd) in volatile:
+                    self.buffered_bytes -= len(cmd)
+                else:
+                    kept.append(cmd)
+            self._outbox = kept
+            volatile.clear()
 
     def take_commands(self, now: float) -> bytes:
         if not self._outbox or self.state is not RedisState.READY:
@@ -367,6 +386,8 @@ class CommandSession(RedisSession):
             cmd = self._inflight.popleft()
             if cmd is not _PING:  # PING is not counted in buffered_bytes
                 self.buffered_bytes -= len(cmd)
+                if self._volatile:
+                    self._volatile.discard(id(cmd))
             if isinstance(reply, hiredis.ReplyError):
                 errors.append(reply)
         if not self._prelude_pending:

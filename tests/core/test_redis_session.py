@@ -326,9 +326,41 @@ class TestReconnect:
         client.text("m4")  # queued while down
         h.advance(1.0)
         resent = h.redis.links[CMD].session_commands
-        assert resent == [[b"PUBLISH", h.channel("client-data:k"), f"m{i}".encode()] for i in (1, 2, 3, 4)]
+        assert resent == [*([b"PUBLISH", h.channel("client-data:k"), f"m{i}".encode()] for i in (1, 2, 3, 4)),
+                          [b"PUBLISH", h.channel("client-new"), b"k"]]  # k still waits for its groups
         h.deliver(CMD)
         assert "wshub_redis_buffered_commands 0\n" in h.hub.metrics_text()
+
+    def test_an_unanswered_client_new_is_not_resent_once_its_connection_closed(self) -> None:
+        # Found by TestHubInterleavings: the command link timed out with client-new PUBLISHes unanswered,
+        # the connections closed (groups-new:KEY unsubscribed), and the reconnect resent them all: the
+        # listener was asked for groups nobody listened for.
+        h = Harness(make_config(reconnect_max=1.0), auto_reply=False)
+        clients = [h.connect("k") for _ in range(3)]
+        h.deliver(SUB)
+        assert h.published(h.channel("client-new")) == [b"k"] * 3  # written; Redis' replies held back
+        for client in clients:
+            client.close()
+        h.deliver(SUB)
+        mark = len(h.published())
+        h.drop_redis(CMD)
+        h.advance(1.0)
+        assert h.published()[mark:] == [b"k"]  # client-gone, resent; no client-new
+        assert h.redis.links[CMD].session_commands == [[b"PUBLISH", h.channel("client-gone"), b"k"]]
+
+    def test_a_command_link_reconnect_announces_each_waiting_key_once(self) -> None:
+        h = Harness(make_config(reconnect_max=1.0), auto_reply=False)
+        for key in ("a", "a", "b"):
+            h.connect(key)
+        h.connect("c")
+        h.deliver(SUB)
+        h.deliver(CMD)
+        h.set_groups("c", ["g"])  # c has its groups: not announced again
+        h.deliver(SUB)
+        h.drop_redis(CMD)
+        h.advance(1.0)
+        assert sorted(p for c, p in (cmd[1:] for cmd in h.redis.links[CMD].session_commands)
+                      if c == h.channel("client-new")) == [b"a", b"b"]
 
     def test_command_link_down_queues_in_order(self) -> None:
         h = Harness(make_config(reconnect_min=0.5, reconnect_max=0.5))
