@@ -60,6 +60,7 @@ class ClientProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.conn = self._hub.client_opened(self._loop.time())
         self._server.transports[self.conn] = transport
+        self._server.drain_soon()  # re-arms the timer: the handshake deadline may be the next one
 
     def data_received(self, data: bytes) -> None:
         self._hub.client_data(self.conn, data, self._loop.time())
