@@ -214,11 +214,15 @@ class CoreServer:
                 transport.write(action.data)
         elif kind is CloseClient:
             assert isinstance(action, CloseClient)
-            transport = self.transports.pop(action.conn, None)
-            if transport is not None:
-                if action.abort:
+            if action.abort:
+                transport = self.transports.pop(action.conn, None)
+                if transport is not None:
                     transport.abort()
-                else:
+            else:
+                # Kept until connection_lost (the flush is done): if the peer never reads,
+                # the core sends CloseClient(abort=True) for it at writeWait.
+                transport = self.transports.get(action.conn)
+                if transport is not None:
                     transport.close()
         elif kind is PauseClient:
             assert isinstance(action, PauseClient)

@@ -189,8 +189,9 @@ class Hub(BaseHub):
         return self._routing.needed()
 
     def is_empty(self) -> bool:
-        """No client and no routing entry left (for leak checks)."""
-        return not self._clients and not self._members and self._routing.is_empty() and not self._dirty
+        """No client, no closing socket and no routing entry left (for leak checks)."""
+        return (not self._clients and not self._closing and not self._members and self._routing.is_empty()
+                and not self._dirty)
 
     def groups_of(self, conn: int) -> set[str]:
         return {self._routing.group_name(ch) for ch in self._routing.groups_of(conn)}
@@ -463,8 +464,10 @@ class Hub(BaseHub):
         open_ws = len(self._members)
         samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
             ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", open_ws)]),
-            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP.",
-             [("", len(self._clients))]),
+            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP and those closing.",
+             [("", len(self._clients) + len(self._closing))]),
+            ("wshub_sockets_closing", "gauge", "Sockets closed gracefully that are still flushing.",
+             [("", len(self._closing))]),
             ("wshub_connects_total", "counter", "WebSocket upgrades accepted.", [("", s.connects)]),
             ("wshub_disconnects_total", "counter", "Closed sockets by close code (0: HTTP answer).",
              [(f'{{code="{code}"}}', n) for code, n in sorted(s.closes.items())]),
