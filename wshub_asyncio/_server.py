@@ -63,8 +63,14 @@ class ClientProtocol(asyncio.Protocol):
         self._server.drain_soon()  # re-arms the timer: the handshake deadline may be the next one
 
     def data_received(self, data: bytes) -> None:
-        self._hub.client_data(self.conn, data, self._loop.time())
-        self._server.drain_soon()
+        hub = self._hub
+        hub.client_data(self.conn, data, self._loop.time())
+        if hub.pause_pending:
+            # The Redis buffer is full: pause the clients now, before the loop reads the next socket
+            # (uvloop reads on in this iteration until told to stop).
+            self._server.drain()
+        else:
+            self._server.drain_soon()
 
     def eof_received(self) -> bool:
         self._hub.client_eof(self.conn, self._loop.time())

@@ -55,6 +55,9 @@ class BaseHub:
         self._stopping = False
         self._stopped = False
         self.slow_closes = 0  # clients closed for not reading (write stall or outbound bound)
+        # A PauseClient waits in actions(): the shell should drain before it reads another socket
+        # (redis.maxBufferedBytes holds only if pauses take effect within the loop iteration).
+        self.pause_pending = False
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -94,6 +97,7 @@ class BaseHub:
         self._flush(self._now)
         actions = self._actions
         self._actions = []
+        self.pause_pending = False
         return actions
 
     def next_deadline(self) -> float | None:
