@@ -1583,8 +1583,11 @@ class World:
         self.redis.kill_after_publish = 0
         self.log("active phase over; faults heal at %.3f", self.fault_until - T0)
         cfg = self.cfg
-        settle = max(self.fault_until - self.now, 0.0) + cfg.reconnect_max + 2 * cfg.redis_timeout + 1.0
-        settle = max(settle, 2.5 * cfg.write_wait + 1.0, self.listener_delay + 1.0)
+        # A listener answer lost to a fault is asked for again once the links are back (client-new
+        # re-published after the resubscribe), and may take listener_delay from then.
+        settle = (max(self.fault_until - self.now, 0.0) + cfg.reconnect_max + 2 * cfg.redis_timeout
+                  + self.listener_delay + 1.0)
+        settle = max(settle, 2.5 * cfg.write_wait + 1.0)
         if self.ending == "shutdown_now":
             self.phase = "ending"
             self._shutdown()
