@@ -62,10 +62,17 @@ class ClientProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.conn = self._hub.client_opened(self._loop.time())
         self._server.transports[self.conn] = transport
+        self._server.drain_soon()  # re-arms the timer: the handshake deadline may be the next one
 
     def data_received(self, data: bytes) -> None:
-        self._hub.client_data(self.conn, data, self._loop.time())
-        self._server.drain_soon()
+        hub = self._hub
+        hub.client_data(self.conn, data, self._loop.time())
+        if hub.pause_pending:
+            # The Redis buffer is full: pause the clients now, before the loop reads the next socket
+            # (uvloop reads on in this iteration until told to stop).
+            self._server.drain()
+        else:
+            self._server.drain_soon()
 
     def eof_received(self) -> bool:
         self._hub.client_eof(self.conn, self._loop.time())
@@ -229,11 +236,15 @@ class CoreServer:
                 transport.write(action.data)
         elif kind is CloseClient:
             assert isinstance(action, CloseClient)
-            transport = self.transports.pop(action.conn, None)
-            if transport is not None:
-                if action.abort:
+            if action.abort:
+                transport = self.transports.pop(action.conn, None)
+                if transport is not None:
                     transport.abort()
-                else:
+            else:
+                # Kept until connection_lost (the flush is done): if the peer never reads,
+                # the core sends CloseClient(abort=True) for it at writeWait.
+                transport = self.transports.get(action.conn)
+                if transport is not None:
                     transport.close()
         elif kind is PauseClient:
             assert isinstance(action, PauseClient)

@@ -12,6 +12,13 @@ Rules:
    one ``SendToClient``, and all commands for a Redis link as one write.
 3. A client that reached ``CLOSED`` takes no more input, and is forgotten at
    the next ``actions()``, which also hands the shell its ``CloseClient``.
+4. A graceful ``CloseClient`` (the transport flushes, then closes) is not the
+   end of the socket: a peer that does not read would keep it open forever.
+   Until the shell reports ``client_lost`` the socket is *closing*, and at its
+   abort deadline (``writeWait`` after the close, or after the write pause that
+   was already running) the core sends ``CloseClient(abort=True)``. Closing
+   sockets are not clients (``client_count()``), but ``is_empty()`` and
+   ``Stopped`` wait for them.
 """
 
 from __future__ import annotations
@@ -41,12 +48,16 @@ class BaseHub:
         self._actions: list[Action] = []
         self._clients: dict[int, ClientConnection] = {}
         self._dirty: dict[int, ClientConnection] = {}
+        self._closing: dict[int, float] = {}  # conn -> abort deadline: closed gracefully, socket not gone yet
         self._next_conn = 0
         self._now = 0.0  # time of the latest input: output is built at that time
         self._timers = Timers()
         self._stopping = False
         self._stopped = False
         self.slow_closes = 0  # clients closed for not reading (write stall or outbound bound)
+        # A PauseClient waits in actions(): the shell should drain before it reads another socket
+        # (redis.maxBufferedBytes holds only if pauses take effect within the loop iteration).
+        self.pause_pending = False
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -86,13 +97,19 @@ class BaseHub:
         self._flush(self._now)
         actions = self._actions
         self._actions = []
+        self.pause_pending = False
         return actions
 
     def next_deadline(self) -> float | None:
         return self._timers.next_deadline()
 
     def client_count(self) -> int:
+        """Sockets in HTTP or WebSocket; closing ones (a graceful close still flushing) are not counted."""
         return len(self._clients)
+
+    def closing_count(self) -> int:
+        """Sockets closed gracefully whose transport has not reported ``client_lost`` yet."""
+        return len(self._closing)
 
     def shutdown(self, now: float) -> None:
         """Stop accepting and close every client with 1001; ``Stopped`` once drained."""
@@ -136,6 +153,9 @@ class BaseHub:
         """The transport is gone (idempotent): forget the client without writing."""
         client = self._clients.get(conn)
         if client is None:
+            if self._closing.pop(conn, None) is not None:  # the graceful close flushed
+                self._timers.cancel(conn)
+                self._now = now
             return
         if client.state is not ClientState.CLOSED:
             client.feed_eof()
@@ -170,6 +190,14 @@ class BaseHub:
             client = self._clients.get(owner)
             if client is not None:
                 self._client_timer(client, now)
+            elif owner in self._closing:
+                deadline = self._closing[owner]
+                if now >= deadline:
+                    # The flushing close could not flush (the peer does not read): drop its bytes.
+                    del self._closing[owner]
+                    self._actions.append(CloseClient(conn=owner, abort=True))
+                else:
+                    self._timers.schedule(owner, deadline)
         self._now = now
 
     # -- internals ---------------------------------------------------------------------
@@ -232,8 +260,13 @@ class BaseHub:
                         actions.append(SendToClient(conn=conn, data=client.take_output()))
                     actions.append(CloseClient(conn=conn, abort=client.abort))
                     self._forget(client)
+                    if not client.abort:
+                        since = client.write_paused_since
+                        deadline = (now if since is None else min(since, now)) + self._write_wait
+                        self._closing[conn] = deadline
+                        self._timers.schedule(conn, deadline)
         self._flush_more(now)
-        if self._stopping and not self._stopped and not self._clients and self._drained():
+        if self._stopping and not self._stopped and not self._clients and not self._closing and self._drained():
             self._stopped = True
             log.info("shutdown complete", extra={"event": "shutdown_complete"})
             actions.append(Stopped())

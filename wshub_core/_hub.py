@@ -29,7 +29,7 @@ from ._actions import (
     Stopped,
 )
 from ._base import BaseHub
-from ._client import ClientConnection, CloseCode, HttpRequest, MessageReceived, Outcome
+from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._config import Config
 from ._logs import fingerprint, host_port
 from ._metrics import Stats, render
@@ -84,7 +84,8 @@ class Hub(BaseHub):
         self._info = log.isEnabledFor(logging.INFO)  # nor per-connect ones (a fingerprint is a SHA-256)
         self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
-        self._paused_senders: set[int] = set()
+        self._paused_senders: set[int] = set()  # members not read because of redis.maxBufferedBytes
+        self._buffered_peak = 0  # highest cmd.buffered_bytes seen: wshub_redis_buffered_bytes_max
         self._routing = Routing(prefix=config.channel_prefix)
         prefix = config.channel_prefix
         self._client_new = f"{prefix}client-new".encode()
@@ -217,8 +218,9 @@ class Hub(BaseHub):
         return self._routing.needed()
 
     def is_empty(self) -> bool:
-        """No client and no routing entry left (for leak checks)."""
-        return not self._clients and not self._members and self._routing.is_empty() and not self._dirty
+        """No client, no closing socket and no routing entry left (for leak checks)."""
+        return (not self._clients and not self._closing and not self._members and self._routing.is_empty()
+                and not self._dirty)
 
     def groups_of(self, conn: int) -> set[str]:
         return {self._routing.group_name(ch) for ch in self._routing.groups_of(conn)}
@@ -234,12 +236,36 @@ class Hub(BaseHub):
                     log.debug("client %s%d (%s) sent %d bytes", self._conn_prefix, client.conn, member.key,
                               len(outcome.data), extra={"event": "message", "conn": client.conn})
                 self._cmd.publish(member.data_channel, outcome.data)
+                if self._cmd.buffered_bytes > self._buffered_peak:
+                    self._buffered_peak = self._cmd.buffered_bytes
                 if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not member.reading_paused:
-                    member.reading_paused = True
-                    self._paused_senders.add(client.conn)
-                    self._actions.append(PauseClient(conn=client.conn))
+                    self._pause_members()
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)
+        if self._paused_senders:
+            # Over the bound: a connection upgraded now starts paused too (its first frames, read
+            # with its request head, were published above: at most one read).
+            joined = self._members.get(client.conn)
+            if joined is not None and not joined.reading_paused and client.state is ClientState.OPEN:
+                self._pause_members()
+
+    def _pause_members(self) -> None:
+        """The Redis buffer crossed redis.maxBufferedBytes: stop reading every member, not just this sender.
+
+        Every open connection may send, and each read adds up to one socket read of messages, so
+        pausing only the one that crossed lets the others overshoot in the same loop iteration.
+        ``pause_pending`` tells the shell to execute the pauses before it reads another socket.
+        """
+        clients = self._clients
+        for conn, member in self._members.items():
+            client = clients.get(conn)
+            if member.reading_paused or client is None or client.state is not ClientState.OPEN:
+                continue
+            member.reading_paused = True
+            self._paused_senders.add(conn)
+            if client.write_paused_since is None:  # else its reading is paused already (its socket is full)
+                self._actions.append(PauseClient(conn=conn))
+                self.pause_pending = True
 
     def _on_request(self, client: ClientConnection, request: HttpRequest, now: float) -> None:
         target = request.target.decode("latin-1")
@@ -532,6 +558,8 @@ class Hub(BaseHub):
 
     def _flush_more(self, now: float) -> None:
         actions = self._actions
+        if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
+            self._buffered_peak = self._cmd.buffered_bytes
         for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
                            (RedisLink.COMMANDS, self._cmd.take_commands(now))):
             if data:
@@ -558,8 +586,10 @@ class Hub(BaseHub):
         open_ws = len(self._members)
         samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
             ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", open_ws)]),
-            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP.",
-             [("", len(self._clients))]),
+            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP and those closing.",
+             [("", len(self._clients) + len(self._closing))]),
+            ("wshub_sockets_closing", "gauge", "Sockets closed gracefully that are still flushing.",
+             [("", len(self._closing))]),
             ("wshub_connects_total", "counter", "WebSocket upgrades accepted.", [("", s.connects)]),
             ("wshub_disconnects_total", "counter", "Closed sockets by close code (0: HTTP answer).",
              [(f'{{code="{code}"}}', n) for code, n in sorted(s.closes.items())]),
@@ -586,6 +616,8 @@ class Hub(BaseHub):
             ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
              [("", len(self._cmd))]),
             ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
+            ("wshub_redis_buffered_bytes_max", "gauge", "Highest wshub_redis_buffered_bytes since the start.",
+             [("", self._buffered_peak)]),
             ("wshub_clients_reading_paused", "gauge", "Clients not read because the Redis buffer is full.",
              [("", len(self._paused_senders))]),
             ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",

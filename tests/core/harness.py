@@ -408,6 +408,8 @@ class Client:
         self.closed = False  # CloseClient seen (or we reported the socket lost)
         self.abort: bool | None = None
         self.reading_paused = False
+        self.write_full = False  # between write_paused and write_resumed: a graceful close cannot flush
+        self.closing = False  # a graceful CloseClient that has not flushed: only an abort may follow
         self.lost = False
         self.sent_close = False  # we started the close handshake (the hub echoes our code)
 
@@ -522,6 +524,7 @@ class Harness:
         self.clients: dict[int, Client] = {}
         self.log: list[tuple[float, Action]] = []  # every action, with the time it was emitted
         self.pending_inputs: list[tuple[Client, bytes]] = []  # auto pongs, fed after the current batch
+        self.pending_lost: list[Client] = []  # graceful closes that flushed: client_lost after the batch
         self.listening = True
         self.stopped = False
         if start:
@@ -536,6 +539,12 @@ class Harness:
         for _ in range(10_000):
             actions = self.hub.actions()
             if not actions:
+                if self.pending_lost:
+                    client = self.pending_lost.pop(0)
+                    if client.closing:
+                        client.closing = False
+                        self.hub.client_lost(client.conn, self.now)
+                    continue
                 if self.pending_inputs:
                     client, data = self.pending_inputs.pop(0)
                     if not client.closed:
@@ -559,9 +568,19 @@ class Harness:
                 raise ContractError(f"empty SendToClient for conn {action.conn}")
             client.receive(action.data)
         elif isinstance(action, CloseClient):
+            client = self.clients.get(action.conn)
+            if client is not None and client.closing and action.abort:
+                client.closing = False  # the flushing close that could not flush, aborted
+                client.abort = True
+                return
             client = self._live_client(action.conn, action)
             client.closed = True
             client.abort = action.abort
+            if not action.abort:
+                # The transport flushes, then reports connection_lost (at once unless the socket is full).
+                client.closing = True
+                if not client.write_full:
+                    self.pending_lost.append(client)
         elif isinstance(action, PauseClient):
             client = self._live_client(action.conn, action)
             if client.reading_paused:
@@ -769,10 +788,14 @@ class Harness:
         self.run()
 
     def write_paused(self, client: Client) -> None:
+        client.write_full = True
         self.hub.client_write_paused(client.conn, self.now)
         self.run()
 
     def write_resumed(self, client: Client) -> None:
+        client.write_full = False
+        if client.closing:
+            self.pending_lost.append(client)  # the flushing close completes
         self.hub.client_write_resumed(client.conn, self.now)
         self.run()
 

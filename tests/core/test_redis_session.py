@@ -733,15 +733,18 @@ class TestPublishBackpressure:
         assert ResumeClient(conn=client.conn) in h.actions_since(mark)
         assert not client.reading_paused
 
-    def test_every_sender_over_the_limit_is_paused_and_resumed(self) -> None:
+    def test_over_the_limit_every_member_is_paused_and_resumed(self) -> None:
+        """Not only the sender that crossed it: every member may send, and a late pause overshoots."""
         h = Harness(make_config(max_buffered_bytes=100, reconnect_max=1.0))
         a, b, quiet = h.connect("a"), h.connect("b"), h.connect("c")
         h.drop_redis(CMD)
-        a.text("x" * 80)
-        b.text("y" * 80)
-        assert a.reading_paused and b.reading_paused and not quiet.reading_paused
+        a.text("x" * 80)  # with its PUBLISH framing, over the limit
+        assert a.reading_paused and b.reading_paused and quiet.reading_paused
+        late = h.connect("d")  # upgraded while over the limit: paused at once
+        assert late.reading_paused
         h.advance(1.0)
-        assert not a.reading_paused and not b.reading_paused
+        assert not a.reading_paused and not b.reading_paused and not quiet.reading_paused
+        assert not late.reading_paused
         assert h.published(h.channel("client-data:a")) == [b"x" * 80]
 
     def test_paused_sender_that_leaves_is_not_resumed(self) -> None:

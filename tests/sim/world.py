@@ -557,6 +557,7 @@ class SimClient:
         self.tbuf: list[bytes] = []
         self.tbuf_bytes = 0
         self.fin_after_flush = False
+        self.closing_until: float | None = None  # a graceful CloseClient not flushed yet: abort deadline
         self.write_paused = False
         self.paused_since = 0.0
         self.aborted = False
@@ -1181,22 +1182,40 @@ class World:
         self.log("action CloseClient %r abort=%s", c, abort)
         if c is None or not c.t_open:
             return
-        c.t_open = False
+        if c.closing_until is not None:
+            # The hub gave up on a flushing close it had asked for: only an abort may follow one.
+            if not abort:
+                self.fail(f"{c!r}: a second graceful CloseClient")
+            self._abort_transport(c)
+            return
         c.up.closed = True  # the shell reads nothing more
         c.held = []
         self._model_leave(c)
         if abort:
-            self.stats["aborts"] += 1
-            c.aborted = True
-            c.down.closed = True
-            c.tbuf = []
-            if c.state != "done":
-                self.at(self.now + c.latency, self._client_reset, c)
+            self._abort_transport(c)
         elif c.stalled:
-            c.fin_after_flush = True  # close() flushes first
+            # close() flushes first; asyncio reports connection_lost only when the flush is done, which
+            # for a client that never reads again is never: the hub must abort it (writeWait).
+            c.fin_after_flush = True
+            since = c.paused_since if c.write_paused else self.now
+            c.closing_until = min(since, self.now) + self.cfg.write_wait
         else:
+            c.t_open = False
             c.down.send(None)
-        # asyncio reports connection_lost after close()/abort(): idempotent for the hub.
+            self.at(self.now, self._lost_after_close, c)  # connection_lost, after close() flushed
+
+    def _abort_transport(self, c: SimClient) -> None:
+        """transport.abort(): unsent bytes dropped, a reset to the peer, connection_lost soon."""
+        c.t_open = False
+        c.closing_until = None
+        self.stats["aborts"] += 1
+        c.aborted = True
+        c.down.closed = True
+        c.tbuf = []
+        c.fin_after_flush = False
+        if c.state != "done":
+            self.at(self.now + c.latency, self._client_reset, c)
+        # asyncio reports connection_lost after abort(): idempotent for the hub.
         self.at(self.now, self._lost_after_close, c)
 
     def _lost_after_close(self, c: SimClient) -> None:
@@ -1273,6 +1292,12 @@ class World:
             c.tbuf_bytes = 0
         if c.fin_after_flush:
             c.down.send(None)
+            c.fin_after_flush = False
+            if c.closing_until is not None:  # the flushing close completed: connection_lost
+                c.closing_until = None
+                c.t_open = False
+                self.call(f"client_lost({c.conn}) [close flushed]", self.hub.client_lost, c.conn, self.now)
+                return
         if c.write_paused and c.t_open:
             c.write_paused = False
             c.ping_base = max(c.ping_base, self.now)
@@ -1314,6 +1339,7 @@ class World:
         if not c.t_open:
             return
         c.t_open = False
+        c.closing_until = None
         c.held = []
         if c.hub_known:
             self._model_leave(c)
@@ -1558,8 +1584,11 @@ class World:
         self.redis.kill_after_publish = 0
         self.log("active phase over; faults heal at %.3f", self.fault_until - T0)
         cfg = self.cfg
-        settle = max(self.fault_until - self.now, 0.0) + cfg.reconnect_max + 2 * cfg.redis_timeout + 1.0
-        settle = max(settle, 2.5 * cfg.write_wait + 1.0, self.listener_delay + 1.0)
+        # A listener answer lost to a fault is asked for again once the links are back (client-new
+        # re-published after the resubscribe), and may take listener_delay from then.
+        settle = (max(self.fault_until - self.now, 0.0) + cfg.reconnect_max + 2 * cfg.redis_timeout
+                  + self.listener_delay + 1.0)
+        settle = max(settle, 2.5 * cfg.write_wait + 1.0)
         if self.ending == "shutdown_now":
             self.phase = "ending"
             self._shutdown()
@@ -1635,6 +1664,15 @@ class World:
         self.stopped_at = self.now
         if self.now < self.shutdown_at + self.cfg.shutdown_timeout - EPS:
             self._check_all_published("at Stopped")
+        # The shell exits: HubServer.close() aborts every transport it still has.
+        for cid in sorted(self.clients):
+            c = self.clients[cid]
+            if c.t_open:
+                if c.hub_known:
+                    self._model_leave(c)
+                c.up.closed = True
+                c.held = []
+                self._abort_transport(c)
 
     def _check_all_published(self, when: str) -> None:
         for cid in sorted(self.clients):
@@ -1693,6 +1731,10 @@ class World:
     def _check_due(self, t: float) -> None:
         """Before time moves to ``t``: nothing the hub had to do before ``t`` is still undone."""
         cfg = self.cfg
+        for c in self.clients.values():
+            if c.closing_until is not None and t > c.closing_until + EPS:
+                self.fail(f"(c) {c!r}: a graceful close that cannot flush was not aborted by "
+                          f"{c.closing_until - T0:.6f} (writeWait={cfg.write_wait})")
         for c in self.http_clients.values():
             if t > c.opened_at + cfg.handshake_timeout + EPS:
                 self.fail(f"(d) {c!r} still in its HTTP handshake {t - c.opened_at:.6f}s after it connected, "
