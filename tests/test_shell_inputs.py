@@ -158,7 +158,8 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
             while not paused.done():
                 await r.publish(f"{prefix}group-data:g", payload)
                 conn = next(iter(server.transports))
-                if server.hub._clients[conn].write_paused_since is not None:
+                client = server.hub._clients.get(conn)
+                if client is not None and client.write_paused_since is not None:
                     paused.set_result(asyncio.get_running_loop().time())
             await assert_armed(server)
             started = paused.result()

@@ -21,12 +21,12 @@ from typing import cast
 
 from wshub_core import (
     Action,
-    BaseHub,
     CloseClient,
     CloseRedis,
     Config,
     ConfigError,
     ConnectRedis,
+    Core,
     Hub,
     PauseClient,
     RedisLink,
@@ -152,7 +152,7 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
 class CoreServer:
     """A listening socket, a core, and the glue between them: what every shell server shares."""
 
-    def __init__(self, core: BaseHub) -> None:
+    def __init__(self, core: Core) -> None:
         self.loop = asyncio.get_running_loop()
         self.core = core
         self.transports: dict[int, asyncio.Transport] = {}

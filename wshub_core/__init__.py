@@ -19,9 +19,9 @@ from ._actions import (
     StopListening,
     Stopped,
 )
-from ._base import BaseHub
 from ._client import ClientState, CloseCode
 from ._config import ENV_PREFIX, KEYS, Config, ConfigError, env_name, load_config
+from ._core import Core
 from ._echo import EchoHub
 from ._hub import Hub, encode_message
 from ._redis import RedisState
@@ -31,7 +31,6 @@ __all__ = [
     "ENV_PREFIX",
     "KEYS",
     "Action",
-    "BaseHub",
     "ClientState",
     "CloseClient",
     "CloseCode",
@@ -39,6 +38,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectRedis",
+    "Core",
     "EchoHub",
     "Hub",
     "PauseClient",

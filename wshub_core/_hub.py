@@ -1,10 +1,10 @@
-"""The hub: ties clients, routing and the two Redis sessions together.
+"""The hub: ties the client table, routing and the two Redis sessions together.
 
 Rules:
 1. Every public method takes ``now`` and changes state; the shell then calls
    ``actions()`` and arms one timer at ``next_deadline()``.
-2. Output is coalesced (see ``BaseHub``): bytes for one socket since the last
-   ``actions()`` go out as one ``SendToClient``, Redis commands as one
+2. Output is coalesced (see ``ClientTable``): bytes for one socket since the
+   last ``actions()`` go out as one ``SendToClient``, Redis commands as one
    ``SendToRedis`` per link (pipelined).
 3. A group message is encoded into a frame once; the same bytes object is
    queued to every member.
@@ -20,21 +20,22 @@ from urllib.parse import parse_qs
 from wsproto.frame_protocol import FrameProtocol
 
 from ._actions import (
+    Action,
     CloseRedis,
     ConnectRedis,
-    PauseClient,
     RedisLink,
-    ResumeClient,
     SendToRedis,
+    StopListening,
     Stopped,
 )
-from ._base import BaseHub
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
+from ._clients import ClientTable, Pause
 from ._config import Config
 from ._logs import fingerprint, host_port
 from ._metrics import Stats, render
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
 from ._routing import Routing, parse_groups
+from ._timers import Timers
 
 __all__ = ["Hub"]
 
@@ -55,36 +56,51 @@ def encode_message(payload: bytes) -> bytes:
 class _Member:
     """Hub-side facts about an upgraded connection."""
 
-    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "reading_paused", "fp")
+    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "fp")
 
     def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
         self.data_channel = data_channel
         self.joined_at = joined_at  # upgrade time: webSocket.groupsTimeout counts from here
         self.has_groups = False
-        self.reading_paused = False
         self.fp: str | None = None  # the key's fingerprint, computed the first time a line names it
 
 
-class Hub(BaseHub):
+class Hub:
     """The WS-Hub state machine. Construct once per process (or per worker)."""
 
     def __init__(self, *, config: Config, seed: int = 0, log_name: str = "") -> None:
         """``log_name`` (a worker's name, e.g. ``w2``) labels client ids in logs: ``w2-17``."""
-        super().__init__(
+        self._actions: list[Action] = []
+        self._clients = ClientTable(
+            sink=self._actions,
+            on_outcomes=self._handle_outcomes,
+            on_left=self._on_left,
             max_header_size=config.max_header_size,
             max_message_size=config.max_message_size,
             max_outbound_buffer=config.max_outbound_buffer,
             handshake_timeout=config.handshake_timeout,
             write_wait=config.write_wait,
+            pong_wait=config.pong_wait,
         )
+        self._timers = Timers()  # the hub's own deadlines: Redis links, groups timeouts, shutdown
+        self._now = 0.0  # time of the latest Redis or shutdown input (the table keeps the clients')
+        # The shell's client inputs go straight to the table (docs/architecture.md, "Inputs").
+        self.client_opened = self._clients.opened
+        self.client_data = self._clients.data
+        self.client_eof = self._clients.eof
+        self.client_lost = self._clients.lost
+        self.client_write_paused = self._clients.write_paused
+        self.client_write_resumed = self._clients.write_resumed
+        self._stopping = False
+        self._stopped = False
         self.config = config
         self.stats = Stats()
         self._debug = log.isEnabledFor(logging.DEBUG)  # per-message logs cost nothing unless asked for
         self._info = log.isEnabledFor(logging.INFO)  # nor per-connect ones (a fingerprint is a SHA-256)
         self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
-        self._paused_senders: set[int] = set()  # members not read because of redis.maxBufferedBytes
+        self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
         self._buffered_peak = 0  # highest cmd.buffered_bytes seen: wshub_redis_buffered_bytes_max
         self._routing = Routing(prefix=config.channel_prefix)
         prefix = config.channel_prefix
@@ -92,7 +108,6 @@ class Hub(BaseHub):
         self._client_gone = f"{prefix}client-gone".encode()
         self._data_prefix = f"{prefix}client-data:"
         self._key_param = config.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
-        self._ping_interval = config.pong_wait * 0.9
         # A link counts as healthy (its backoff starts over) once it stayed up for reconnectMax.
         self._sub = SubscriberSession(
             backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed),
@@ -123,10 +138,33 @@ class Hub(BaseHub):
 
     def shutdown(self, now: float) -> None:
         """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
-        if not self._stopping:
-            log.info("shutting down: closing %d clients", len(self._clients), extra={"event": "shutdown"})
-            self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
-        super().shutdown(now)
+        if self._stopping:
+            return
+        log.info("shutting down: closing %d clients", self._clients.count(), extra={"event": "shutdown"})
+        self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
+        self._stopping = True
+        self._actions.append(StopListening())
+        self._clients.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        self._now = now
+
+    # -- shell API: clients (the inputs themselves are the table's, bound in __init__) ------
+
+    def client_count(self) -> int:
+        """Sockets in HTTP or WebSocket (closing ones are not counted)."""
+        return self._clients.count()
+
+    def closing_count(self) -> int:
+        """Sockets closed gracefully whose transport has not reported ``client_lost`` yet."""
+        return self._clients.closing_count()
+
+    @property
+    def pause_pending(self) -> bool:
+        """A PauseClient is queued that the shell should execute before it reads another socket."""
+        return self._clients.pause_pending
+
+    @property
+    def slow_closes(self) -> int:
+        return self._clients.slow_closes
 
     # -- shell API: Redis -------------------------------------------------------
 
@@ -184,7 +222,44 @@ class Hub(BaseHub):
             self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
         self._now = now
 
-    # -- shell API: time ----------------------------------------------------------
+    # -- shell API: time and output --------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        """The deadline returned by ``next_deadline()`` has passed."""
+        self._clients.handle_timer(now)
+        for owner in self._timers.pop_due(now):
+            if isinstance(owner, int):
+                self._groups_deadline(owner)
+            else:
+                self._other_timer(owner, now)
+        self._now = now
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of the client table and of the hub's own (links, groups, shutdown)."""
+        mine = self._timers.next_deadline()
+        theirs = self._clients.next_deadline()
+        if mine is None:
+            return theirs
+        return mine if theirs is None else min(mine, theirs)
+
+    def actions(self) -> list[Action]:
+        """Everything to do since the last call, in order; output is built here, once.
+
+        Inputs only change state. Bytes for a socket (and commands for Redis)
+        are assembled when the shell asks, so a shell that feeds all of one
+        loop iteration's input before asking gets one write per socket.
+        """
+        now = max(self._now, self._clients.now)
+        self._clients.flush(now)
+        self._flush_redis(now)
+        if self._stopping and not self._stopped and self._clients.is_idle() and self._cmd.idle:
+            self._stopped = True
+            log.info("shutdown complete", extra={"event": "shutdown_complete"})
+            self._actions.append(Stopped())
+        actions = self._actions[:]
+        self._actions.clear()  # the table appends to this same list
+        self._clients.pause_pending = False
+        return actions
 
     def _other_timer(self, owner: Hashable, now: float) -> None:
         if isinstance(owner, RedisLink):
@@ -219,8 +294,7 @@ class Hub(BaseHub):
 
     def is_empty(self) -> bool:
         """No client, no closing socket and no routing entry left (for leak checks)."""
-        return (not self._clients and not self._closing and not self._members and self._routing.is_empty()
-                and not self._dirty)
+        return self._clients.is_empty() and not self._members and self._routing.is_empty()
 
     def groups_of(self, conn: int) -> set[str]:
         return {self._routing.group_name(ch) for ch in self._routing.groups_of(conn)}
@@ -238,36 +312,28 @@ class Hub(BaseHub):
                 self._cmd.publish(member.data_channel, outcome.data)
                 if self._cmd.buffered_bytes > self._buffered_peak:
                     self._buffered_peak = self._cmd.buffered_bytes
-                if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not member.reading_paused:
+                if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not self._broker_full:
                     self._pause_members()
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)
-        if self._paused_senders:
+        if self._broker_full and client.conn in self._members and client.state is ClientState.OPEN:
             # Over the bound: a connection upgraded now starts paused too (its first frames, read
             # with its request head, were published above: at most one read).
-            joined = self._members.get(client.conn)
-            if joined is not None and not joined.reading_paused and client.state is ClientState.OPEN:
-                self._pause_members()
+            self._clients.pause(client.conn, Pause.BROKER_FULL)
 
     def _pause_members(self) -> None:
         """The Redis buffer crossed redis.maxBufferedBytes: stop reading every member, not just this sender.
 
         Every open connection may send, and each read adds up to one socket read of messages, so
         pausing only the one that crossed lets the others overshoot in the same loop iteration.
-        ``pause_pending`` tells the shell to execute the pauses before it reads another socket.
+        The table's ``pause_pending`` tells the shell to execute the pauses before it reads another socket.
         """
-        clients = self._clients
-        for conn, member in self._members.items():
-            client = clients.get(conn)
-            if member.reading_paused or client is None or client.state is not ClientState.OPEN:
-                continue
-            member.reading_paused = True
-            self._paused_senders.add(conn)
-            if client.write_paused_since is None:  # else its reading is paused already (its socket is full)
-                self._actions.append(PauseClient(conn=conn))
-                self.pause_pending = True
+        self._broker_full = True
+        for conn in self._members:
+            self._clients.pause(conn, Pause.BROKER_FULL)
 
     def _on_request(self, client: ClientConnection, request: HttpRequest, now: float) -> None:
+        conn = client.conn
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         cfg = self.config
@@ -275,7 +341,7 @@ class Hub(BaseHub):
             self._answer_admin(client, request, path)
             return
         if path != cfg.server_url:
-            client.answer(404, f"not found: {path}\n")
+            self._clients.answer(conn, 404, f"not found: {path}\n")
             return
         # A plain GET gets the answer an upgrade would (400, 403, 503), and 426 only once it passed
         # those checks: a page whose WebSocket failed can fetch() the same URL to learn why. So that
@@ -288,41 +354,40 @@ class Hub(BaseHub):
             cors = (("access-control-allow-origin", origin_text), ("vary", "origin")) if allowed and origin_text \
                 else (("vary", "origin"),)
         if request.method != b"GET":
-            client.answer(405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
+            self._clients.answer(conn, 405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
             return
         # Percent-decoded byte for byte (latin-1), then UTF-8 strictly: with replacement, %FF%FE and
         # %FE%FF would both become U+FFFD U+FFFD, one key shared by two clients (groups, client-data).
         raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(self._key_param, [])
         raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
         if not raw_key:
-            client.answer(400, f"missing query parameter {cfg.client_key}\n", headers=cors)
+            self._clients.answer(conn, 400, f"missing query parameter {cfg.client_key}\n", headers=cors)
             return
         try:
             key = raw_key.encode("latin-1").decode("utf-8")
         except UnicodeDecodeError:
-            client.answer(400, f"query parameter {cfg.client_key} is not valid UTF-8\n", headers=cors)
+            self._clients.answer(conn, 400, f"query parameter {cfg.client_key} is not valid UTF-8\n", headers=cors)
             return
         if not allowed:
-            client.answer(403, "origin not allowed\n", headers=cors)
+            self._clients.answer(conn, 403, "origin not allowed\n", headers=cors)
             if self._info:
                 log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, client.conn,
                          "(no Origin header)" if origin is None else origin,
                          extra={"event": "refused", "conn": client.conn, "status": 403, "origin": origin})
             return
         if self._stopping:
-            client.answer(503, "server shutting down\n", headers=cors)
+            self._clients.answer(conn, 503, "server shutting down\n", headers=cors)
             return
         if cfg.max_connections and len(self._members) >= cfg.max_connections:
-            client.answer(503, "too many connections\n", headers=(("retry-after", "5"), *cors))
+            self._clients.answer(conn, 503, "too many connections\n", headers=(("retry-after", "5"), *cors))
             return
         upgrade = (request.header(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
-            client.answer(426, "this endpoint speaks WebSocket only\n",
+            self._clients.answer(conn, 426, "this endpoint speaks WebSocket only\n",
                           headers=(("upgrade", "websocket"), *cors))
             return
-        if not client.accept(request):
+        if not self._clients.accept(conn, request, now):
             return
-        conn = client.conn
         self.stats.connects += 1
         member = _Member(key, f"{self._data_prefix}{key}".encode(), now)
         self._members[conn] = member
@@ -346,25 +411,24 @@ class Hub(BaseHub):
                          extra=extra)
         if self._sub.is_confirmed(key_channel):
             self._cmd.publish(self._client_new, key.encode(), resend=False)
-        self._timers.schedule(conn, now + self._ping_interval)
         if cfg.groups_timeout:
             self._timers.schedule(conn, now + cfg.groups_timeout)
         self._handle_outcomes(client, client.pending_after_accept(), now)
 
     def _answer_admin(self, client: ClientConnection, request: HttpRequest, path: str) -> None:
         if request.method not in (b"GET", b"HEAD"):
-            client.answer(405, "use GET\n", headers=(("allow", "GET"),))
+            self._clients.answer(client.conn, 405, "use GET\n", headers=(("allow", "GET"),))
             return
         if path == "/healthz":
-            client.answer(200, "ok\n")
+            self._clients.answer(client.conn, 200, "ok\n")
             return
         if path == "/readyz":
             if self.ready:
-                client.answer(200, "ready\n")
+                self._clients.answer(client.conn, 200, "ready\n")
                 return
-            client.answer(503, self._not_ready_reason() + "\n")
+            self._clients.answer(client.conn, 503, self._not_ready_reason() + "\n")
             return
-        client.answer(200, self.metrics_text(), content_type="text/plain; version=0.0.4")
+        self._clients.answer(client.conn, 200, self.metrics_text(), content_type="text/plain; version=0.0.4")
 
     def _not_ready_reason(self) -> str:
         if self._stopping:
@@ -375,51 +439,22 @@ class Hub(BaseHub):
                 return f"redis {link.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
         return "subscriptions not confirmed yet"
 
-    def _open_client_timer(self, client: ClientConnection, now: float) -> list[float]:
-        """Groups deadline and keepalive of an open client."""
-        cfg = self.config
-        conn = client.conn
+    def _groups_deadline(self, conn: int) -> None:
+        """webSocket.groupsTimeout passed since the upgrade: close the member if no groups came."""
         member = self._members.get(conn)
-        deadlines = []
-        if cfg.groups_timeout and member is not None and not member.has_groups:
-            no_groups = member.joined_at + cfg.groups_timeout
-            if now >= no_groups:
-                client.close(CloseCode.POLICY, "no groups assigned")
-                self._dirty[conn] = client
-                return []
-            deadlines.append(no_groups)
-        if (member is not None and member.reading_paused) or client.write_paused_since is not None:
-            # We stopped reading it (Redis backpressure, or its socket is full): its pongs
-            # wait in the socket. No ping, no silence close; the silence clock restarts
-            # when we read it again. A full socket has its own deadline (writeWait).
-            return [*deadlines, now + self._ping_interval]
-        silent = client.last_seen + cfg.pong_wait
-        if now >= silent:
-            client.close(CloseCode.INTERNAL, "keepalive timeout")
-            self._dirty[conn] = client
-            return []
-        deadlines.append(silent)
-        ping_due = max(client.last_seen, client.last_ping) + self._ping_interval
-        if now >= ping_due:
-            client.ping(now)
-            self._dirty[conn] = client
-            ping_due = now + self._ping_interval
-        deadlines.append(ping_due)
-        return deadlines
+        if member is not None and not member.has_groups:
+            self._clients.close(conn, CloseCode.POLICY, "no groups assigned")
 
-    def _may_resume(self, client: ClientConnection) -> bool:
-        member = self._members.get(client.conn)
-        return member is None or not member.reading_paused  # Redis backpressure resumes it later
-
-    def _on_forget(self, client: ClientConnection) -> None:
+    def _on_left(self, client: ClientConnection) -> None:
+        """The table forgot a client: drop what refers to it (membership, routing, deadlines)."""
         conn = client.conn
-        self._paused_senders.discard(conn)
         self.stats.closes[client.close_code] += 1
         if client.http_status:
             self.stats.http_answers[client.http_status] += 1
         member = self._members.pop(conn, None)
         if member is None:
             return
+        self._timers.cancel(conn)
         removed, last = self._routing.remove(conn)
         for channel in removed:
             self._sub.unwant(channel)
@@ -452,12 +487,7 @@ class Hub(BaseHub):
         if members is not None:
             self.stats.group_messages += 1
             frame = encode_message(payload)
-            clients = self._clients
-            dirty = self._dirty
-            for conn in members:
-                client = clients[conn]
-                client.send_frame(frame)
-                dirty[conn] = client
+            self._clients.broadcast(members, frame)
             self.stats.messages_out += len(members)
             self.stats.bytes_out += len(frame) * len(members)
             if self._debug:
@@ -556,7 +586,7 @@ class Hub(BaseHub):
 
     # -- output ----------------------------------------------------------------------
 
-    def _flush_more(self, now: float) -> None:
+    def _flush_redis(self, now: float) -> None:
         actions = self._actions
         if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
             self._buffered_peak = self._cmd.buffered_bytes
@@ -565,19 +595,10 @@ class Hub(BaseHub):
             if data:
                 actions.append(SendToRedis(link=link, data=data))
                 self._timers.schedule(link, self._sessions[link].deadline(self.config.redis_timeout))
-        if self._paused_senders and self._cmd.buffered_bytes <= self.config.max_buffered_bytes // 2:
-            for conn in self._paused_senders:
-                member = self._members.get(conn)
-                client = self._clients.get(conn)
-                if member is not None and client is not None:
-                    member.reading_paused = False
-                    if client.write_paused_since is None:  # else it resumes when its socket drains
-                        client.last_seen = now  # it could not be heard while paused
-                        actions.append(ResumeClient(conn=conn))
-            self._paused_senders.clear()
-
-    def _drained(self) -> bool:
-        return self._cmd.idle
+        if self._broker_full and self._cmd.buffered_bytes <= self.config.max_buffered_bytes // 2:
+            self._broker_full = False
+            for conn in self._members:  # one whose socket is full too resumes when it drains
+                self._clients.resume(conn, Pause.BROKER_FULL, now)
 
     # -- metrics ------------------------------------------------------------------------
 
@@ -587,9 +608,9 @@ class Hub(BaseHub):
         samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
             ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", open_ws)]),
             ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP and those closing.",
-             [("", len(self._clients) + len(self._closing))]),
+             [("", self._clients.count() + self._clients.closing_count())]),
             ("wshub_sockets_closing", "gauge", "Sockets closed gracefully that are still flushing.",
-             [("", len(self._closing))]),
+             [("", self._clients.closing_count())]),
             ("wshub_connects_total", "counter", "WebSocket upgrades accepted.", [("", s.connects)]),
             ("wshub_disconnects_total", "counter", "Closed sockets by close code (0: HTTP answer).",
              [(f'{{code="{code}"}}', n) for code, n in sorted(s.closes.items())]),
@@ -619,9 +640,9 @@ class Hub(BaseHub):
             ("wshub_redis_buffered_bytes_max", "gauge", "Highest wshub_redis_buffered_bytes since the start.",
              [("", self._buffered_peak)]),
             ("wshub_clients_reading_paused", "gauge", "Clients not read because the Redis buffer is full.",
-             [("", len(self._paused_senders))]),
+             [("", self._clients.paused_count(Pause.BROKER_FULL))]),
             ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",
-             [("", sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None))]),
+             [("", self._clients.held_bytes())]),
             ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",
              [("", s.loop_lag)]),
         ]

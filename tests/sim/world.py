@@ -696,7 +696,7 @@ class SimClient:
         self.end = how
         w.live.pop(self.cid, None)
         # A graceful close (not an abort) flushes what the hub held while the socket was full, then
-        # our close frame (BaseHub._flush): a client that read to the end has everything owed.
+        # our close frame (ClientTable.flush): a client that read to the end has everything owed.
         full = self.got_close_frame or (how == "eof" and not self.aborted)
         w.log("%r finished (%s): received %d of %d owed, full required: %s", self, how, self.recv,
               len(self.owed), full)

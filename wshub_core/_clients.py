@@ -1,0 +1,376 @@
+"""The client table: every client socket of one core, from accept to the last byte.
+
+A core (``Hub``, ``EchoHub``) owns one table and talks to it in commands
+(answer, accept, send, close, pause/resume reading for a reason); the table
+reports what the sockets did (outcomes, and the clients that left) and owns
+every per-socket deadline: handshake, keepalive, write stall, the abort of a
+graceful close that cannot flush.
+
+Rules:
+1. The table never knows channels, groups or brokers; a core never reaches
+   into its dictionaries. What a core needs to know it asks (``get``,
+   counts) or is told through the two callbacks it gave: ``on_outcomes``
+   (a request head, messages) and ``on_left`` (a client forgotten).
+   The shell's client inputs go straight to the table's methods (a core
+   binds them as its own ``client_*`` methods), so no core repeats them.
+2. Inputs only change state and queue the actions that must follow at once
+   (pause, resume, abort); ``flush(now)`` builds the output: one
+   ``SendToClient`` per socket with everything queued since the last flush.
+3. A socket is read while its set of pause reasons is empty. The reasons are
+   data (``Pause``), so "the socket is full" and "the broker is full" cannot
+   resume each other's pause.
+4. A client that reached ``CLOSED`` takes no more input, and leaves at the
+   next flush, which also hands the shell its ``CloseClient``.
+5. A graceful ``CloseClient`` (the transport flushes, then closes) is not the
+   end of the socket: a peer that does not read would keep it open forever.
+   Until the shell reports ``lost`` the socket is *closing*, and at its abort
+   deadline (``writeWait`` after the close, or after the write pause that was
+   already running) the table sends ``CloseClient(abort=True)``. Closing
+   sockets are not clients (``count()``), but ``is_idle()`` waits for them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+
+from ._actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
+from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, Outcome
+from ._timers import Timers
+
+__all__ = ["ClientTable", "Pause"]
+
+
+class Pause(enum.Flag):
+    """Why a socket is not being read."""
+
+    NONE = 0
+    SOCKET_FULL = enum.auto()  # the transport's write buffer is over its high-water mark
+    BROKER_FULL = enum.auto()  # the broker holds more client messages than its bound
+
+
+class ClientTable:
+    """One ``ClientConnection`` per socket, its deadlines and its coalesced output."""
+
+    def __init__(self, *, sink: list[Action], on_outcomes: Callable[[ClientConnection, list[Outcome], float], None],
+                 on_left: Callable[[ClientConnection], None], max_header_size: int, max_message_size: int,
+                 max_outbound_buffer: int, handshake_timeout: float, write_wait: float,
+                 pong_wait: float | None) -> None:
+        """``sink``: the owner's action list, so the table's actions keep their order among the owner's.
+
+        ``on_outcomes(client, outcomes, now)``: what a client's bytes completed;
+        ``on_left(client)``: a client was forgotten (closed and flushed, or its transport lost).
+
+        ``pong_wait``: close a silent open client after this long, pinging at 0.9 of it;
+        None: no keepalive (a conformance target must not send unsolicited pings).
+        """
+        self._sink = sink
+        self._max_header_size = max_header_size
+        self._max_message_size = max_message_size
+        self._max_outbound_buffer = max_outbound_buffer
+        self._handshake_timeout = handshake_timeout
+        self._write_wait = write_wait
+        self._pong_wait = pong_wait
+        self._ping_interval = None if pong_wait is None else pong_wait * 0.9  # as websockets pings
+        self._clients: dict[int, ClientConnection] = {}
+        self._dirty: dict[int, ClientConnection] = {}
+        self._paused: dict[int, Pause] = {}  # conn -> the reasons it is not read (absent: read)
+        self._closing: dict[int, float] = {}  # conn -> abort deadline: closed gracefully, socket not gone yet
+        self._on_outcomes = on_outcomes
+        self._on_left = on_left
+        self.now = 0.0  # time of the latest input: the owner builds its output at that time
+        self._timers = Timers()
+        self._next_conn = 0
+        self.slow_closes = 0  # clients closed for not reading (write stall or outbound bound)
+        # A PauseClient waits in the sink: the shell should drain before it reads another socket
+        # (a broker's bound holds only if pauses take effect within the loop iteration).
+        self.pause_pending = False
+
+    # -- inputs from the shell (through the owner) ------------------------------------
+
+    def opened(self, now: float) -> int:
+        """A TCP client was accepted; returns the id used in every action about it."""
+        self.now = now
+        self._next_conn += 1
+        conn = self._next_conn
+        self._clients[conn] = ClientConnection(
+            conn=conn, now=now, max_header_size=self._max_header_size, max_message_size=self._max_message_size,
+        )
+        self._timers.schedule(conn, now + self._handshake_timeout)
+        return conn
+
+    def data(self, conn: int, data: bytes, now: float) -> None:
+        """Bytes from the client; what they completed goes to ``on_outcomes``."""
+        self.now = now
+        client = self._clients.get(conn)
+        if client is None:
+            return
+        self._dirty[conn] = client
+        outcomes = client.feed(data, now)
+        if outcomes:
+            self._on_outcomes(client, outcomes, now)
+
+    def eof(self, conn: int, now: float) -> None:
+        """The peer half-closed (idempotent): we close too."""
+        self.now = now
+        client = self._clients.get(conn)
+        if client is not None:
+            client.feed_eof()
+            self._dirty[conn] = client
+
+    def lost(self, conn: int, now: float) -> None:
+        """The transport is gone (idempotent): forget the client without writing."""
+        self.now = now
+        client = self._clients.get(conn)
+        if client is None:
+            if self._closing.pop(conn, None) is not None:  # the graceful close flushed
+                self._timers.cancel(conn)
+            return
+        if client.state is not ClientState.CLOSED:
+            client.feed_eof()
+        client.out = []
+        self._forget(client)
+
+    def write_paused(self, conn: int, now: float) -> None:
+        """The transport's write buffer crossed its high-water mark: stop reading it too."""
+        client = self._clients.get(conn)
+        if client is not None and client.write_paused_since is None:
+            client.write_paused_since = now
+            self._timers.schedule(conn, now + self._write_wait)
+            # Stop reading it too: a peer that does not read what we send must not
+            # make us hold what it sends (an echo, an upgrade answer, pongs).
+            self._add_pause(conn, Pause.SOCKET_FULL, urgent=False)
+
+    def write_resumed(self, conn: int, now: float) -> None:
+        """The transport's write buffer drained: write what was held, read again if nothing else holds it."""
+        self.now = now
+        client = self._clients.get(conn)
+        if client is not None and client.write_paused_since is not None:
+            client.write_paused_since = None
+            self._remove_pause(client, Pause.SOCKET_FULL, now)
+            self._dirty[conn] = client
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every client deadline that is due."""
+        self.now = now
+        for owner in self._timers.pop_due(now):
+            assert isinstance(owner, int)
+            client = self._clients.get(owner)
+            if client is not None:
+                self._client_timer(client, now)
+            elif owner in self._closing:
+                deadline = self._closing[owner]
+                if now >= deadline:
+                    # The flushing close could not flush (the peer does not read): drop its bytes.
+                    del self._closing[owner]
+                    self._sink.append(CloseClient(conn=owner, abort=True))
+                else:
+                    self._timers.schedule(owner, deadline)
+
+    def next_deadline(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # -- commands from the owner ------------------------------------------------------
+
+    def get(self, conn: int) -> ClientConnection | None:
+        return self._clients.get(conn)
+
+    def answer(self, conn: int, status: int, body: str, *, headers: tuple[tuple[str, str], ...] = (),
+               content_type: str = "text/plain; charset=utf-8") -> None:
+        """A plain HTTP answer; the socket closes after it."""
+        client = self._clients[conn]
+        client.answer(status, body, headers=headers, content_type=content_type)
+        self._dirty[conn] = client
+
+    def accept(self, conn: int, request: HttpRequest, now: float) -> bool:
+        """Upgrade to WebSocket (False: wsproto refused the handshake and answered it)."""
+        client = self._clients[conn]
+        self._dirty[conn] = client
+        if not client.accept(request):
+            return False
+        if self._ping_interval is not None:
+            self._timers.schedule(conn, now + self._ping_interval)
+        return True
+
+    def send_frame(self, conn: int, frame: bytes) -> None:
+        client = self._clients[conn]
+        client.send_frame(frame)
+        self._dirty[conn] = client
+
+    def broadcast(self, conns: Iterable[int], frame: bytes) -> None:
+        """The same frame bytes to each of ``conns`` (the hot path of a group message)."""
+        clients = self._clients
+        dirty = self._dirty
+        for conn in conns:
+            client = clients[conn]
+            client.send_frame(frame)
+            dirty[conn] = client
+
+    def close(self, conn: int, code: int, reason: str) -> None:
+        client = self._clients.get(conn)
+        if client is not None:
+            client.close(code, reason)
+            self._dirty[conn] = client
+
+    def close_all(self, code: int, reason: str) -> None:
+        for client in self._clients.values():
+            client.close(code, reason)
+            self._dirty[client.conn] = client
+
+    def pause(self, conn: int, reason: Pause) -> None:
+        """Stop reading an open client for ``reason`` (idempotent); the shell is asked to act at once."""
+        client = self._clients.get(conn)
+        if client is not None and client.state is ClientState.OPEN:
+            self._add_pause(conn, reason, urgent=True)
+
+    def resume(self, conn: int, reason: Pause, now: float) -> None:
+        """``reason`` no longer holds; reading resumes once no other reason does."""
+        client = self._clients.get(conn)
+        if client is not None:
+            self._remove_pause(client, reason, now)
+
+    def is_paused(self, conn: int, reason: Pause) -> bool:
+        return bool(self._paused.get(conn, Pause.NONE) & reason)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Sockets in HTTP or WebSocket; closing ones (a graceful close still flushing) are not counted."""
+        return len(self._clients)
+
+    def closing_count(self) -> int:
+        """Sockets closed gracefully whose transport has not reported ``lost`` yet."""
+        return len(self._closing)
+
+    def paused_count(self, reason: Pause) -> int:
+        return sum(1 for reasons in self._paused.values() if reasons & reason)
+
+    def is_idle(self) -> bool:
+        """No socket left at all, closing ones included (a shutdown may finish)."""
+        return not self._clients and not self._closing
+
+    def is_empty(self) -> bool:
+        return self.is_idle() and not self._dirty and not self._paused
+
+    def held_bytes(self) -> int:
+        """Bytes held for clients whose sockets are full."""
+        return sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None)
+
+    # -- output ------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Queue one write per socket with what is owed to it, closes after; forget the closed."""
+        if not self._dirty:
+            return
+        actions = self._sink
+        limit = self._max_outbound_buffer
+        dirty = self._dirty
+        self._dirty = {}
+        for conn, client in dirty.items():
+            if client.out:
+                if client.write_paused_since is None:
+                    actions.append(SendToClient(conn=conn, data=client.take_output()))
+                elif client.out_bytes > limit and client.state is ClientState.OPEN:
+                    self._close_slow(client, f"over {limit} bytes queued")
+                    self._dirty.pop(conn, None)
+            if client.state is ClientState.CLOSED and conn in self._clients:
+                if client.out and not client.abort:
+                    # Held while the socket was full: a graceful close flushes the
+                    # transport first, so our last frames and the close frame still go.
+                    actions.append(SendToClient(conn=conn, data=client.take_output()))
+                actions.append(CloseClient(conn=conn, abort=client.abort))
+                self._forget(client)
+                if not client.abort:
+                    since = client.write_paused_since
+                    deadline = (now if since is None else min(since, now)) + self._write_wait
+                    self._closing[conn] = deadline
+                    self._timers.schedule(conn, deadline)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _add_pause(self, conn: int, reason: Pause, *, urgent: bool) -> None:
+        reasons = self._paused.get(conn, Pause.NONE)
+        if reasons & reason:
+            return
+        self._paused[conn] = reasons | reason
+        if not reasons:
+            self._sink.append(PauseClient(conn=conn))
+            self.pause_pending = self.pause_pending or urgent
+
+    def _remove_pause(self, client: ClientConnection, reason: Pause, now: float) -> None:
+        conn = client.conn
+        reasons = self._paused.get(conn, Pause.NONE)
+        if not reasons & reason:
+            return
+        reasons &= ~reason
+        if reasons:
+            self._paused[conn] = reasons
+            return
+        del self._paused[conn]
+        if client.state is ClientState.OPEN:
+            client.last_seen = now  # it could not be heard while we did not read it
+            self._sink.append(ResumeClient(conn=conn))
+            self._dirty[conn] = client
+
+    def _client_timer(self, client: ClientConnection, now: float) -> None:
+        conn = client.conn
+        if client.state is ClientState.HTTP:
+            deadline = client.opened_at + self._handshake_timeout
+            if now >= deadline:
+                client.close(0, "handshake timeout", abort=True)
+                self._dirty[conn] = client
+            else:
+                self._timers.schedule(conn, deadline)
+            return
+        if client.state is not ClientState.OPEN:
+            return
+        deadlines = []
+        if client.write_paused_since is not None:
+            stalled = client.write_paused_since + self._write_wait
+            if now >= stalled:
+                self._close_slow(client, f"could not write for {self._write_wait:g}s")
+                return
+            deadlines.append(stalled)
+        if self._pong_wait is not None:
+            keepalive = self._keepalive(client, self._pong_wait, now)
+            if keepalive is None:
+                return
+            deadlines.append(keepalive)
+        if deadlines:
+            self._timers.schedule(conn, min(deadlines))
+
+    def _keepalive(self, client: ClientConnection, pong_wait: float, now: float) -> float | None:
+        """Ping when due, close when silent too long; the next keepalive deadline (None: closed)."""
+        interval = pong_wait * 0.9
+        if client.conn in self._paused:
+            # We stopped reading it (its socket is full, or the broker is): its pongs
+            # wait in the socket. No ping, no silence close; the silence clock restarts
+            # when we read it again. A full socket has its own deadline (writeWait).
+            return now + interval
+        silent = client.last_seen + pong_wait
+        if now >= silent:
+            client.close(CloseCode.INTERNAL, "keepalive timeout")
+            self._dirty[client.conn] = client
+            return None
+        ping_due = max(client.last_seen, client.last_ping) + interval
+        if now >= ping_due:
+            client.ping(now)
+            self._dirty[client.conn] = client
+            ping_due = now + interval
+        return min(silent, ping_due)
+
+    def _close_slow(self, client: ClientConnection, why: str) -> None:
+        """A client that does not read: drop what it has not taken, close, discard unsent bytes."""
+        client.out = []
+        client.out_bytes = 0
+        self.slow_closes += 1
+        client.close(CloseCode.POLICY, f"slow consumer: {why}", abort=True)
+        self._dirty[client.conn] = client
+
+    def _forget(self, client: ClientConnection) -> None:
+        conn = client.conn
+        del self._clients[conn]
+        self._dirty.pop(conn, None)
+        self._paused.pop(conn, None)
+        self._timers.cancel(conn)
+        self._on_left(client)
