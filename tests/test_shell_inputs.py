@@ -195,7 +195,7 @@ def test_redis_data_arms_the_next_idle_ping(redis_server: RedisProcess, prefix: 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         async with hub(redis_server, prefix, redis_timeout=2) as server:
-            cmd = server.hub._sessions[RedisLink.COMMANDS]
+            cmd = server.hub.broker._sessions[RedisLink.COMMANDS]
             first = cmd.last_rx
             await wait_for(lambda: cmd.last_rx > first and not cmd.waiting_since, timeout=1 + 1.0,
                            what="an idle PING answered")

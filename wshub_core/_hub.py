@@ -1,4 +1,9 @@
-"""The hub: ties the client table, routing and the two Redis sessions together.
+"""The hub: where the client table, routing and the broker meet, and little else.
+
+A client message goes to the broker (``publish``); a broker delivery goes to
+routing (who are the members?), then the encoder (once), then the client
+table; a join or leave changes routing, and routing's change of the needed
+set goes to the broker (``need`` / ``release``).
 
 Rules:
 1. Every public method takes ``now`` and changes state; the shell then calls
@@ -14,26 +19,23 @@ Rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
 from urllib.parse import parse_qs
 
 from wsproto.frame_protocol import FrameProtocol
 
 from ._actions import (
     Action,
-    CloseRedis,
-    ConnectRedis,
     RedisLink,
-    SendToRedis,
     StopListening,
     Stopped,
 )
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
-from ._logs import fingerprint, host_port
+from ._logs import fingerprint
 from ._metrics import Stats, render
-from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
+from ._redis import RedisState
+from ._redis_broker import RedisBroker
 from ._routing import Routing, parse_groups
 from ._timers import Timers
 
@@ -101,39 +103,24 @@ class Hub:
         self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
         self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
-        self._buffered_peak = 0  # highest cmd.buffered_bytes seen: wshub_redis_buffered_bytes_max
         self._routing = Routing(prefix=config.channel_prefix)
         prefix = config.channel_prefix
         self._client_new = f"{prefix}client-new".encode()
         self._client_gone = f"{prefix}client-gone".encode()
         self._data_prefix = f"{prefix}client-data:"
         self._key_param = config.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
-        # A link counts as healthy (its backoff starts over) once it stayed up for reconnectMax.
-        self._sub = SubscriberSession(
-            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed),
-            username=config.redis_username,
-            password=config.redis_password,
-            healthy_after=config.reconnect_max,
-        )
-        self._cmd = CommandSession(
-            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed + 1),
-            username=config.redis_username,
-            password=config.redis_password,
-            db=config.redis_db,
-            healthy_after=config.reconnect_max,
-        )
-        self._redis_address = host_port(config.redis_host, config.redis_port)
-        self._link_errors: dict[RedisLink, str] = {}  # why each link that is not up went down
-        self._sessions: dict[RedisLink, RedisSession] = {
-            RedisLink.SUBSCRIBER: self._sub,
-            RedisLink.COMMANDS: self._cmd,
-        }
+        self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
+                                  on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
+        # The shell's Redis link inputs go straight to the broker.
+        self.redis_connected = self.broker.link_connected
+        self.redis_data = self.broker.link_data
+        self.redis_lost = self.broker.link_lost
 
     # -- shell API: lifecycle ---------------------------------------------------
 
     def start(self, now: float) -> None:
-        for link in self._sessions:
-            self._dial(link, now)
+        """Once, before any other input: the broker opens its links."""
+        self.broker.start(now)
         self._now = now
 
     def shutdown(self, now: float) -> None:
@@ -166,81 +153,27 @@ class Hub:
     def slow_closes(self) -> int:
         return self._clients.slow_closes
 
-    # -- shell API: Redis -------------------------------------------------------
-
-    def redis_connected(self, link: RedisLink, now: float) -> None:
-        session = self._sessions[link]
-        if session.state is not RedisState.CONNECTING:
-            return
-        # Not "up" yet: only a successful answer to the prelude proves this is a Redis that takes us.
-        self._actions.append(SendToRedis(link=link, data=session.connected(now)))
-        if session is self._sub:
-            for channel in sorted(self._routing.needed()):
-                self._sub.want(channel)
-        self._timers.schedule(link, session.deadline(self.config.redis_timeout))
-        self._now = now
-
-    def redis_lost(self, link: RedisLink, now: float, error: str = "") -> None:
-        """The link dropped or could not be opened (idempotent); ``error`` is the OS's reason, if any."""
-        session = self._sessions[link]
-        state = session.state
-        if state is RedisState.DOWN:
-            return
-        if state is RedisState.CONNECTING:
-            why = f"connect failed: {error or 'refused'}"
-        elif state is RedisState.HANDSHAKE:
-            why = f"closed before answering the handshake{': ' + error if error else ''}"
-        else:
-            why = f"connection lost: {error or 'closed by the server'}"
-        self._drop_link(link, session, now, why, close=False)
-        self._now = now
-
-    def redis_data(self, link: RedisLink, data: bytes, now: float) -> None:
-        session = self._sessions[link]
-        state = session.state
-        if state is not RedisState.READY and state is not RedisState.HANDSHAKE:
-            return
-        if session is self._sub:
-            for event in self._sub.feed(data, now):
-                if isinstance(event, Confirmed):
-                    self._on_confirmed(event.channel)
-                else:
-                    self._on_pubsub(event.channel, event.payload)
-        else:
-            for error in self._cmd.feed(data, now):
-                self.stats.publish_errors += 1
-                log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
-        if session.broken:
-            self._drop_link(link, session, now, session.broken, close=True)
-        else:
-            if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
-                self._link_errors.pop(link, None)
-                if session is self._cmd:
-                    self._announce_again()
-                log.info("redis %s link up (%s)", link.value, self._redis_address,
-                         extra={"event": "link_up", "link": link.value})
-            self._timers.schedule(link, session.deadline(self.config.redis_timeout))  # idle ping from last reply
-        self._now = now
-
     # -- shell API: time and output --------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
         """The deadline returned by ``next_deadline()`` has passed."""
         self._clients.handle_timer(now)
+        self.broker.handle_timer(now)
         for owner in self._timers.pop_due(now):
             if isinstance(owner, int):
                 self._groups_deadline(owner)
-            else:
-                self._other_timer(owner, now)
+            elif owner == _SHUTDOWN and not self._stopped:
+                log.warning("shutdown timeout: %d client messages not flushed to Redis", self.broker.pending_count(),
+                            extra={"event": "shutdown_timeout", "count": self.broker.pending_count()})
+                self._stopped = True
+                self._actions.append(Stopped())
         self._now = now
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of the client table and of the hub's own (links, groups, shutdown)."""
-        mine = self._timers.next_deadline()
-        theirs = self._clients.next_deadline()
-        if mine is None:
-            return theirs
-        return mine if theirs is None else min(mine, theirs)
+        """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""
+        deadlines = [d for d in (self._timers.next_deadline(), self._clients.next_deadline(),
+                                 self.broker.next_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def actions(self) -> list[Action]:
         """Everything to do since the last call, in order; output is built here, once.
@@ -249,10 +182,11 @@ class Hub:
         are assembled when the shell asks, so a shell that feeds all of one
         loop iteration's input before asking gets one write per socket.
         """
-        now = max(self._now, self._clients.now)
+        now = max(self._now, self._clients.now, self.broker.now)  # the latest input, whichever part took it
         self._clients.flush(now)
-        self._flush_redis(now)
-        if self._stopping and not self._stopped and self._clients.is_idle() and self._cmd.idle:
+        self.broker.flush(now)
+        self._resume_if_drained(now)
+        if self._stopping and not self._stopped and self._clients.is_idle() and self.broker.idle:
             self._stopped = True
             log.info("shutdown complete", extra={"event": "shutdown_complete"})
             self._actions.append(Stopped())
@@ -261,33 +195,20 @@ class Hub:
         self._clients.pause_pending = False
         return actions
 
-    def _other_timer(self, owner: Hashable, now: float) -> None:
-        if isinstance(owner, RedisLink):
-            self._link_timer(owner, now)
-        elif owner == _SHUTDOWN and not self._stopped:
-            log.warning("shutdown timeout: %d client messages not flushed to Redis", len(self._cmd),
-                        extra={"event": "shutdown_timeout", "count": len(self._cmd)})
-            self._stopped = True
-            self._actions.append(Stopped())
-
     # -- queries ------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """Both Redis links up and every needed subscription confirmed."""
-        return (
-            self._sub.state is RedisState.READY
-            and self._cmd.state is RedisState.READY
-            and not self._stopping
-            and all(self._sub.is_confirmed(ch) for ch in self._routing.needed())
-        )
+        """The broker is ready (links up, every needed channel confirmed) and no shutdown began."""
+        return self.broker.ready and not self._stopping
 
     def link_states(self) -> dict[RedisLink, RedisState]:
         """Where each Redis link is in its lifecycle (READY means the prelude was answered)."""
-        return {link: session.state for link, session in self._sessions.items()}
+        return self.broker.link_states()
 
     def subscribed_channels(self) -> set[bytes]:
-        return self._sub.subscribed_channels()
+        """Channels the broker has asked the server for."""
+        return self.broker.subscribed_channels()
 
     def needed_channels(self) -> set[bytes]:
         return self._routing.needed()
@@ -309,10 +230,8 @@ class Hub:
                 if self._debug:
                     log.debug("client %s%d (%s) sent %d bytes", self._conn_prefix, client.conn, member.key,
                               len(outcome.data), extra={"event": "message", "conn": client.conn})
-                self._cmd.publish(member.data_channel, outcome.data)
-                if self._cmd.buffered_bytes > self._buffered_peak:
-                    self._buffered_peak = self._cmd.buffered_bytes
-                if self._cmd.buffered_bytes > self.config.max_buffered_bytes and not self._broker_full:
+                self.broker.publish(member.data_channel, outcome.data)
+                if self.broker.buffered_bytes > self.config.max_buffered_bytes and not self._broker_full:
                     self._pause_members()
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)
@@ -399,7 +318,7 @@ class Hub:
             if self._members[first].has_groups:
                 self._set_groups(conn, member, self._routing.groups_of(first))
         for channel in self._routing.add(conn, key):
-            self._sub.want(channel)
+            self.broker.need(channel)
         if self._info:
             fp = self._fp(member)
             extra = {"event": "connect", "conn": conn, "key": fp}
@@ -409,8 +328,8 @@ class Hub:
             else:
                 log.info("client %s%d connected: %s sha256:%s", self._conn_prefix, conn, cfg.client_key, fp,
                          extra=extra)
-        if self._sub.is_confirmed(key_channel):
-            self._cmd.publish(self._client_new, key.encode(), resend=False)
+        if self.broker.is_confirmed(key_channel):
+            self.broker.publish(self._client_new, key.encode(), resend=False)
         if cfg.groups_timeout:
             self._timers.schedule(conn, now + cfg.groups_timeout)
         self._handle_outcomes(client, client.pending_after_accept(), now)
@@ -431,13 +350,7 @@ class Hub:
         self._clients.answer(client.conn, 200, self.metrics_text(), content_type="text/plain; version=0.0.4")
 
     def _not_ready_reason(self) -> str:
-        if self._stopping:
-            return "shutting down"
-        for link, session in self._sessions.items():
-            if session.state is not RedisState.READY:
-                error = self._link_errors.get(link)
-                return f"redis {link.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
-        return "subscriptions not confirmed yet"
+        return "shutting down" if self._stopping else self.broker.not_ready_reason()
 
     def _groups_deadline(self, conn: int) -> None:
         """webSocket.groupsTimeout passed since the upgrade: close the member if no groups came."""
@@ -457,9 +370,9 @@ class Hub:
         self._timers.cancel(conn)
         removed, last = self._routing.remove(conn)
         for channel in removed:
-            self._sub.unwant(channel)
+            self.broker.release(channel)
         if last:
-            self._cmd.publish(self._client_gone, member.key.encode())
+            self.broker.publish(self._client_gone, member.key.encode())
         if self._info:
             log.info("client %s%d closed: code=%d reason=%s", self._conn_prefix, conn, client.close_code,
                      client.close_reason, extra={"event": "close", "conn": conn, "key": self._fp(member),
@@ -476,9 +389,9 @@ class Hub:
         member.has_groups = True
         added, removed = self._routing.set_groups(conn, channels)
         for channel in added:
-            self._sub.want(channel)
+            self.broker.need(channel)
         for channel in removed:
-            self._sub.unwant(channel)
+            self.broker.release(channel)
 
     # -- internals: Redis -----------------------------------------------------------
 
@@ -526,9 +439,9 @@ class Hub:
         for member in self._members.values():
             if member.has_groups or member.key in announced:
                 continue
-            if self._sub.is_confirmed(self._routing.key_channel(member.key)):
+            if self.broker.is_confirmed(self._routing.key_channel(member.key)):
                 announced.add(member.key)
-                self._cmd.publish(self._client_new, member.key.encode(), resend=False)
+                self.broker.publish(self._client_new, member.key.encode(), resend=False)
 
     def _on_confirmed(self, channel: bytes) -> None:
         conns = self._routing.conns_of_key(channel)
@@ -539,63 +452,13 @@ class Hub:
         for conn in conns:
             member = self._members[conn]
             if not member.has_groups:
-                self._cmd.publish(self._client_new, member.key.encode(), resend=False)
-
-    def _dial(self, link: RedisLink, now: float) -> None:
-        session = self._sessions[link]
-        session.connecting(now)
-        self._actions.append(ConnectRedis(link=link, host=self.config.redis_host, port=self.config.redis_port))
-        self._timers.schedule(link, session.deadline(self.config.redis_timeout))
-
-    def _drop_link(self, link: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
-        was_ready = session.state is RedisState.READY
-        if close:
-            self._actions.append(CloseRedis(link=link))
-        session.lost(now)
-        if was_ready:
-            self.stats.redis_reconnects += 1
-        self._link_errors[link] = why
-        # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
-        log.warning("redis %s link to %s: %s; retrying in %.2fs", link.value, self._redis_address, why,
-                    session.connect_at - now, extra={"event": "link_down", "link": link.value, "reason": why})
-        self._timers.schedule(link, session.connect_at)
-
-    def _link_timer(self, link: RedisLink, now: float) -> None:
-        session = self._sessions[link]
-        timeout = self.config.redis_timeout
-        if session.state is RedisState.DOWN:
-            if now >= session.connect_at:
-                self._dial(link, now)
-                return
-        elif session.state is RedisState.CONNECTING:
-            if now >= session.connecting_since + timeout:
-                self._drop_link(link, session, now, f"connect timed out after {timeout:g}s", close=True)
-                return
-        elif session.waiting_since is not None:
-            if now >= session.waiting_since + timeout:
-                what = "no answer to the handshake" if session.state is RedisState.HANDSHAKE else "no reply"
-                self._drop_link(link, session, now, f"{what} for {timeout:g}s", close=True)
-                return
-        elif now >= session.last_rx + timeout / 2:
-            if session is self._sub:
-                self._actions.append(SendToRedis(link=link, data=self._sub.ping(now)))
-            else:
-                self._cmd.ping(now)
-                return  # _flush sends it and re-arms this link's timer with the reply deadline
-        self._timers.schedule(link, session.deadline(timeout))
+                self.broker.publish(self._client_new, member.key.encode(), resend=False)
 
     # -- output ----------------------------------------------------------------------
 
-    def _flush_redis(self, now: float) -> None:
-        actions = self._actions
-        if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
-            self._buffered_peak = self._cmd.buffered_bytes
-        for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
-                           (RedisLink.COMMANDS, self._cmd.take_commands(now))):
-            if data:
-                actions.append(SendToRedis(link=link, data=data))
-                self._timers.schedule(link, self._sessions[link].deadline(self.config.redis_timeout))
-        if self._broker_full and self._cmd.buffered_bytes <= self.config.max_buffered_bytes // 2:
+    def _resume_if_drained(self, now: float) -> None:
+        """Below half of redis.maxBufferedBytes again: read every member again."""
+        if self._broker_full and self.broker.buffered_bytes <= self.config.max_buffered_bytes // 2:
             self._broker_full = False
             for conn in self._members:  # one whose socket is full too resumes when it drains
                 self._clients.resume(conn, Pause.BROKER_FULL, now)
@@ -618,8 +481,6 @@ class Hub:
              [(f'{{status="{st}"}}', n) for st, n in sorted(s.http_answers.items())]),
             ("wshub_groups", "gauge", "Groups with at least one local member.",
              [("", sum(1 for ch in self._routing.needed() if self._routing.members(ch) is not None))]),
-            ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
-             [("", len(self._sub.subscribed_channels()))]),
             ("wshub_messages_in_total", "counter", "Messages received from clients.", [("", s.messages_in)]),
             ("wshub_group_messages_total", "counter", "Group messages received from Redis.",
              [("", s.group_messages)]),
@@ -629,16 +490,7 @@ class Hub:
              [("", self.slow_closes)]),
             ("wshub_oversize_closes_total", "counter", "Clients closed for an oversize message.",
              [("", s.closes[CloseCode.TOO_BIG])]),
-            ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
-             [(f'{{link="{link.value}"}}', int(sess.state is RedisState.READY))
-              for link, sess in self._sessions.items()]),
-            ("wshub_redis_reconnects_total", "counter", "Redis links lost after being ready.",
-             [("", s.redis_reconnects)]),
-            ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
-             [("", len(self._cmd))]),
-            ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
-            ("wshub_redis_buffered_bytes_max", "gauge", "Highest wshub_redis_buffered_bytes since the start.",
-             [("", self._buffered_peak)]),
+            *self.broker.samples(),
             ("wshub_clients_reading_paused", "gauge", "Clients not read because the Redis buffer is full.",
              [("", self._clients.paused_count(Pause.BROKER_FULL))]),
             ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",

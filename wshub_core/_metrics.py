@@ -20,8 +20,6 @@ class Stats:
         "messages_out",
         "bytes_out",
         "group_messages",
-        "redis_reconnects",
-        "publish_errors",
         "loop_lag",
     )
 
@@ -33,8 +31,6 @@ class Stats:
         self.messages_out = 0  # WebSocket messages delivered to clients (one per member)
         self.bytes_out = 0  # frame bytes queued to clients
         self.group_messages = 0  # group-data messages received from Redis
-        self.redis_reconnects = 0
-        self.publish_errors = 0
         self.loop_lag = 0.0  # set by the shell
 
 

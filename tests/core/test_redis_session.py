@@ -613,7 +613,7 @@ class TestBrokenReplies:
         mark = h.mark()
         h.redis_data(CMD, resp_error(b"ERR something"))
         assert closes(h, CMD, mark) == 0
-        assert h.hub.stats.publish_errors == 1
+        assert h.hub.broker.publish_errors == 1
         assert "wshub_redis_buffered_commands 0\n" in h.hub.metrics_text()
 
     @pytest.mark.parametrize("link", [SUB, CMD], ids=["subscriber", "commands"])

@@ -1,0 +1,95 @@
+"""The broker seam: what the hub asks of a message broker, and what it hears back.
+
+The hub says which channels it needs and releases, and publishes; a broker
+delivers messages on needed channels, confirms when a need is in effect (so
+an announcement whose answer comes on that channel cannot be missed), and
+tells the hub when its publisher came back after an outage (announcements
+that were dropped instead of resent must be made again). It reports its
+readiness with a reason, and how much it holds for an absent server.
+
+Rules:
+1. The hub never touches a wire format (no RESP); a broker never knows
+   WebSocket clients, keys or groups: channels and payloads are bytes.
+2. A broker owns its links (dial, prelude, reply deadline, idle ping,
+   backoff) and their deadlines; the hub's next deadline is the minimum of
+   the broker's, the client table's and its own.
+3. Events reach the hub through the callbacks it gave at construction, in the
+   call that caused them; actions go to the hub's action list (``sink``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ._actions import RedisLink
+
+__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublisherBack", "Sample"]
+
+OnMessage = Callable[[bytes, bytes], None]  # (channel, payload) on a needed channel
+OnConfirmed = Callable[[bytes], None]  # the latest need() of a channel is in effect
+OnPublisherBack = Callable[[], None]  # publishing works again after an outage
+Sample = tuple[str, str, str, list[tuple[str, float]]]  # one metric: name, type, help, [(labels, value)]
+
+
+class Broker(Protocol):
+    """A message broker as the hub sees it."""
+
+    now: float  # time of the latest link input (the hub builds its output at the latest input's time)
+
+    def start(self, now: float) -> None:
+        """Open what the broker needs (its links)."""
+
+    def need(self, channel: bytes) -> None:
+        """Deliver ``channel`` from now on (the hub calls it once per channel, on 0 -> 1 users)."""
+
+    def release(self, channel: bytes) -> None:
+        """``channel`` is no longer needed (on 1 -> 0 users)."""
+
+    def is_confirmed(self, channel: bytes) -> bool:
+        """The latest need of ``channel`` is in effect at the server."""
+
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
+        """Send ``payload`` on ``channel``; ``resend=False``: drop it, not resend it, after an outage."""
+
+    def link_connected(self, link: RedisLink, now: float) -> None:
+        """The shell opened the link the broker asked for."""
+
+    def link_data(self, link: RedisLink, data: bytes, now: float) -> None:
+        """Bytes arrived on a link."""
+
+    def link_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+        """A link dropped or could not be opened (idempotent); ``error`` in the OS's words."""
+
+    def handle_timer(self, now: float) -> None:
+        """Act on the broker's due deadlines."""
+
+    def next_deadline(self) -> float | None:
+        """The broker's earliest deadline."""
+
+    def flush(self, now: float) -> None:
+        """Queue what is owed to the links (pipelined: one write per link)."""
+
+    @property
+    def ready(self) -> bool:
+        """Every link up and every needed channel confirmed."""
+
+    def not_ready_reason(self) -> str:
+        """Why ``ready`` is false, for /readyz."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing published is still waiting for the server (a shutdown may finish)."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of published messages not yet acknowledged (the hub pauses senders above its bound)."""
+
+    def pending_count(self) -> int:
+        """Published messages not yet acknowledged."""
+
+    def subscribed_channels(self) -> set[bytes]:
+        """Channels the broker has asked the server for."""
+
+    def samples(self) -> list[Sample]:
+        """The broker's metrics."""

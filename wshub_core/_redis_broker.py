@@ -1,0 +1,276 @@
+"""The standalone Redis broker: two links (subscriber, commands) to one Redis server.
+
+It owns each link's whole life (dial, prelude, reply deadline, idle ping,
+backoff) and its deadlines, turns the hub's needs into SUBSCRIBE/UNSUBSCRIBE
+on the subscriber link and its publishes into pipelined PUBLISHes on the
+command link, and tells the hub what came back through the ``Broker``
+callbacks. RESP lives in ``_redis.py``; nothing here knows a WebSocket client.
+
+Rules:
+1. A link is up only once Redis answered its prelude (``RedisState.READY``);
+   ``ready`` also waits for every needed channel to be confirmed.
+2. One log line per failed attempt, naming the link, the address and what
+   failed; the backoff spaces them.
+3. Nothing Redis sends raises out of here: a broken link is closed and
+   redialled.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._actions import Action, CloseRedis, ConnectRedis, RedisLink, SendToRedis
+from ._broker import OnConfirmed, OnMessage, OnPublisherBack, Sample
+from ._config import Config
+from ._logs import host_port
+from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
+from ._timers import Timers
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("wshub")
+
+
+class RedisBroker:
+    """``Broker`` over one Redis server (``redis.address``)."""
+
+    def __init__(self, *, config: Config, seed: int, sink: list[Action], on_message: OnMessage,
+                 on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack) -> None:
+        """``seed`` feeds the reconnect jitter (a test can replay it); ``sink`` is the hub's action list."""
+        self._config = config
+        self._sink = sink
+        self._on_message = on_message
+        self._on_confirmed = on_confirmed
+        self._on_publisher_back = on_publisher_back
+        self._timeout = config.redis_timeout
+        # A link counts as healthy (its backoff starts over) once it stayed up for reconnectMax.
+        self._sub = SubscriberSession(
+            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed),
+            username=config.redis_username,
+            password=config.redis_password,
+            healthy_after=config.reconnect_max,
+        )
+        self._cmd = CommandSession(
+            backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed + 1),
+            username=config.redis_username,
+            password=config.redis_password,
+            db=config.redis_db,
+            healthy_after=config.reconnect_max,
+        )
+        self._sessions: dict[RedisLink, RedisSession] = {
+            RedisLink.SUBSCRIBER: self._sub,
+            RedisLink.COMMANDS: self._cmd,
+        }
+        self._needed: set[bytes] = set()  # resubscribed after every reconnect
+        self._address = host_port(config.redis_host, config.redis_port)
+        self._link_errors: dict[RedisLink, str] = {}  # why each link that is not up went down
+        self._timers = Timers()
+        self._buffered_peak = 0  # highest buffered_bytes seen: wshub_redis_buffered_bytes_max
+        self.now = 0.0  # time of the latest link input: the hub builds its output at the latest of its parts
+        self.reconnects = 0  # links lost after being ready
+        self.publish_errors = 0
+
+    # -- the hub's requests --------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Dial both links."""
+        for link in self._sessions:
+            self._dial(link, now)
+
+    def need(self, channel: bytes) -> None:
+        """Subscribe ``channel`` (now, or when the subscriber link is back)."""
+        self._needed.add(channel)
+        self._sub.want(channel)
+
+    def release(self, channel: bytes) -> None:
+        """Unsubscribe ``channel``."""
+        self._needed.discard(channel)
+        self._sub.unwant(channel)
+
+    def is_confirmed(self, channel: bytes) -> bool:
+        """Redis acknowledged the latest SUBSCRIBE of ``channel``."""
+        return self._sub.is_confirmed(channel)
+
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
+        """Queue a PUBLISH on the command link (resent in order after a reconnect unless ``resend=False``)."""
+        self._cmd.publish(channel, payload, resend=resend)
+
+    # -- link inputs (from the shell, through the hub) ---------------------------------
+
+    def link_connected(self, link: RedisLink, now: float) -> None:
+        """TCP is up: send the prelude; the link is READY once Redis answered it."""
+        self.now = now
+        session = self._sessions[link]
+        if session.state is not RedisState.CONNECTING:
+            return  # a late connect after a connect timeout
+        self._sink.append(SendToRedis(link=link, data=session.connected(now)))
+        if session is self._sub:
+            for channel in sorted(self._needed):
+                self._sub.want(channel)
+        self._timers.schedule(link, session.deadline(self._timeout))
+
+    def link_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+        """The link dropped or could not be opened (idempotent); ``error`` is the OS's reason, if any."""
+        self.now = now
+        session = self._sessions[link]
+        state = session.state
+        if state is RedisState.DOWN:
+            return
+        if state is RedisState.CONNECTING:
+            why = f"connect failed: {error or 'refused'}"
+        elif state is RedisState.HANDSHAKE:
+            why = f"closed before answering the handshake{': ' + error if error else ''}"
+        else:
+            why = f"connection lost: {error or 'closed by the server'}"
+        self._drop_link(link, session, now, why, close=False)
+
+    def link_data(self, link: RedisLink, data: bytes, now: float) -> None:
+        """Replies and pushes: confirmations and messages go to the hub's callbacks."""
+        self.now = now
+        session = self._sessions[link]
+        state = session.state
+        if state is not RedisState.READY and state is not RedisState.HANDSHAKE:
+            return
+        if session is self._sub:
+            for event in self._sub.feed(data, now):
+                if isinstance(event, Confirmed):
+                    self._on_confirmed(event.channel)
+                else:
+                    self._on_message(event.channel, event.payload)
+        else:
+            for error in self._cmd.feed(data, now):
+                self.publish_errors += 1
+                log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
+        if session.broken:
+            self._drop_link(link, session, now, session.broken, close=True)
+            return
+        if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
+            self._link_errors.pop(link, None)
+            log.info("redis %s link up (%s)", link.value, self._address,
+                     extra={"event": "link_up", "link": link.value})
+            if session is self._cmd:
+                self._on_publisher_back()
+        self._timers.schedule(link, session.deadline(self._timeout))  # idle ping from the last reply
+
+    def handle_timer(self, now: float) -> None:
+        """Redial, connect and reply timeouts, idle pings."""
+        for link in self._timers.pop_due(now):
+            assert isinstance(link, RedisLink)
+            self._link_timer(link, now)
+
+    def next_deadline(self) -> float | None:
+        """The links' earliest deadline."""
+        return self._timers.next_deadline()
+
+    def flush(self, now: float) -> None:
+        """SUBSCRIBE/UNSUBSCRIBE and PUBLISH queued since the last flush, one write per link."""
+        if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
+            self._buffered_peak = self._cmd.buffered_bytes
+        for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
+                           (RedisLink.COMMANDS, self._cmd.take_commands(now))):
+            if data:
+                self._sink.append(SendToRedis(link=link, data=data))
+                self._timers.schedule(link, self._sessions[link].deadline(self._timeout))
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Both links up and every needed subscription confirmed."""
+        return (
+            self._sub.state is RedisState.READY
+            and self._cmd.state is RedisState.READY
+            and all(self._sub.is_confirmed(ch) for ch in self._needed)
+        )
+
+    def not_ready_reason(self) -> str:
+        """The first link that is not up, and its last error; else the unconfirmed subscriptions."""
+        for link, session in self._sessions.items():
+            if session.state is not RedisState.READY:
+                error = self._link_errors.get(link)
+                return f"redis {link.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
+        return "subscriptions not confirmed yet"
+
+    @property
+    def idle(self) -> bool:
+        """No PUBLISH waiting to be written or acknowledged."""
+        return self._cmd.idle
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of PUBLISHes not yet acknowledged."""
+        return self._cmd.buffered_bytes
+
+    def pending_count(self) -> int:
+        """Commands on the command link not yet acknowledged."""
+        return len(self._cmd)
+
+    def subscribed_channels(self) -> set[bytes]:
+        """Channels for which SUBSCRIBE was the last command sent."""
+        return self._sub.subscribed_channels()
+
+    def link_states(self) -> dict[RedisLink, RedisState]:
+        """Where each link is in its lifecycle (READY means the prelude was answered)."""
+        return {link: session.state for link, session in self._sessions.items()}
+
+    def samples(self) -> list[Sample]:
+        """The Redis metrics (wshub_redis_*, wshub_subscriptions)."""
+        return [
+            ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
+             [("", len(self._sub.subscribed_channels()))]),
+            ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
+             [(f'{{link="{link.value}"}}', int(sess.state is RedisState.READY))
+              for link, sess in self._sessions.items()]),
+            ("wshub_redis_reconnects_total", "counter", "Redis links lost after being ready.",
+             [("", self.reconnects)]),
+            ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
+             [("", len(self._cmd))]),
+            ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
+            ("wshub_redis_buffered_bytes_max", "gauge", "Highest wshub_redis_buffered_bytes since the start.",
+             [("", self._buffered_peak)]),
+        ]
+
+    # -- internals -------------------------------------------------------------------
+
+    def _dial(self, link: RedisLink, now: float) -> None:
+        session = self._sessions[link]
+        session.connecting(now)
+        self._sink.append(ConnectRedis(link=link, host=self._config.redis_host, port=self._config.redis_port))
+        self._timers.schedule(link, session.deadline(self._timeout))
+
+    def _drop_link(self, link: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
+        was_ready = session.state is RedisState.READY
+        if close:
+            self._sink.append(CloseRedis(link=link))
+        session.lost(now)
+        if was_ready:
+            self.reconnects += 1
+        self._link_errors[link] = why
+        # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
+        log.warning("redis %s link to %s: %s; retrying in %.2fs", link.value, self._address, why,
+                    session.connect_at - now, extra={"event": "link_down", "link": link.value, "reason": why})
+        self._timers.schedule(link, session.connect_at)
+
+    def _link_timer(self, link: RedisLink, now: float) -> None:
+        session = self._sessions[link]
+        timeout = self._timeout
+        if session.state is RedisState.DOWN:
+            if now >= session.connect_at:
+                self._dial(link, now)
+                return
+        elif session.state is RedisState.CONNECTING:
+            if now >= session.connecting_since + timeout:
+                self._drop_link(link, session, now, f"connect timed out after {timeout:g}s", close=True)
+                return
+        elif session.waiting_since is not None:
+            if now >= session.waiting_since + timeout:
+                what = "no answer to the handshake" if session.state is RedisState.HANDSHAKE else "no reply"
+                self._drop_link(link, session, now, f"{what} for {timeout:g}s", close=True)
+                return
+        elif now >= session.last_rx + timeout / 2:
+            if session is self._sub:
+                self._sink.append(SendToRedis(link=link, data=self._sub.ping(now)))
+            else:
+                self._cmd.ping(now)
+                return  # flush() sends it and re-arms this link's timer with the reply deadline
+        self._timers.schedule(link, session.deadline(timeout))
