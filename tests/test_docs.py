@@ -90,9 +90,9 @@ class TestProtocolDoc:
         )
 
     def test_every_http_status_the_hub_answers_is_documented(self) -> None:
-        hub_source = read(ROOT / "wshub_core" / "_hub.py")
-        statuses = set(re.findall(r"\b_clients\.answer\(conn, (\d{3})\b", hub_source))
-        assert statuses, "found no HTTP answer in wshub_core/_hub.py: update this test"
+        router_source = read(ROOT / "wshub_core" / "_http.py")
+        statuses = set(re.findall(r"\bAnswer\(status=(\d{3})\b", router_source))
+        assert statuses, "found no HTTP answer in wshub_core/_http.py: update this test"
         # Statuses h11 hints at for a bad request head (_client.py's _HEADER_STATUS).
         header_table = re.findall(r"^_HEADER_STATUS = .*$", read(ROOT / "wshub_core" / "_client.py"), flags=re.M)
         statuses |= set(re.findall(r"\b(\d{3}):", "".join(header_table)))

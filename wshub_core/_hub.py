@@ -19,7 +19,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs
 
 from wsproto.frame_protocol import FrameProtocol
 
@@ -29,9 +28,11 @@ from ._actions import (
     StopListening,
     Stopped,
 )
+from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
+from ._http import Admin, Answer, RouteContext, admin_answer, route
 from ._logs import fingerprint
 from ._metrics import Stats, render
 from ._redis import RedisState
@@ -103,12 +104,8 @@ class Hub:
         self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
         self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
-        self._routing = Routing(prefix=config.channel_prefix)
-        prefix = config.channel_prefix
-        self._client_new = f"{prefix}client-new".encode()
-        self._client_gone = f"{prefix}client-gone".encode()
-        self._data_prefix = f"{prefix}client-data:"
-        self._key_param = config.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
+        self._channels = Channels(config.channel_prefix)
+        self._routing = Routing(channels=self._channels)
         self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
                                   on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
         # The shell's Redis link inputs go straight to the broker.
@@ -253,62 +250,28 @@ class Hub:
 
     def _on_request(self, client: ClientConnection, request: HttpRequest, now: float) -> None:
         conn = client.conn
-        target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
         cfg = self.config
-        if path in ("/healthz", "/readyz", "/metrics") and path != cfg.server_url:
-            self._answer_admin(client, request, path)
-            return
-        if path != cfg.server_url:
-            self._clients.answer(conn, 404, f"not found: {path}\n")
-            return
-        # A plain GET gets the answer an upgrade would (400, 403, 503), and 426 only once it passed
-        # those checks: a page whose WebSocket failed can fetch() the same URL to learn why. So that
-        # it can read the answer, every answer here carries CORS headers for an allowed origin.
-        origin = request.header(b"origin")
-        origin_text = None if origin is None else origin.decode("latin-1")
-        allowed = not cfg.allowed_origins or origin_text in cfg.allowed_origins
-        cors: tuple[tuple[str, str], ...] = (("access-control-allow-origin", "*"),)  # an error text is no secret
-        if cfg.allowed_origins:
-            cors = (("access-control-allow-origin", origin_text), ("vary", "origin")) if allowed and origin_text \
-                else (("vary", "origin"),)
-        if request.method != b"GET":
-            self._clients.answer(conn, 405, "only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
-            return
-        # Percent-decoded byte for byte (latin-1), then UTF-8 strictly: with replacement, %FF%FE and
-        # %FE%FF would both become U+FFFD U+FFFD, one key shared by two clients (groups, client-data).
-        raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(self._key_param, [])
-        raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
-        if not raw_key:
-            self._clients.answer(conn, 400, f"missing query parameter {cfg.client_key}\n", headers=cors)
-            return
-        try:
-            key = raw_key.encode("latin-1").decode("utf-8")
-        except UnicodeDecodeError:
-            self._clients.answer(conn, 400, f"query parameter {cfg.client_key} is not valid UTF-8\n", headers=cors)
-            return
-        if not allowed:
-            self._clients.answer(conn, 403, "origin not allowed\n", headers=cors)
-            if self._info:
-                log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, client.conn,
+        decision = route(request, RouteContext(
+            server_url=cfg.server_url, client_key=cfg.client_key, allowed_origins=cfg.allowed_origins,
+            stopping=self._stopping, full=bool(cfg.max_connections) and len(self._members) >= cfg.max_connections,
+        ))
+        if isinstance(decision, Admin):
+            decision = admin_answer(request, decision, ready=self.ready, not_ready_reason=self._not_ready_reason,
+                                    metrics=self.metrics_text)
+        if isinstance(decision, Answer):
+            self._clients.answer(conn, decision.status, decision.body, headers=decision.headers,
+                                 content_type=decision.content_type)
+            if decision.origin_refused and self._info:
+                origin = request.header(b"origin")
+                log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, conn,
                          "(no Origin header)" if origin is None else origin,
-                         extra={"event": "refused", "conn": client.conn, "status": 403, "origin": origin})
+                         extra={"event": "refused", "conn": conn, "status": 403, "origin": origin})
             return
-        if self._stopping:
-            self._clients.answer(conn, 503, "server shutting down\n", headers=cors)
-            return
-        if cfg.max_connections and len(self._members) >= cfg.max_connections:
-            self._clients.answer(conn, 503, "too many connections\n", headers=(("retry-after", "5"), *cors))
-            return
-        upgrade = (request.header(b"upgrade") or b"").lower()
-        if b"websocket" not in upgrade:
-            self._clients.answer(conn, 426, "this endpoint speaks WebSocket only\n",
-                          headers=(("upgrade", "websocket"), *cors))
-            return
+        key = decision.key
         if not self._clients.accept(conn, request, now):
             return
         self.stats.connects += 1
-        member = _Member(key, f"{self._data_prefix}{key}".encode(), now)
+        member = _Member(key, self._channels.client_data(key), now)
         self._members[conn] = member
         key_channel = self._routing.key_channel(key)
         siblings = self._routing.conns_of_key(key_channel)
@@ -329,25 +292,10 @@ class Hub:
                 log.info("client %s%d connected: %s sha256:%s", self._conn_prefix, conn, cfg.client_key, fp,
                          extra=extra)
         if self.broker.is_confirmed(key_channel):
-            self.broker.publish(self._client_new, key.encode(), resend=False)
+            self.broker.publish(self._channels.client_new, key.encode(), resend=False)
         if cfg.groups_timeout:
             self._timers.schedule(conn, now + cfg.groups_timeout)
         self._handle_outcomes(client, client.pending_after_accept(), now)
-
-    def _answer_admin(self, client: ClientConnection, request: HttpRequest, path: str) -> None:
-        if request.method not in (b"GET", b"HEAD"):
-            self._clients.answer(client.conn, 405, "use GET\n", headers=(("allow", "GET"),))
-            return
-        if path == "/healthz":
-            self._clients.answer(client.conn, 200, "ok\n")
-            return
-        if path == "/readyz":
-            if self.ready:
-                self._clients.answer(client.conn, 200, "ready\n")
-                return
-            self._clients.answer(client.conn, 503, self._not_ready_reason() + "\n")
-            return
-        self._clients.answer(client.conn, 200, self.metrics_text(), content_type="text/plain; version=0.0.4")
 
     def _not_ready_reason(self) -> str:
         return "shutting down" if self._stopping else self.broker.not_ready_reason()
@@ -372,7 +320,7 @@ class Hub:
         for channel in removed:
             self.broker.release(channel)
         if last:
-            self.broker.publish(self._client_gone, member.key.encode())
+            self.broker.publish(self._channels.client_gone, member.key.encode())
         if self._info:
             log.info("client %s%d closed: code=%d reason=%s", self._conn_prefix, conn, client.close_code,
                      client.close_reason, extra={"event": "close", "conn": conn, "key": self._fp(member),
@@ -441,7 +389,7 @@ class Hub:
                 continue
             if self.broker.is_confirmed(self._routing.key_channel(member.key)):
                 announced.add(member.key)
-                self.broker.publish(self._client_new, member.key.encode(), resend=False)
+                self.broker.publish(self._channels.client_new, member.key.encode(), resend=False)
 
     def _on_confirmed(self, channel: bytes) -> None:
         conns = self._routing.conns_of_key(channel)
@@ -452,7 +400,7 @@ class Hub:
         for conn in conns:
             member = self._members[conn]
             if not member.has_groups:
-                self.broker.publish(self._client_new, member.key.encode(), resend=False)
+                self.broker.publish(self._channels.client_new, member.key.encode(), resend=False)
 
     # -- output ----------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+from ._channels import Channels
+
 __all__ = ["Routing", "parse_groups"]
 
 
@@ -44,11 +46,10 @@ def parse_groups(payload: bytes) -> frozenset[str] | None:
 
 
 class Routing:
-    __slots__ = ("_key_conns", "_group_conns", "_groups_of", "_key_channel_of", "_group_prefix", "_key_prefix")
+    __slots__ = ("_key_conns", "_group_conns", "_groups_of", "_key_channel_of", "_channels")
 
-    def __init__(self, *, prefix: str) -> None:
-        self._key_prefix = f"{prefix}groups-new:".encode()
-        self._group_prefix = f"{prefix}group-data:".encode()
+    def __init__(self, *, channels: Channels) -> None:
+        self._channels = channels
         self._key_conns: dict[bytes, dict[int, None]] = {}  # groups-new channel -> conns (ordered)
         self._group_conns: dict[bytes, dict[int, None]] = {}  # group-data channel -> conns (ordered)
         self._groups_of: dict[int, frozenset[bytes]] = {}  # conn -> group-data channels
@@ -57,13 +58,13 @@ class Routing:
     # -- names ------------------------------------------------------------------
 
     def key_channel(self, key: str) -> bytes:
-        return self._key_prefix + key.encode()
+        return self._channels.groups_new(key)
 
     def group_channel(self, group: str) -> bytes:
-        return self._group_prefix + group.encode()
+        return self._channels.group_data(group)
 
     def group_name(self, channel: bytes) -> str:
-        return channel[len(self._group_prefix):].decode("utf-8", "replace")
+        return self._channels.group_name(channel)
 
     # -- queries ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wshub_core import parse_groups
+from wshub_core._channels import Channels
 from wshub_core._routing import Routing
 from wshub_core._timers import Timers
 
@@ -55,7 +56,7 @@ def check(r: Routing, m: Model) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_indexes_follow_a_simple_model(data: st.DataObject) -> None:
-    r = Routing(prefix=PREFIX)
+    r = Routing(channels=Channels(PREFIX))
     m = Model()
     next_conn = 0
     for _ in range(data.draw(st.integers(0, 40), label="steps")):
@@ -91,7 +92,7 @@ def test_indexes_follow_a_simple_model(data: st.DataObject) -> None:
 
 
 def test_channel_names_carry_the_prefix() -> None:
-    r = Routing(prefix="ws-hub:")
+    r = Routing(channels=Channels("ws-hub:"))
     assert r.key_channel("k") == b"ws-hub:groups-new:k"
     assert r.group_channel("g") == b"ws-hub:group-data:g"
     assert r.group_name(b"ws-hub:group-data:g\xff") == "g\ufffd"
@@ -128,7 +129,7 @@ class TestParseGroups:
         lambda v: json.dumps(v).encode()) | st.sampled_from([b'["\\ud800"]', b'["a\\udfff"]', b'["\\ud83d"]']))
     def test_every_name_returned_makes_a_channel(self, payload: bytes) -> None:
         """What parse_groups accepts, the hub turns into channel names: that must not raise."""
-        r = Routing(prefix=PREFIX)
+        r = Routing(channels=Channels(PREFIX))
         for group in parse_groups(payload) or ():
             r.group_channel(group)
 

@@ -1,0 +1,39 @@
+"""Channel names: every channel the protocol uses, built in one place.
+
+Names are bytes with ``redis.channelPrefix`` applied, exactly as a broker
+delivers them back, so routing a message costs one dict lookup and no
+decoding (docs/protocol.md lists them).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Channels"]
+
+
+class Channels:
+    """The protocol's channels under one prefix."""
+
+    __slots__ = ("client_new", "client_gone", "_groups_new", "_group_data", "_client_data")
+
+    def __init__(self, prefix: str) -> None:
+        self.client_new = f"{prefix}client-new".encode()  # the hub announces a key
+        self.client_gone = f"{prefix}client-gone".encode()  # the last local connection of a key closed
+        self._groups_new = f"{prefix}groups-new:".encode()
+        self._group_data = f"{prefix}group-data:".encode()
+        self._client_data = f"{prefix}client-data:".encode()
+
+    def groups_new(self, key: str) -> bytes:
+        """Where the listener answers a key's groups."""
+        return self._groups_new + key.encode()
+
+    def group_data(self, group: str) -> bytes:
+        """What every member of ``group`` receives."""
+        return self._group_data + group.encode()
+
+    def client_data(self, key: str) -> bytes:
+        """Where the hub publishes what a key's clients send."""
+        return self._client_data + key.encode()
+
+    def group_name(self, channel: bytes) -> str:
+        """The group a ``group_data`` channel is for (for logs: undecodable bytes replaced)."""
+        return channel[len(self._group_data):].decode("utf-8", "replace")

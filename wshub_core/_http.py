@@ -1,0 +1,112 @@
+"""HTTP routing: a request head in, a decision out; and the admin endpoints' answers.
+
+Rules:
+1. ``route`` is a pure function of the request and a read-only context: it
+   changes no state, so every status the hub answers is decided (and tested)
+   here, and the hub only carries the decision out.
+2. On ``serverUrl`` a plain GET gets the answer an upgrade would (400, 403,
+   503), and 426 only once it passed those checks: a page whose WebSocket
+   failed can fetch() the same URL to learn why. So that it can read the
+   answer, every answer there carries CORS headers for an allowed origin.
+3. A key is percent-decoded byte for byte, then read as UTF-8 strictly: with
+   replacement, %FF%FE and %FE%FF would both become U+FFFD U+FFFD, one key
+   shared by two clients (their groups and client-data channel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from ._client import HttpRequest
+
+__all__ = ["ADMIN_PATHS", "Admin", "Answer", "RouteContext", "Upgrade", "admin_answer", "route"]
+
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteContext:
+    """What routing may read: the config's paths and rules, and the hub's admission state."""
+
+    server_url: str
+    client_key: str
+    allowed_origins: tuple[str, ...]
+    stopping: bool
+    full: bool  # webSocket.maxConnections reached
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """A plain HTTP answer; ``origin_refused``: a 403 for an Origin not allowed (the hub logs it)."""
+
+    status: int
+    body: str
+    headers: Headers = ()
+    content_type: str = "text/plain; charset=utf-8"
+    origin_refused: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upgrade:
+    """A WebSocket upgrade for ``key`` that passed every check the hub makes."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admin:
+    """One of ``ADMIN_PATHS``: answered from the hub's state (``admin_answer``)."""
+
+    path: str
+
+
+def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin:
+    """Decide what a request head gets, in the documented order (docs/protocol.md, HTTP)."""
+    path, _, query = request.target.decode("latin-1").partition("?")
+    if path in ADMIN_PATHS and path != ctx.server_url:
+        return Admin(path=path)
+    if path != ctx.server_url:
+        return Answer(status=404, body=f"not found: {path}\n")
+    origin = request.header(b"origin")
+    origin_text = None if origin is None else origin.decode("latin-1")
+    allowed = not ctx.allowed_origins or origin_text in ctx.allowed_origins
+    cors: Headers = (("access-control-allow-origin", "*"),)  # an error text is no secret
+    if ctx.allowed_origins:
+        cors = (("access-control-allow-origin", origin_text), ("vary", "origin")) if allowed and origin_text \
+            else (("vary", "origin"),)
+    if request.method != b"GET":
+        return Answer(status=405, body="only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
+    param = ctx.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
+    raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(param, [])
+    raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
+    if not raw_key:
+        return Answer(status=400, body=f"missing query parameter {ctx.client_key}\n", headers=cors)
+    try:
+        key = raw_key.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return Answer(status=400, body=f"query parameter {ctx.client_key} is not valid UTF-8\n", headers=cors)
+    if not allowed:
+        return Answer(status=403, body="origin not allowed\n", headers=cors, origin_refused=True)
+    if ctx.stopping:
+        return Answer(status=503, body="server shutting down\n", headers=cors)
+    if ctx.full:
+        return Answer(status=503, body="too many connections\n", headers=(("retry-after", "5"), *cors))
+    if b"websocket" not in (request.header(b"upgrade") or b"").lower():
+        return Answer(status=426, body="this endpoint speaks WebSocket only\n",
+                      headers=(("upgrade", "websocket"), *cors))
+    return Upgrade(key=key)
+
+
+def admin_answer(request: HttpRequest, admin: Admin, *, ready: bool, not_ready_reason: Callable[[], str],
+                 metrics: Callable[[], str]) -> Answer:
+    """/healthz (the process answers), /readyz (the broker is ready, with the reason if not), /metrics."""
+    if request.method not in (b"GET", b"HEAD"):
+        return Answer(status=405, body="use GET\n", headers=(("allow", "GET"),))
+    if admin.path == "/healthz":
+        return Answer(status=200, body="ok\n")
+    if admin.path == "/readyz":
+        return Answer(status=200, body="ready\n") if ready else Answer(status=503, body=not_ready_reason() + "\n")
+    return Answer(status=200, body=metrics(), content_type="text/plain; version=0.0.4")
