@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ._actions import RedisLink
+from ._metrics import Sample
 
 __all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublisherBack", "Sample"]
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, payload) on a needed channel
 OnConfirmed = Callable[[bytes], None]  # the latest need() of a channel is in effect
 OnPublisherBack = Callable[[], None]  # publishing works again after an outage
-Sample = tuple[str, str, str, list[tuple[str, float]]]  # one metric: name, type, help, [(labels, value)]
 
 
 class Broker(Protocol):

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 
 from ._actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, Outcome
+from ._metrics import Sample
 from ._timers import Timers
 
 __all__ = ["ClientTable", "Pause"]
@@ -252,9 +253,21 @@ class ClientTable:
     def is_empty(self) -> bool:
         return self.is_idle() and not self._dirty and not self._paused
 
-    def held_bytes(self) -> int:
-        """Bytes held for clients whose sockets are full."""
-        return sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None)
+    def samples(self) -> list[Sample]:
+        """The table's metrics: sockets, slow consumers, paused reads, held bytes."""
+        held = sum(c.out_bytes for c in self._clients.values() if c.write_paused_since is not None)
+        return [
+            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP and those closing.",
+             [("", len(self._clients) + len(self._closing))]),
+            ("wshub_sockets_closing", "gauge", "Sockets closed gracefully that are still flushing.",
+             [("", len(self._closing))]),
+            ("wshub_slow_consumer_closes_total", "counter", "Clients closed for not reading.",
+             [("", self.slow_closes)]),
+            ("wshub_clients_reading_paused", "gauge", "Clients not read because the broker's buffer is full.",
+             [("", self.paused_count(Pause.BROKER_FULL))]),
+            ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",
+             [("", held)]),
+        ]
 
     # -- output ------------------------------------------------------------------------
 

@@ -414,14 +414,10 @@ class Hub:
     # -- metrics ------------------------------------------------------------------------
 
     def metrics_text(self) -> str:
+        """The Prometheus text of the hub's counters, the client table's and the broker's gauges."""
         s = self.stats
-        open_ws = len(self._members)
-        samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-            ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", open_ws)]),
-            ("wshub_sockets_open", "gauge", "Open sockets, including those still in HTTP and those closing.",
-             [("", self._clients.count() + self._clients.closing_count())]),
-            ("wshub_sockets_closing", "gauge", "Sockets closed gracefully that are still flushing.",
-             [("", self._clients.closing_count())]),
+        return render([
+            ("wshub_connections_open", "gauge", "Open WebSocket connections.", [("", len(self._members))]),
             ("wshub_connects_total", "counter", "WebSocket upgrades accepted.", [("", s.connects)]),
             ("wshub_disconnects_total", "counter", "Closed sockets by close code (0: HTTP answer).",
              [(f'{{code="{code}"}}', n) for code, n in sorted(s.closes.items())]),
@@ -434,16 +430,10 @@ class Hub:
              [("", s.group_messages)]),
             ("wshub_messages_out_total", "counter", "Messages delivered to clients.", [("", s.messages_out)]),
             ("wshub_bytes_out_total", "counter", "Frame bytes queued to clients.", [("", s.bytes_out)]),
-            ("wshub_slow_consumer_closes_total", "counter", "Clients closed for not reading.",
-             [("", self.slow_closes)]),
             ("wshub_oversize_closes_total", "counter", "Clients closed for an oversize message.",
              [("", s.closes[CloseCode.TOO_BIG])]),
+            *self._clients.samples(),
             *self.broker.samples(),
-            ("wshub_clients_reading_paused", "gauge", "Clients not read because the Redis buffer is full.",
-             [("", self._clients.paused_count(Pause.BROKER_FULL))]),
-            ("wshub_outbound_buffer_bytes", "gauge", "Bytes held for clients whose sockets are full.",
-             [("", self._clients.held_bytes())]),
             ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",
              [("", s.loop_lag)]),
-        ]
-        return render(samples)
+        ])

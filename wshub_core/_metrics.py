@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["Stats", "render"]
+__all__ = ["Sample", "Stats", "render"]
+
+Sample = tuple[str, str, str, list[tuple[str, float]]]  # one metric: name, type, help, [(labels, value)]
 
 
 class Stats:
@@ -34,7 +36,7 @@ class Stats:
         self.loop_lag = 0.0  # set by the shell
 
 
-def render(samples: list[tuple[str, str, str, list[tuple[str, float]]]]) -> str:
+def render(samples: list[Sample]) -> str:
     """Prometheus text format 0.0.4 from (name, type, help, [(labels, value)])."""
     lines = []
     for name, kind, help_text, values in samples:

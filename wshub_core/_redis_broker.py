@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 
 from ._actions import Action, CloseRedis, ConnectRedis, RedisLink, SendToRedis
-from ._broker import OnConfirmed, OnMessage, OnPublisherBack, Sample
+from ._broker import OnConfirmed, OnMessage, OnPublisherBack
 from ._config import Config
 from ._logs import host_port
+from ._metrics import Sample
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
 from ._timers import Timers
 
