@@ -1,4 +1,4 @@
-# WS-Hub image. Built and run by CI (.ci/image, on a Debian-made base).
+# WS-Hub image. Built and run by CI (.ci/image, with podman on a Debian-made base).
 #
 #   docker build -t wshub .                              # the hub (last stage)
 #   docker build -t wshub --build-arg EXTRAS=fast .      # the hub on uvloop
