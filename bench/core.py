@@ -36,28 +36,36 @@ the process calls, which CPython calls directly from C (a function reached
 through ctypes/libffi is not seen entering by callgrind). So callgrind zeroes
 its counters as a phase starts and writes one dump as it ends: one dump per
 phase, holding exactly that phase (plus the return from ``getppid`` and the
-call of ``getpgrp``). An ``empty`` phase (the two marker calls and nothing between) shows the cost
-of the markers themselves. ``PYTHONHASHSEED=0`` keeps set and dict orders, and
-so the instruction counts, the same from run to run.
+call of ``getpgrp``). An ``empty`` phase (the two marker calls and nothing
+between) shows the cost of the markers themselves. The counts repeat exactly
+because nothing varies: ``PYTHONHASHSEED=0`` fixes set and dict orders, the
+child gets a fixed environment and working directory, wsproto's client nonces
+and masks come from a seeded PRNG, and a ``gc.collect()``
+before each phase makes the collections inside it fall at the same points.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hiredis
+import wsproto.frame_protocol
+import wsproto.utilities
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
@@ -186,6 +194,9 @@ class Markers:
         self.wall: list[float] = []
 
     def begin(self) -> None:
+        # A full collection first: the collector's counters start from zero, so the collections a phase
+        # triggers (their cost is the core's too) fall at the same points whatever ran before it.
+        gc.collect()
         if self.instructions:
             os.getppid()  # callgrind --zero-before=getppid: counting starts here
         else:
@@ -198,8 +209,21 @@ class Markers:
             self.wall[-1] = time.perf_counter() - self.wall[-1]
 
 
+def seed_wsproto_clients(seed: int) -> None:
+    """The same client bytes every run: wsproto's client-side nonce and masking keys from a seeded PRNG.
+
+    Only client-role code in wsproto calls ``os.urandom`` (``generate_nonce``, the
+    frame mask), so the hub's own wsproto (server role) is unaffected. Random
+    keys and masks would move the counts a little (a 0.1-0.3 % spread seen).
+    """
+    fake_os = types.SimpleNamespace(urandom=random.Random(seed).randbytes)
+    wsproto.frame_protocol.os = fake_os  # type: ignore[attr-defined,assignment]
+    wsproto.utilities.os = fake_os  # type: ignore[attr-defined,assignment]
+
+
 class CoreBench:
     def __init__(self, params: Params, markers: Markers) -> None:
+        seed_wsproto_clients(0)
         self.p = params
         self.m = markers
         self.hub = Hub(config=load_config(CONFIG, source="bench/core.py", environ={}), seed=0)
@@ -501,8 +525,12 @@ def measure_callgrind(args: argparse.Namespace, forward: list[str]) -> list[Json
         cmd = [args.valgrind, "--tool=callgrind", "--zero-before=getppid", "--dump-before=getpgrp",
                "--dump-line=no", f"--callgrind-out-file={out}",
                sys.executable, str(Path(__file__).resolve()), "--measure", "instructions", "--json", *forward]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        # A fixed environment and working directory: their size moves the stack and what Python allocates.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                              text=True, check=False)
         if proc.returncode:
             raise SystemExit(f"callgrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         rows: list[Json] = json.loads(proc.stdout.strip().splitlines()[-1])["phases"]
