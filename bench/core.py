@@ -36,28 +36,36 @@ the process calls, which CPython calls directly from C (a function reached
 through ctypes/libffi is not seen entering by callgrind). So callgrind zeroes
 its counters as a phase starts and writes one dump as it ends: one dump per
 phase, holding exactly that phase (plus the return from ``getppid`` and the
-call of ``getpgrp``). An ``empty`` phase (the two marker calls and nothing between) shows the cost
-of the markers themselves. ``PYTHONHASHSEED=0`` keeps set and dict orders, and
-so the instruction counts, the same from run to run.
+call of ``getpgrp``). An ``empty`` phase (the two marker calls and nothing
+between) shows the cost of the markers themselves. The counts repeat exactly
+because nothing varies: ``PYTHONHASHSEED=0`` fixes set and dict orders, the
+child gets a fixed environment and working directory, wsproto's client nonces
+and masks come from a seeded PRNG, and a ``gc.collect()``
+before each phase makes the collections inside it fall at the same points.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hiredis
+import wsproto.frame_protocol
+import wsproto.utilities
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
@@ -153,7 +161,7 @@ class BenchError(RuntimeError):
 
 @dataclass
 class Params:
-    clients: int = 200
+    clients: int = 1000
     groups: int = 10
     fanout: int = 10
     client_messages: int = 5
@@ -186,6 +194,9 @@ class Markers:
         self.wall: list[float] = []
 
     def begin(self) -> None:
+        # A full collection first: the collector's counters start from zero, so the collections a phase
+        # triggers (their cost is the core's too) fall at the same points whatever ran before it.
+        gc.collect()
         if self.instructions:
             os.getppid()  # callgrind --zero-before=getppid: counting starts here
         else:
@@ -198,8 +209,21 @@ class Markers:
             self.wall[-1] = time.perf_counter() - self.wall[-1]
 
 
+def seed_wsproto_clients(seed: int) -> None:
+    """The same client bytes every run: wsproto's client-side nonce and masking keys from a seeded PRNG.
+
+    Only client-role code in wsproto calls ``os.urandom`` (``generate_nonce``, the
+    frame mask), so the hub's own wsproto (server role) is unaffected. Random
+    keys and masks would move the counts a little (a 0.1-0.3 % spread seen).
+    """
+    fake_os = types.SimpleNamespace(urandom=random.Random(seed).randbytes)
+    wsproto.frame_protocol.os = fake_os  # type: ignore[attr-defined,assignment]
+    wsproto.utilities.os = fake_os  # type: ignore[attr-defined,assignment]
+
+
 class CoreBench:
     def __init__(self, params: Params, markers: Markers) -> None:
+        seed_wsproto_clients(0)
         self.p = params
         self.m = markers
         self.hub = Hub(config=load_config(CONFIG, source="bench/core.py", environ={}), seed=0)
@@ -480,22 +504,19 @@ def measure_time(params: Params, phases: list[str], repeat: int) -> list[Json]:
     out = []
     for i, row in enumerate(runs[0]):
         median = statistics.median(run[i]["seconds"] for run in runs)
-        out.append({**row, "seconds_median": round(median, 6),
+        row = {k: v for k, v in row.items() if k != "seconds"}
+        out.append({**row, "seconds_median": round(median, 6), "ms_median": f"{median * 1e3:.3f}",
                     "us_per_op": round(median * 1e6 / row["ops"], 3) if row["ops"] else None})
     return out
 
 
-def dump_totals(path: Path) -> int:
-    """The Ir total of one callgrind dump (its ``totals:`` line, else ``summary:``)."""
-    summary = None
+def dump_instructions(path: Path) -> int:
+    """Instructions executed in one callgrind dump: its ``summary:`` line (what callgrind_annotate
+    calls PROGRAM TOTALS). Not ``totals:``, which also counts calls still open when the counters were zeroed."""
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
         if line.startswith("summary:"):
-            summary = int(line.split()[1])
-    if summary is None:
-        raise BenchError(f"no totals in {path}")
-    return summary
+            return int(line.split()[1])
+    raise BenchError(f"no summary line in {path}")
 
 
 def measure_callgrind(args: argparse.Namespace, forward: list[str]) -> list[Json]:
@@ -504,17 +525,21 @@ def measure_callgrind(args: argparse.Namespace, forward: list[str]) -> list[Json
         cmd = [args.valgrind, "--tool=callgrind", "--zero-before=getppid", "--dump-before=getpgrp",
                "--dump-line=no", f"--callgrind-out-file={out}",
                sys.executable, str(Path(__file__).resolve()), "--measure", "instructions", "--json", *forward]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        # A fixed environment and working directory: their size moves the stack and what Python allocates.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                              text=True, check=False)
         if proc.returncode:
             raise SystemExit(f"callgrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         rows: list[Json] = json.loads(proc.stdout.strip().splitlines()[-1])["phases"]
-        # One dump per phase (callgrind.out.1, .2, ...), in phase order, then the final one at exit.
+        # One dump per phase (callgrind.out.1, .2, ...), in phase order; the one at exit is callgrind.out.
         dumps = sorted(Path(tmp).glob("callgrind.out.*"), key=lambda f: int(f.name.rsplit(".", 1)[1]))
-        if len(dumps) < len(rows):
-            raise BenchError(f"{len(dumps)} callgrind dumps for {len(rows)} phases: {[d.name for d in dumps]}")
-        for row, dump in zip(rows, dumps, strict=False):
-            ir = dump_totals(dump)
+        if len(dumps) != len(rows):
+            raise BenchError(f"{len(dumps)} callgrind dumps for {len(rows)} phases: something else called getpgrp")
+        for row, dump in zip(rows, dumps, strict=True):
+            ir = dump_instructions(dump)
             row["instructions"] = ir
             row["instructions_per_op"] = round(ir / row["ops"]) if row["ops"] else None
         return rows
@@ -527,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout", type=int, default=Params.fanout, help="M messages to the group of all N")
     p.add_argument("--client-messages", type=int, default=Params.client_messages, help="K messages per client")
     p.add_argument("--size", type=int, default=Params.size, help="payload bytes of every message")
-    p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}, empty")
+    p.add_argument("--phases", default=",".join(("empty", *PHASES)), help=f"comma list of {', '.join(PHASES)}, empty")
     p.add_argument("--measure", choices=("time", "instructions"), default="time",
                    help="instructions: call the callgrind markers (run it under valgrind; see --callgrind)")
     p.add_argument("--repeat", type=int, default=5, help="time: runs, median reported")
@@ -557,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_time(params, phases, a.repeat)
         info["measure"] = "time"
         info["repeat"] = a.repeat
-        value, per_op = "seconds_median", "us_per_op"
+        value, per_op = "ms_median", "us_per_op"
     if a.json or not value:
         print(json.dumps({**info, "phases": rows}))
     else:
