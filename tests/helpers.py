@@ -31,9 +31,16 @@ T = TypeVar("T")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+TEST_API_KEY = "test-api-key"
+
+
 def hub_env(**overrides: str) -> dict[str, str]:
-    """The test's environment without its own WSHUB_* variables (a hub refuses unknown ones), plus ``overrides``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}, **overrides}
+    """The test's environment without its own WSHUB_* variables (a hub refuses unknown ones), plus ``overrides``.
+
+    The API key is ``TEST_API_KEY`` unless overridden (``WSHUB_API_KEY=""``: the hub generates one).
+    """
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}, "WSHUB_API_KEY": TEST_API_KEY,
+            **overrides}
 
 
 def free_port() -> int:

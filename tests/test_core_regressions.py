@@ -24,7 +24,7 @@ def resp(*parts: bytes) -> bytes:
 
 
 def hub_with_client(config_text: str = "") -> tuple[Hub, int]:
-    hub = Hub(config=load_config(config_text, source="test"), seed=3)
+    hub = Hub(config=load_config("broker: redis\n" + config_text, source="test"), seed=3)
     hub.start(0.0)
     for link in RedisLink:
         hub.redis_connected(link, 0.0)

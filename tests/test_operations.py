@@ -96,7 +96,7 @@ def _non_default(key: Any) -> str:
     """A valid value different from the key's default, as an environment string."""
     special = {"address": "127.0.0.1:9999", "redis.address": "redis://10.0.0.1:7000/2", "logFormat": "json",
                "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
-               "webSocket.allowedOrigins": "https://a.example,https://b.example"}
+               "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis"}
     if key.path in special:
         return special[key.path]
     if key.kind == "str":
@@ -109,6 +109,8 @@ def _non_default(key: Any) -> str:
 @pytest.mark.parametrize("key", KEYS, ids=[k.path for k in KEYS])
 def test_every_key_can_be_overridden_from_the_environment(key: Any) -> None:
     environ = {env_name(key.path): _non_default(key)}
+    if key.path == "workers":
+        environ[env_name("broker")] = "redis"  # more than one worker share a Redis, never a memory broker
     if key.path.startswith("tls."):
         environ = {env_name("tls.certFile"): "/c.pem", env_name("tls.keyFile"): "/k.pem"}
     base = load_config("")

@@ -36,6 +36,7 @@ from wshub_core import (
     StopListening,
     Stopped,
 )
+from wshub_core._logs import host_port
 
 from ._logging import worker_name
 
@@ -374,9 +375,11 @@ async def run(config: Config, *, config_file: str | None, sock: socket.socket | 
     host = config.host or "*"
     if ":" in host:
         host = f"[{host}]"  # "::1:8080" would be ambiguous
-    log.info("listening on %s:%d%s (%s event loop), %s, %s", host, server.port, config.server_url,
+    broker = ("memory broker (in this process)" if config.broker == "memory"
+              else f"redis broker at {host_port(config.redis_host, config.redis_port)}")
+    log.info("listening on %s:%d%s (%s event loop), %s, %s, %s", host, server.port, config.server_url,
              type(server.loop).__module__.split(".")[0], "TLS on (wss://)" if config.tls_cert_file else "TLS off (ws://)",
-             f"config file {config_file}" if config_file else "no config file")
+             broker, f"config file {config_file}" if config_file else "no config file")
     await server.stopped.wait()
     await server.close()
     return 0

@@ -28,12 +28,14 @@ from ._actions import (
     StopListening,
     Stopped,
 )
+from ._broker import Broker
 from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
 from ._http import Admin, Answer, RouteContext, admin_answer, route
 from ._logs import fingerprint
+from ._memory_broker import MemoryBroker
 from ._metrics import Stats, render
 from ._redis import RedisState
 from ._redis_broker import RedisBroker
@@ -106,8 +108,12 @@ class Hub:
         self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
         self._channels = Channels(config.channel_prefix)
         self._routing = Routing(channels=self._channels)
-        self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
-                                  on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
+        self.broker: Broker
+        if config.broker == "memory":
+            self.broker = MemoryBroker(on_message=self._on_pubsub)
+        else:
+            self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
+                                      on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
         # The shell's Redis link inputs go straight to the broker.
         self.redis_connected = self.broker.link_connected
         self.redis_data = self.broker.link_data
@@ -201,7 +207,7 @@ class Hub:
 
     def link_states(self) -> dict[RedisLink, RedisState]:
         """Where each Redis link is in its lifecycle (READY means the prelude was answered)."""
-        return self.broker.link_states()
+        return self.broker.link_states() if isinstance(self.broker, RedisBroker) else {}
 
     def subscribed_channels(self) -> set[bytes]:
         """Channels the broker has asked the server for."""

@@ -121,8 +121,10 @@ class ContractError(AssertionError):
 
 
 def make_config(text: str | None = None, **overrides: object) -> Config:
-    """A config from YAML text (through the real loader), then attribute overrides."""
+    """A config from YAML text (through the real loader), then attribute overrides; the Redis broker by default."""
     config = load_config(text)
+    if "broker" not in (text or "") and "broker" not in overrides:
+        overrides["broker"] = "redis"  # the harness drives the Redis broker's links
     return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
 
 
