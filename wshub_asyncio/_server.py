@@ -6,7 +6,8 @@ Rules:
 2. No task and no timer per client: clients are ``asyncio.Protocol`` callbacks
    and the whole hub has one ``TimerHandle``, armed at the core's next deadline.
 3. A Redis connection's callbacks count only while it is the current one for
-   its link; a connection the core has dropped is detached first.
+   its link id; a connection the core has dropped (``CloseLink``) is detached
+   first, and the core never reuses an id.
 """
 
 from __future__ import annotations
@@ -22,17 +23,16 @@ from typing import cast
 from wshub_core import (
     Action,
     CloseClient,
-    CloseRedis,
+    CloseLink,
     Config,
     ConfigError,
-    ConnectRedis,
     Core,
     Hub,
+    OpenLink,
     PauseClient,
-    RedisLink,
     ResumeClient,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     StopListening,
     Stopped,
 )
@@ -94,7 +94,7 @@ class ClientProtocol(asyncio.Protocol):
 
 
 class _RedisProtocol(asyncio.Protocol):
-    def __init__(self, server: HubServer, link: RedisLink) -> None:
+    def __init__(self, server: HubServer, link: int) -> None:
         self._server = server
         self._link = link
         self.transport: asyncio.Transport | None = None
@@ -111,13 +111,13 @@ class _RedisProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._current():
-            self._server.hub.redis_data(self._link, data, self._server.loop.time())
+            self._server.hub.link_data(self._link, data, self._server.loop.time())
             self._server.drain_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._current():
             del self._server.redis[self._link]
-            self._server.hub.redis_lost(self._link, self._server.loop.time(), os_reason(exc) if exc else "")
+            self._server.hub.link_lost(self._link, self._server.loop.time(), os_reason(exc) if exc else "")
             self._server.drain()
 
 
@@ -286,8 +286,8 @@ class HubServer(CoreServer):
                        log_name=worker_name())
         super().__init__(self.hub)
         self.config = config
-        self.redis: dict[RedisLink, _RedisProtocol] = {}
-        self._connecting: dict[RedisLink, asyncio.Task[None]] = {}
+        self.redis: dict[int, _RedisProtocol] = {}  # open links by link id
+        self._connecting: dict[int, asyncio.Task[None]] = {}  # dials in progress by link id
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
         cfg = self.config
@@ -299,13 +299,13 @@ class HubServer(CoreServer):
         self.hub.stats.loop_lag = lag
 
     def _execute_other(self, action: Action) -> None:
-        if isinstance(action, SendToRedis):
+        if isinstance(action, SendToLink):
             proto = self.redis.get(action.link)
             if proto is not None and proto.transport is not None:
                 proto.transport.write(action.data)
-        elif isinstance(action, ConnectRedis):
+        elif isinstance(action, OpenLink):
             self._connecting[action.link] = self.loop.create_task(self._connect_redis(action))
-        elif isinstance(action, CloseRedis):
+        elif isinstance(action, CloseLink):
             task = self._connecting.pop(action.link, None)
             if task is not None:
                 task.cancel()
@@ -315,10 +315,10 @@ class HubServer(CoreServer):
         else:
             super()._execute_other(action)
 
-    async def _connect_redis(self, action: ConnectRedis) -> None:
-        """Dial Redis; the only coroutine in the shell, one per link at a time."""
+    async def _connect_redis(self, action: OpenLink) -> None:
+        """Dial Redis; the only coroutine in the shell, one per dial."""
         link = action.link
-        context = ssl.create_default_context() if self.config.redis_tls else None
+        context = ssl.create_default_context() if action.tls else None
         try:
             _, proto = await self.loop.create_connection(
                 lambda: _RedisProtocol(self, link), action.host, action.port, ssl=context,
@@ -328,12 +328,12 @@ class HubServer(CoreServer):
             return
         except OSError as exc:
             self._connecting.pop(link, None)
-            self.hub.redis_lost(link, self.loop.time(), os_reason(exc))
+            self.hub.link_lost(link, self.loop.time(), os_reason(exc))
             self.drain()
             return
         self._connecting.pop(link, None)
         self.redis[link] = proto
-        self.hub.redis_connected(link, self.loop.time())
+        self.hub.link_opened(link, self.loop.time())
         self.drain()
 
     async def close(self) -> None:
