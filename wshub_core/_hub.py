@@ -165,6 +165,10 @@ class Hub:
                 self._actions.append(Stopped())
         self._now = now
 
+    def loop_lag(self, lag: float) -> None:
+        """How late the shell's timer fired: wshub_event_loop_lag_seconds."""
+        self.stats.loop_lag = lag
+
     def next_deadline(self) -> float | None:
         """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""
         deadlines = [d for d in (self._timers.next_deadline(), self._clients.next_deadline(),

@@ -10,7 +10,7 @@ run in any process, whatever ``PYTHONHASHSEED`` (``python -m tests.sim --seed N`
 What is simulated
 -----------------
 * **Clock, events, shell.** A heap of ``(time, seq, callback)``. After every hub
-  input the actions are executed in order (as ``HubServer.drain``), then the
+  input the actions are executed in order (as ``Server.drain``), then the
   single timer is re-armed at ``hub.next_deadline()``; ``hub.handle_timer(now)``
   runs exactly at that time (at once if the deadline is already past).
 * **Links.** Every TCP direction is a ``Pipe``: in order, base latency (0 for
@@ -1689,7 +1689,7 @@ class World:
         self.stopped_at = self.now
         if self.now < self.shutdown_at + self.cfg.shutdown_timeout - EPS:
             self._check_all_published("at Stopped")
-        # The shell exits: HubServer.close() aborts every transport it still has.
+        # The shell exits: Server.close() aborts every transport it still has.
         for cid in sorted(self.clients):
             c = self.clients[cid]
             if c.t_open:
