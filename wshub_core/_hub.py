@@ -10,7 +10,7 @@ Rules:
    ``actions()`` and arms one timer at ``next_deadline()``.
 2. Output is coalesced (see ``ClientTable``): bytes for one socket since the
    last ``actions()`` go out as one ``SendToClient``, Redis commands as one
-   ``SendToRedis`` per link (pipelined).
+   ``SendToLink`` per link (pipelined).
 3. A group message is encoded into a frame once; the same bytes object is
    queued to every member.
 4. Nothing a client or Redis sends raises out of here.
@@ -24,7 +24,6 @@ from wsproto.frame_protocol import FrameProtocol
 
 from ._actions import (
     Action,
-    RedisLink,
     StopListening,
     Stopped,
 )
@@ -38,7 +37,7 @@ from ._logs import fingerprint
 from ._memory_broker import MemoryBroker
 from ._metrics import Stats, render
 from ._redis import RedisState
-from ._redis_broker import RedisBroker
+from ._redis_broker import RedisBroker, RedisLink
 from ._routing import Routing, parse_groups
 from ._timers import Timers
 
@@ -114,10 +113,10 @@ class Hub:
         else:
             self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
-        # The shell's Redis link inputs go straight to the broker.
-        self.redis_connected = self.broker.link_connected
-        self.redis_data = self.broker.link_data
-        self.redis_lost = self.broker.link_lost
+        # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
+        self.link_opened = self.broker.link_opened
+        self.link_data = self.broker.link_data
+        self.link_lost = self.broker.link_lost
 
     # -- shell API: lifecycle ---------------------------------------------------
 
@@ -171,6 +170,10 @@ class Hub:
                 self._stopped = True
                 self._actions.append(Stopped())
         self._now = now
+
+    def loop_lag(self, lag: float) -> None:
+        """How late the shell's timer fired: wshub_event_loop_lag_seconds."""
+        self.stats.loop_lag = lag
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._actions import RedisLink
 from ._broker import OnMessage
 from ._metrics import Sample
 
@@ -80,13 +79,13 @@ class MemoryBroker:
         finally:
             self._delivering = False
 
-    def link_connected(self, link: RedisLink, now: float) -> None:
+    def link_opened(self, link: int, now: float) -> None:
         """Never called: this broker opens no link."""
 
-    def link_data(self, link: RedisLink, data: bytes, now: float) -> None:
+    def link_data(self, link: int, data: bytes, now: float) -> None:
         """Never called: this broker opens no link."""
 
-    def link_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+    def link_lost(self, link: int, now: float, error: str = "") -> None:
         """Never called: this broker opens no link."""
 
     def handle_timer(self, now: float) -> None:
