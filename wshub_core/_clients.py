@@ -1,10 +1,11 @@
 """The client table: every client socket of one core, from accept to the last byte.
 
 A core (``Hub``, ``EchoHub``) owns one table and talks to it in commands
-(answer, accept, send, close, pause/resume reading for a reason); the table
-reports what the sockets did (outcomes, and the clients that left) and owns
-every per-socket deadline: handshake, keepalive, write stall, the abort of a
-graceful close that cannot flush.
+(answer, accept, read_body, start_stream, send, close, pause/resume reading
+for a reason); the table reports what the sockets did (outcomes, and the
+clients that left) and owns every per-socket deadline: handshake (and request
+body, and a kept-alive connection's idle wait), keepalive, write stall, the
+abort of a graceful close that cannot flush.
 
 Rules:
 1. The table never knows channels, groups or brokers; a core never reaches
@@ -27,6 +28,17 @@ Rules:
    deadline (``writeWait`` after the close, or after the write pause that was
    already running) the table sends ``CloseClient(abort=True)``. Closing
    sockets are not clients (``count()``), but ``is_idle()`` waits for them.
+6. A decision that lets buffered bytes parse further (``read_body``, an answer
+   that keeps the connection alive) only changes state; the table parses on
+   after the callback returns, in a loop (``ClientConnection.pending``), so a
+   body or a pipelined request read with its head is delivered in the same
+   ``data()`` call. A decision taken outside ``on_outcomes`` (a deferred
+   answer) is parsed on at the start of the next ``flush``, before output is
+   built: never from inside the owner's own call.
+7. Times the table cannot see are taken at ``flush(now)`` (the owner's latest
+   input of any part): the start of a kept-alive connection's idle wait and a
+   stream's last output, so a deferred answer or a chunk from a broker
+   callback does not count from a stale client input.
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ from ._metrics import Sample
 from ._timers import Timers
 
 __all__ = ["ClientTable", "Pause"]
+
+_PING_CHUNK = b": ping\n\n"  # an SSE comment: readers ignore it; a proxy or a dead peer shows itself
 
 
 class Pause(enum.Flag):
@@ -56,14 +70,19 @@ class ClientTable:
     def __init__(self, *, sink: list[Action], on_outcomes: Callable[[ClientConnection, list[Outcome], float], None],
                  on_left: Callable[[ClientConnection], None], max_header_size: int, max_message_size: int,
                  max_outbound_buffer: int, handshake_timeout: float, write_wait: float,
-                 pong_wait: float | None) -> None:
+                 pong_wait: float | None,
+                 on_kept_alive: Callable[[ClientConnection, int], None] | None = None) -> None:
         """``sink``: the owner's action list, so the table's actions keep their order among the owner's.
 
         ``on_outcomes(client, outcomes, now)``: what a client's bytes completed;
-        ``on_left(client)``: a client was forgotten (closed and flushed, or its transport lost).
+        ``on_left(client)``: a client was forgotten (closed and flushed, or its transport lost);
+        its ``http_status`` is the answer that ended it (0: none).
+        ``on_kept_alive(client, status)``: an answer after which the connection stayed open
+        for another request; with ``on_left``'s ``http_status`` that is every answer, once.
 
-        ``pong_wait``: close a silent open client after this long, pinging at 0.9 of it;
-        None: no keepalive (a conformance target must not send unsolicited pings).
+        ``pong_wait``: close a silent open client after this long, pinging at 0.9 of it, and
+        send a stream a comment after half of it without output; None: no keepalive (a
+        conformance target must not send unsolicited pings).
         """
         self._sink = sink
         self._max_header_size = max_header_size
@@ -79,6 +98,10 @@ class ClientTable:
         self._closing: dict[int, float] = {}  # conn -> abort deadline: closed gracefully, socket not gone yet
         self._on_outcomes = on_outcomes
         self._on_left = on_left
+        self._on_kept_alive = on_kept_alive
+        self._feeding: ClientConnection | None = None  # the client whose data() is delivering outcomes
+        self._reparse: dict[int, ClientConnection] = {}  # decided outside on_outcomes: parse on at flush
+        self._stamp: dict[int, ClientConnection] = {}  # an idle wait or a stream's output starts at flush
         self.now = 0.0  # time of the latest input: the owner builds its output at that time
         self._timers = Timers()
         self._next_conn = 0
@@ -109,7 +132,10 @@ class ClientTable:
         self._dirty[conn] = client
         outcomes = client.feed(data, now)
         if outcomes:
-            self._on_outcomes(client, outcomes, now)
+            if client.state is ClientState.OPEN:
+                self._on_outcomes(client, outcomes, now)  # messages: the hot path, as it always was
+            else:
+                self._deliver(client, outcomes, now)
 
     def eof(self, conn: int, now: float) -> None:
         """The peer half-closed (idempotent): we close too."""
@@ -154,6 +180,8 @@ class ClientTable:
     def handle_timer(self, now: float) -> None:
         """Act on every client deadline that is due."""
         self.now = now
+        if self._stamp:
+            self._stamp_times(now)  # a deferred answer's idle wait starts no earlier than now
         for owner in self._timers.pop_due(now):
             assert isinstance(owner, int)
             client = self._clients.get(owner)
@@ -176,12 +204,68 @@ class ClientTable:
     def get(self, conn: int) -> ClientConnection | None:
         return self._clients.get(conn)
 
-    def answer(self, conn: int, status: int, body: str, *, headers: tuple[tuple[str, str], ...] = (),
-               content_type: str = "text/plain; charset=utf-8") -> None:
-        """A plain HTTP answer; the socket closes after it."""
-        client = self._clients[conn]
-        client.answer(status, body, headers=headers, content_type=content_type)
+    def answer(self, conn: int, status: int, body: str | bytes, *, headers: tuple[tuple[str, str], ...] = (),
+               content_type: str = "text/plain; charset=utf-8", keep_alive: bool = False) -> None:
+        """A complete HTTP answer; the socket closes after it unless kept alive.
+
+        ``keep_alive``: if h11 allows it too (``ClientConnection.answer``), the
+        connection goes back to reading a head (handshakeTimeout to send one,
+        else it is closed quietly) and ``on_kept_alive`` hears of the answer.
+        A ``conn`` that already left is ignored (a deferred answer may lose the race).
+        """
+        client = self._clients.get(conn)
+        if client is None:
+            return
         self._dirty[conn] = client
+        if not client.answer(status, body, headers=headers, content_type=content_type, keep_alive=keep_alive):
+            return
+        client.head_since = self.now
+        self._stamp[conn] = client
+        self._timers.schedule(conn, self.now + self._handshake_timeout)
+        if client is not self._feeding:
+            self._reparse[conn] = client  # pipelined requests behind a deferred answer
+        if self._on_kept_alive is not None:
+            self._on_kept_alive(client, status)
+
+    def read_body(self, conn: int, limit: int) -> None:
+        """Read the body of the request just delivered; ``HttpBody`` follows through ``on_outcomes``.
+
+        Call it from ``on_outcomes`` on an ``HttpRequest``; what is already buffered
+        is parsed once the callback returns. A body over ``limit`` bytes is answered
+        413 (at once for a Content-Length), a bad chunked encoding 400, one not
+        complete within handshakeTimeout of its head's wait 408; each closes.
+        """
+        client = self._clients[conn]
+        self._dirty[conn] = client
+        client.read_body(limit)
+        if client is not self._feeding:
+            self._reparse[conn] = client
+
+    def start_stream(self, conn: int, *, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer 200 with an open-ended body (e.g. ``text/event-stream``); ``send_chunk`` fills it.
+
+        A stream has the outbound bound and write-stall deadline of a WebSocket,
+        and a ``: ping`` comment after pongWait/2 without output. A ``conn`` that
+        already left is ignored.
+        """
+        client = self._clients.get(conn)
+        if client is None:
+            return
+        self._dirty[conn] = client
+        client.start_stream(content_type=content_type, headers=headers)
+        if client.state is ClientState.STREAM:
+            client.last_ping = self.now
+            self._stamp[conn] = client
+            if self._pong_wait is not None:
+                self._timers.schedule(conn, self.now + self._pong_wait / 2)
+
+    def send_chunk(self, conn: int, data: bytes) -> None:
+        """Queue one chunk of a stream (coalesced like frames); ignored once it left or closed."""
+        client = self._clients.get(conn)
+        if client is not None and client.state is ClientState.STREAM:
+            client.send_chunk(data)
+            self._dirty[conn] = client
+            self._stamp[conn] = client
 
     def accept(self, conn: int, request: HttpRequest, now: float) -> bool:
         """Upgrade to WebSocket (False: wsproto refused the handshake and answered it)."""
@@ -208,12 +292,14 @@ class ClientTable:
             dirty[conn] = client
 
     def close(self, conn: int, code: int, reason: str) -> None:
+        """Close from our side (a stream's body ends properly); ignored once it left."""
         client = self._clients.get(conn)
         if client is not None:
             client.close(code, reason)
             self._dirty[conn] = client
 
     def close_all(self, code: int, reason: str) -> None:
+        """Close every socket (shutdown)."""
         for client in self._clients.values():
             client.close(code, reason)
             self._dirty[client.conn] = client
@@ -273,6 +359,12 @@ class ClientTable:
 
     def flush(self, now: float) -> None:
         """Queue one write per socket with what is owed to it, closes after; forget the closed."""
+        while self._reparse:
+            conn, client = self._reparse.popitem()
+            self._dirty[conn] = client
+            self._deliver(client, [], now)
+        if self._stamp:
+            self._stamp_times(now)
         if not self._dirty:
             return
         actions = self._sink
@@ -283,7 +375,7 @@ class ClientTable:
             if client.out:
                 if client.write_paused_since is None:
                     actions.append(SendToClient(conn=conn, data=client.take_output()))
-                elif client.out_bytes > limit and client.state is ClientState.OPEN:
+                elif client.out_bytes > limit and client.state is not ClientState.CLOSED:
                     self._close_slow(client, f"over {limit} bytes queued")
                     self._dirty.pop(conn, None)
             if client.state is ClientState.CLOSED and conn in self._clients:
@@ -300,6 +392,31 @@ class ClientTable:
                     self._timers.schedule(conn, deadline)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _deliver(self, client: ClientConnection, outcomes: list[Outcome], now: float) -> None:
+        """Hand ``outcomes`` to the owner, then what its decisions let the buffered bytes complete."""
+        self._feeding = client
+        try:
+            while True:
+                if outcomes:
+                    self._on_outcomes(client, outcomes, now)
+                    if client.state is ClientState.OPEN:
+                        return  # frames: the owner reads those behind an upgrade itself
+                outcomes = client.pending()
+                if not outcomes:
+                    return
+        finally:
+            self._feeding = None
+
+    def _stamp_times(self, now: float) -> None:
+        """Start kept-alive idle waits and stream output clocks at the owner's latest input time."""
+        for client in self._stamp.values():
+            if client.state is ClientState.STREAM:
+                client.last_ping = now
+            elif client.state is ClientState.HTTP and client.head_since < now:
+                client.head_since = now
+                self._timers.schedule(client.conn, now + self._handshake_timeout)
+        self._stamp.clear()
 
     def _add_pause(self, conn: int, reason: Pause, *, urgent: bool) -> None:
         reasons = self._paused.get(conn, Pause.NONE)
@@ -320,22 +437,15 @@ class ClientTable:
             self._paused[conn] = reasons
             return
         del self._paused[conn]
-        if client.state is ClientState.OPEN:
+        if client.state is not ClientState.CLOSED:  # a kept-alive HTTP connection is read again too
             client.last_seen = now  # it could not be heard while we did not read it
             self._sink.append(ResumeClient(conn=conn))
             self._dirty[conn] = client
 
     def _client_timer(self, client: ClientConnection, now: float) -> None:
         conn = client.conn
-        if client.state is ClientState.HTTP:
-            deadline = client.opened_at + self._handshake_timeout
-            if now >= deadline:
-                client.close(0, "handshake timeout", abort=True)
-                self._dirty[conn] = client
-            else:
-                self._timers.schedule(conn, deadline)
-            return
-        if client.state is not ClientState.OPEN:
+        state = client.state
+        if state is ClientState.CLOSED:
             return
         deadlines = []
         if client.write_paused_since is not None:
@@ -344,13 +454,45 @@ class ClientTable:
                 self._close_slow(client, f"could not write for {self._write_wait:g}s")
                 return
             deadlines.append(stalled)
-        if self._pong_wait is not None:
-            keepalive = self._keepalive(client, self._pong_wait, now)
-            if keepalive is None:
+        if state is ClientState.OPEN:
+            if self._pong_wait is not None:
+                keepalive = self._keepalive(client, self._pong_wait, now)
+                if keepalive is None:
+                    return
+                deadlines.append(keepalive)
+        elif state is ClientState.STREAM:
+            if self._pong_wait is not None:
+                deadlines.append(self._stream_keepalive(client, self._pong_wait / 2, now))
+        elif state is not ClientState.WAITING:  # HTTP, REQUEST, BODY: the request's deadline
+            deadline = client.head_since + self._handshake_timeout
+            if now >= deadline:
+                self._request_timeout(client)
                 return
-            deadlines.append(keepalive)
+            deadlines.append(deadline)
         if deadlines:
             self._timers.schedule(conn, min(deadlines))
+
+    def _request_timeout(self, client: ClientConnection) -> None:
+        """handshakeTimeout passed: 408 for a slow body, a quiet close for an idle kept-alive connection."""
+        timeout = self._handshake_timeout
+        if client.state is ClientState.BODY:
+            client.answer(408, f"request body not complete within {timeout:g}s\n")
+        elif client.state is ClientState.HTTP and client.kept_alive:
+            client.close(0, "keep-alive idle timeout")  # nothing owed: a FIN, which a client retries on
+        else:
+            client.close(0, "handshake timeout", abort=True)
+        self._dirty[client.conn] = client
+
+    def _stream_keepalive(self, client: ClientConnection, interval: float, now: float) -> float:
+        """A comment chunk after ``interval`` without output; the next such deadline."""
+        due = client.last_ping + interval
+        if now < due:
+            return due
+        if client.write_paused_since is None:  # a full socket has its own deadline (writeWait)
+            client.send_chunk(_PING_CHUNK)
+            self._dirty[client.conn] = client
+        client.last_ping = now
+        return now + interval
 
     def _keepalive(self, client: ClientConnection, pong_wait: float, now: float) -> float | None:
         """Ping when due, close when silent too long; the next keepalive deadline (None: closed)."""
@@ -385,5 +527,7 @@ class ClientTable:
         del self._clients[conn]
         self._dirty.pop(conn, None)
         self._paused.pop(conn, None)
+        self._reparse.pop(conn, None)
+        self._stamp.pop(conn, None)
         self._timers.cancel(conn)
         self._on_left(client)
