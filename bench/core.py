@@ -12,7 +12,7 @@ subscribe/unsubscribe confirmations, ``message`` pushes, PUBLISH integer
 replies). Every input is followed by a drain (``hub.actions()``), as a shell
 that drains after every input would. Phases, each measured on its own:
 
-1. ``connect``: N clients: handshake, SUBSCRIBE groups-new:KEY confirmed,
+1. ``connect``: N clients: handshake, SUBSCRIBE groups-new:KEY (with client-send:KEY, client-kick:KEY) confirmed,
    client-new published (and answered), the listener's groups answer
    (``["all","gI"]``, I = client index mod G), group SUBSCRIBEs confirmed;
 2. ``fanout``: M messages to group ``all`` (N members): M x N deliveries;
@@ -354,8 +354,11 @@ class CoreBench:
         for c in self.clients:
             handshake = c.ws.send(Request(host="hub.test", target=f"/ws?session_key={c.key.decode()}"))
             key_channel = self.channel(b"groups-new:" + c.key)
-            self.subscribed += 1
-            confirm = push(b"subscribe", key_channel, self.subscribed)
+            key_channels = [key_channel, self.channel(b"client-send:" + c.key), self.channel(b"client-kick:" + c.key)]
+            confirm = b""
+            for ch in key_channels:
+                self.subscribed += 1
+                confirm += push(b"subscribe", ch, self.subscribed)
             answer = message(key_channel, b"[" + b",".join(b'"%s"' % g for g in c.groups) + b"]")
             new = [self.channel(b"group-data:" + g) for g in c.groups if g not in seen]
             seen.update(c.groups)
@@ -364,7 +367,7 @@ class CoreBench:
                 self.subscribed += 1
                 confirms += push(b"subscribe", ch, self.subscribed)
             plan.append((c, handshake, confirm, answer, confirms))
-            want["sub"] += [[b"SUBSCRIBE", key_channel], *([b"SUBSCRIBE", ch] for ch in new)]
+            want["sub"] += [[b"SUBSCRIBE", *key_channels], *([b"SUBSCRIBE", ch] for ch in new)]
             want["cmd"].append([b"PUBLISH", self.channel(b"client-new"), c.key])
         published = integer(1)  # the listener got client-new
 
@@ -451,7 +454,7 @@ class CoreBench:
         want: dict[str, list[list[bytes]]] = {"sub": [], "cmd": []}
         for c in self.clients:
             close = c.ws.send(CloseConnection(code=1000))
-            gone = [self.channel(b"groups-new:" + c.key)]
+            gone = [self.channel(kind + c.key) for kind in (b"groups-new:", b"client-send:", b"client-kick:")]
             gone += [self.channel(b"group-data:" + g) for g in c.groups if last_of[g] == c.index]
             confirms = b""
             for ch in gone:

@@ -384,3 +384,123 @@ class DelayingProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- HTTP API clients: real HTTP/1.1 over TCP, parsed by h11 (the client side of the same library) ----------------
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection to the hub; ``request`` sends a request and reads its whole answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        self._h11 = h11
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> HttpClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(self, method: str, path: str, body: bytes = b"", *, key: str | None = TEST_API_KEY,
+                      headers: tuple[tuple[str, str], ...] = (), chunks: list[bytes] | None = None,
+                      ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body; ``chunks`` sends the body chunked, in those pieces."""
+        h11 = self._h11
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        all_headers = [("host", "hub.test"), *headers]
+        if key is not None:
+            all_headers.append(("authorization", f"Bearer {key}"))
+        if chunks is not None:
+            all_headers.append(("transfer-encoding", "chunked"))
+        elif body or method in ("POST", "PUT"):
+            all_headers.append(("content-length", str(len(body))))
+        data = self.conn.send(h11.Request(method=method, target=path, headers=all_headers)) or b""
+        for piece in chunks if chunks is not None else ([body] if body else []):
+            data += self.conn.send(h11.Data(data=piece)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        self.writer.write(data)
+        return await within(self._answer())
+
+    async def _answer(self) -> tuple[int, dict[str, str], bytes]:
+        h11 = self._h11
+        status, headers, body = 0, {}, bytearray()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, headers, bytes(body)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class EventStream:
+    """``GET /api/events`` read as a browser's EventSource would: one (event, data) per blank-line-ended block."""
+
+    def __init__(self, client: HttpClient) -> None:
+        self.client = client
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._buffer = b""
+
+    @classmethod
+    async def open(cls, port: int, *, key: str = TEST_API_KEY) -> EventStream:
+        import h11
+
+        stream = cls(await HttpClient.open(port))
+        conn = stream.client.conn
+        stream.client.writer.write(conn.send(h11.Request(method="GET", target="/api/events", headers=[
+            ("host", "hub.test"), ("authorization", f"Bearer {key}"), ("accept", "text/event-stream")])) or b"")
+        stream.client.writer.write(conn.send(h11.EndOfMessage()) or b"")
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await within(stream.client.reader.read(65536)))
+            elif isinstance(event, h11.Response):
+                stream.status = event.status_code
+                stream.headers = {k.decode(): v.decode() for k, v in event.headers}
+                return stream
+            else:
+                raise AssertionError(f"unexpected {event!r} before the event stream's head")
+
+    async def next(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]]:
+        """The next event (comments skipped): its name and its JSON data."""
+        import json
+
+        import h11
+
+        conn = self.client.conn
+        while True:
+            block, sep, rest = self._buffer.partition(b"\n\n")
+            if sep:
+                self._buffer = rest
+                fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if line and not line.startswith(b":"))
+                if fields:
+                    return fields[b"event"].decode(), json.loads(fields[b"data"])
+                continue
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await within(self.client.reader.read(65536), timeout)
+                if not data:
+                    raise EOFError("the event stream ended")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                self._buffer += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                raise EOFError("the event stream ended")
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -151,7 +151,7 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
             await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
                            what="key confirmed")
             await r.publish(f"{prefix}groups-new:k", '["g"]')
-            await wait_for(lambda: server.core.ready and len(server.core.needed_channels()) == 2, what="in g")
+            await wait_for(lambda: server.core.ready and len(server.core.needed_channels()) == 4, what="in g")
             payload = "x" * 60_000
             paused = asyncio.get_running_loop().create_future()
             while not paused.done():

@@ -27,11 +27,12 @@ from typing import Protocol
 
 from ._metrics import Sample
 
-__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublisherBack", "Sample"]
+__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublished", "OnPublisherBack", "Sample"]
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, payload) on a needed channel
 OnConfirmed = Callable[[bytes], None]  # the latest need() of a channel is in effect
 OnPublisherBack = Callable[[], None]  # publishing works again after an outage
+OnPublished = Callable[[int, str], None]  # (ticket, error): the server took (error "") or refused a publish
 
 
 class Broker(Protocol):
@@ -48,11 +49,20 @@ class Broker(Protocol):
     def release(self, channel: bytes) -> None:
         """``channel`` is no longer needed (on 1 -> 0 users)."""
 
+    def need_prefix(self, prefix: bytes) -> None:
+        """Deliver every channel that starts with ``prefix`` (the event stream's ``client-data:*``)."""
+
+    def release_prefix(self, prefix: bytes) -> None:
+        """``prefix`` is no longer needed (channels needed by name stay)."""
+
     def is_confirmed(self, channel: bytes) -> bool:
         """The latest need of ``channel`` is in effect at the server."""
 
-    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
-        """Send ``payload`` on ``channel``; ``resend=False``: drop it, not resend it, after an outage."""
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True, ticket: int = 0) -> None:
+        """Send ``payload`` on ``channel``; ``resend=False``: drop it, not resend it, after an outage.
+
+        A nonzero ``ticket`` asks for ``on_published(ticket, error)`` once the server took it (or refused it).
+        """
 
     def link_opened(self, link: int, now: float) -> None:
         """The shell opened the link the broker asked for (``OpenLink``)."""

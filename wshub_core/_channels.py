@@ -13,7 +13,8 @@ __all__ = ["Channels"]
 class Channels:
     """The protocol's channels under one prefix."""
 
-    __slots__ = ("client_new", "client_gone", "_groups_new", "_group_data", "_client_data")
+    __slots__ = ("client_new", "client_gone", "client_data_prefix", "_groups_new", "_group_data", "_client_data",
+                 "client_send_prefix", "client_kick_prefix")
 
     def __init__(self, prefix: str) -> None:
         self.client_new = f"{prefix}client-new".encode()  # the hub announces a key
@@ -21,6 +22,9 @@ class Channels:
         self._groups_new = f"{prefix}groups-new:".encode()
         self._group_data = f"{prefix}group-data:".encode()
         self._client_data = f"{prefix}client-data:".encode()
+        self.client_data_prefix = self._client_data  # the event stream needs every key's: a prefix need
+        self.client_send_prefix = f"{prefix}client-send:".encode()  # a message for every connection of a key
+        self.client_kick_prefix = f"{prefix}client-kick:".encode()  # close every connection of a key
 
     def groups_new(self, key: str) -> bytes:
         """Where the listener answers a key's groups."""
@@ -33,6 +37,11 @@ class Channels:
     def client_data(self, key: str) -> bytes:
         """Where the hub publishes what a key's clients send."""
         return self._client_data + key.encode()
+
+    def key_channels(self, key: str) -> tuple[bytes, bytes, bytes]:
+        """What a key needs while it has a local connection: its groups answer, its sends and its kicks."""
+        raw = key.encode()
+        return self._groups_new + raw, self.client_send_prefix + raw, self.client_kick_prefix + raw
 
     def group_name(self, channel: bytes) -> str:
         """The group a ``group_data`` channel is for (for logs: undecodable bytes replaced)."""

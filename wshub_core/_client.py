@@ -95,6 +95,7 @@ class CloseCode(enum.IntEnum):
     POLICY = 1008  # slow consumer, no groups assigned in time
     TOO_BIG = 1009
     INTERNAL = 1011  # keepalive timeout (as the websockets library does)
+    KICKED = 4000  # a backend closed the key's connections (DELETE /api/keys/KEY, client-kick:KEY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,15 +15,21 @@ Rules:
 
 from __future__ import annotations
 
+import enum
+import hmac
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from ._client import HttpRequest
 
-__all__ = ["ADMIN_PATHS", "Admin", "Answer", "RouteContext", "Upgrade", "admin_answer", "route"]
+__all__ = ["ADMIN_PATHS", "API_PREFIX", "Admin", "Answer", "ApiCall", "ApiKind", "RouteContext", "Upgrade",
+           "admin_answer", "api_error", "route"]
 
 ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+API_PREFIX = "/api/"
+JSON = "application/json"
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -36,6 +42,7 @@ class RouteContext:
     allowed_origins: tuple[str, ...]
     stopping: bool
     full: bool  # webSocket.maxConnections reached
+    api_key: str = ""  # the Bearer token /api/ requests must carry (empty: every API request is refused)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +54,7 @@ class Answer:
     headers: Headers = ()
     content_type: str = "text/plain; charset=utf-8"
     origin_refused: bool = False
+    keep_alive: bool = False  # the API's answers keep the connection for the next request
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,9 +71,68 @@ class Admin:
     path: str
 
 
-def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin:
+class ApiKind(enum.Enum):
+    """The HTTP API's calls (docs/protocol.md, HTTP API); the value is what a log line calls it."""
+
+    GROUP_PUBLISH = "POST /api/groups/{group}"
+    KEY_GROUPS = "PUT /api/keys/{key}/groups"
+    KEY_SEND = "POST /api/keys/{key}"
+    KEY_KICK = "DELETE /api/keys/{key}"
+    EVENTS = "GET /api/events"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiCall:
+    """An authorised API request: ``name`` is the group or key from the path, decoded (empty for events)."""
+
+    kind: ApiKind
+    name: str = ""
+
+
+def api_error(status: int, reason: str, headers: Headers = ()) -> Answer:
+    """An API error: JSON with the reason, on a connection kept alive (the request was read whole)."""
+    return Answer(status=status, body=json.dumps({"error": reason}) + "\n", headers=headers, content_type=JSON,
+                  keep_alive=True)
+
+
+def _api_route(request: HttpRequest, path: str, ctx: RouteContext) -> Answer | ApiCall:
+    """Auth first (an unauthorised caller learns nothing of the paths), then the path, then the method."""
+    auth = request.header(b"authorization") or b""
+    scheme, _, token = auth.partition(b" ")
+    if not ctx.api_key or scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), ctx.api_key.encode()):
+        why = "missing Authorization: Bearer <api.key>" if not auth else "wrong API key"
+        return api_error(401, why, (("www-authenticate", 'Bearer realm="wshub"'),))
+    parts = path[len(API_PREFIX):].split("/")
+    name = ""
+    allowed: dict[bytes, ApiKind] = {}
+    if parts == ["events"]:
+        allowed = {b"GET": ApiKind.EVENTS}
+    elif len(parts) == 2 and parts[0] == "groups" and parts[1]:
+        name, allowed = parts[1], {b"POST": ApiKind.GROUP_PUBLISH}
+    elif len(parts) == 2 and parts[0] == "keys" and parts[1]:
+        name, allowed = parts[1], {b"POST": ApiKind.KEY_SEND, b"DELETE": ApiKind.KEY_KICK}
+    elif len(parts) == 3 and parts[0] == "keys" and parts[1] and parts[2] == "groups":
+        name, allowed = parts[1], {b"PUT": ApiKind.KEY_GROUPS}
+    if not allowed:
+        return api_error(404, f"no such API endpoint: {path}")
+    kind = allowed.get(request.method)
+    if kind is None:
+        methods = ", ".join(m.decode() for m in allowed)
+        return api_error(405, f"{path} takes {methods}", (("allow", methods),))
+    try:
+        decoded = unquote_to_bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return api_error(400, f"the name in {path} is not valid UTF-8 once percent-decoded")
+    return ApiCall(kind=kind, name=decoded)
+
+
+def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin | ApiCall:
     """Decide what a request head gets, in the documented order (docs/protocol.md, HTTP)."""
     path, _, query = request.target.decode("latin-1").partition("?")
+    if path.startswith(API_PREFIX) and path != ctx.server_url:
+        if ctx.stopping:
+            return api_error(503, "server shutting down")
+        return _api_route(request, path, ctx)
     if path in ADMIN_PATHS and path != ctx.server_url:
         return Admin(path=path)
     if path != ctx.server_url:

@@ -27,12 +27,13 @@ from ._actions import (
     StopListening,
     Stopped,
 )
+from ._api import Api
 from ._broker import Broker
 from ._channels import Channels
-from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
+from ._client import ClientConnection, ClientState, CloseCode, HttpBody, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
-from ._http import Admin, Answer, RouteContext, admin_answer, route
+from ._http import Admin, Answer, ApiCall, RouteContext, admin_answer, route
 from ._logs import fingerprint
 from ._memory_broker import MemoryBroker
 from ._metrics import Stats, render
@@ -109,10 +110,13 @@ class Hub:
         self._routing = Routing(channels=self._channels)
         self.broker: Broker
         if config.broker == "memory":
-            self.broker = MemoryBroker(on_message=self._on_pubsub)
+            self.broker = MemoryBroker(on_message=self._on_pubsub, on_published=self._on_published)
         else:
             self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
-                                      on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
+                                      on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
+                                      on_published=self._on_published)
+        self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
+                        ready=lambda: self.ready, not_ready_reason=self._not_ready_reason)
         # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
         self.link_opened = self.broker.link_opened
         self.link_data = self.broker.link_data
@@ -241,6 +245,8 @@ class Hub:
                     self._pause_members()
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)
+            elif isinstance(outcome, HttpBody):
+                self._api.body(client.conn, outcome.data)
         if self._broker_full and client.conn in self._members and client.state is ClientState.OPEN:
             # Over the bound: a connection upgraded now starts paused too (its first frames, read
             # with its request head, were published above: at most one read).
@@ -263,13 +269,17 @@ class Hub:
         decision = route(request, RouteContext(
             server_url=cfg.server_url, client_key=cfg.client_key, allowed_origins=cfg.allowed_origins,
             stopping=self._stopping, full=bool(cfg.max_connections) and len(self._members) >= cfg.max_connections,
+            api_key=cfg.api_key,
         ))
+        if isinstance(decision, ApiCall):
+            self._api.request(conn, decision)
+            return
         if isinstance(decision, Admin):
             decision = admin_answer(request, decision, ready=self.ready, not_ready_reason=self._not_ready_reason,
                                     metrics=self.metrics_text)
         if isinstance(decision, Answer):
             self._clients.answer(conn, decision.status, decision.body, headers=decision.headers,
-                                 content_type=decision.content_type)
+                                 content_type=decision.content_type, keep_alive=decision.keep_alive)
             if decision.origin_refused and self._info:
                 origin = request.header(b"origin")
                 log.info("client %s%d refused: 403 origin not allowed: %s", self._conn_prefix, conn,
@@ -323,6 +333,7 @@ class Hub:
             self.stats.http_answers[client.http_status] += 1
         member = self._members.pop(conn, None)
         if member is None:
+            self._api.forget(conn)
             return
         self._timers.cancel(conn)
         removed, last = self._routing.remove(conn)
@@ -366,7 +377,9 @@ class Hub:
             return
         conns = self._routing.conns_of_key(channel)
         if conns is None:
-            return  # a message that crossed our UNSUBSCRIBE
+            if not self._key_message(channel, payload) and self._api.streaming:
+                self._api.event(channel, payload)
+            return  # else a message that crossed our UNSUBSCRIBE
         groups = parse_groups(payload)
         if groups is None:
             fp = self._fp(self._members[next(iter(conns))])
@@ -382,6 +395,29 @@ class Hub:
             log.info("groups of %s sha256:%s set to %d group(s) %s for %d connection(s)", self.config.client_key,
                      fp, len(groups), groups, len(conns),
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
+
+    def _key_message(self, channel: bytes, payload: bytes) -> bool:
+        """``client-send:KEY`` (a message for each connection of KEY) or ``client-kick:KEY`` (close them)."""
+        conns = self._routing.conns_for_key_channel(channel)
+        if conns is None:
+            return False
+        if channel.startswith(self._channels.client_send_prefix):
+            frame = encode_message(payload)
+            self._clients.broadcast(conns, frame)
+            self.stats.messages_out += len(conns)
+            self.stats.bytes_out += len(frame) * len(conns)
+            return True
+        reason = payload[:123].decode("utf-8", "ignore") or "closed by the backend"  # a close reason's bound
+        for conn in list(conns):
+            self._clients.close(conn, CloseCode.KICKED, reason)
+        if self._info:
+            fp = self._fp(self._members[next(iter(conns))])
+            log.info("%s sha256:%s kicked: %d connection(s) closed with %d", self.config.client_key, fp, len(conns),
+                     CloseCode.KICKED, extra={"event": "kick", "key": fp, "count": len(conns)})
+        return True
+
+    def _on_published(self, ticket: int, error: str) -> None:
+        self._api.published(ticket, error)
 
     def _announce_again(self) -> None:
         """The command link is back: client-new for every connection still waiting for its groups.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._broker import OnMessage
+from ._broker import OnMessage, OnPublished
 from ._metrics import Sample
 
 __all__ = ["MemoryBroker"]
@@ -29,9 +29,10 @@ __all__ = ["MemoryBroker"]
 class MemoryBroker:
     """``Broker`` in one process."""
 
-    def __init__(self, *, on_message: OnMessage) -> None:
-        """``on_message`` is the hub's delivery callback."""
+    def __init__(self, *, on_message: OnMessage, on_published: OnPublished | None = None) -> None:
+        """``on_message`` is the hub's delivery callback; ``on_published`` hears of ticketed publishes."""
         self._on_message = on_message
+        self._on_published = on_published
         self._needed: set[bytes] = set()
         self._prefixes: set[bytes] = set()  # pattern needs: every channel starting with one of them
         self._queue: deque[tuple[bytes, bytes]] = deque()
@@ -63,10 +64,15 @@ class MemoryBroker:
         """A need is in effect as soon as it is made."""
         return channel in self._needed
 
-    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
-        """Deliver now if ``channel`` is needed (after any delivery in progress); else drop it, as Redis does."""
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True, ticket: int = 0) -> None:
+        """Deliver now if ``channel`` is needed (after any delivery in progress); else drop it, as Redis does.
+
+        A ticket is confirmed once the message is queued: it is as taken as it will ever be.
+        """
         self.published += 1
         self._queue.append((channel, payload))
+        if ticket and self._on_published is not None:
+            self._on_published(ticket, "")
         if self._delivering:
             return
         self._delivering = True

@@ -196,14 +196,17 @@ class RedisSession:
 class SubscriberSession(RedisSession):
     """The pub/sub link: subscription bookkeeping and incoming messages."""
 
-    __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed")
+    __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed", "_patterns", "_pending_psub")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, healthy_after: float) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
         self._last_op: dict[bytes, bool] = {}  # channel -> True if SUBSCRIBE was sent last
         self._pending_sub: dict[bytes, int] = {}  # SUBSCRIBE confirmations still owed
-        self._ops: list[tuple[bool, bytes]] = []  # queued (subscribe?, channel), in order
+        self._ops: list[tuple[bytes, bytes]] = []  # queued (verb, channel or pattern), in order
         self._owed = 0  # replies owed (subscribe/unsubscribe confirmations, pong)
+        # Patterns (PSUBSCRIBE), the same bookkeeping: few of them (the event stream's client-data:*).
+        self._patterns: dict[bytes, bool] = {}
+        self._pending_psub: dict[bytes, int] = {}
 
     def is_confirmed(self, channel: bytes) -> bool:
         return self._last_op.get(channel) is True and channel not in self._pending_sub
@@ -216,17 +219,35 @@ class SubscriberSession(RedisSession):
         if self._last_op.get(channel) is not True:
             self._last_op[channel] = True
             self._pending_sub[channel] = self._pending_sub.get(channel, 0) + 1
-            self._ops.append((True, channel))
+            self._ops.append((b"SUBSCRIBE", channel))
 
     def unwant(self, channel: bytes) -> None:
         if self._last_op.get(channel) is True:
             self._last_op[channel] = False
-            self._ops.append((False, channel))
+            self._ops.append((b"UNSUBSCRIBE", channel))
+
+    def want_pattern(self, pattern: bytes) -> None:
+        """PSUBSCRIBE ``pattern`` (a glob: the caller escapes what must match literally)."""
+        if self._patterns.get(pattern) is not True:
+            self._patterns[pattern] = True
+            self._pending_psub[pattern] = self._pending_psub.get(pattern, 0) + 1
+            self._ops.append((b"PSUBSCRIBE", pattern))
+
+    def unwant_pattern(self, pattern: bytes) -> None:
+        if self._patterns.get(pattern) is True:
+            self._patterns[pattern] = False
+            self._ops.append((b"PUNSUBSCRIBE", pattern))
+
+    def subscribed_patterns(self) -> set[bytes]:
+        """Patterns for which PSUBSCRIBE was the last command sent."""
+        return {p for p, sub in self._patterns.items() if sub}
 
     def connected(self, now: float) -> bytes:
         prelude = super().connected(now)
         self._last_op.clear()
         self._pending_sub.clear()
+        self._patterns.clear()
+        self._pending_psub.clear()
         self._ops.clear()
         self._owed = 0
         return prelude
@@ -235,6 +256,8 @@ class SubscriberSession(RedisSession):
         super().lost(now)
         self._last_op.clear()
         self._pending_sub.clear()
+        self._patterns.clear()
+        self._pending_psub.clear()
         self._ops.clear()
         self._owed = 0
 
@@ -248,16 +271,34 @@ class SubscriberSession(RedisSession):
         while i < len(ops):
             verb = ops[i][0]
             j = i
-            while j < len(ops) and ops[j][0] is verb and j - i < 1000:
+            while j < len(ops) and ops[j][0] == verb and j - i < 1000:
                 j += 1
             channels = [ch for _, ch in ops[i:j]]
-            chunks.append(pack(b"SUBSCRIBE" if verb else b"UNSUBSCRIBE", *channels))
+            chunks.append(pack(verb, *channels))
             self._owed += len(channels)
             i = j
         ops.clear()
         if self.waiting_since is None:
             self.waiting_since = now
         return b"".join(chunks)
+
+    def _pattern_reply(self, kind: bytes, pattern: bytes) -> bool:
+        """Bookkeeping of a PSUBSCRIBE/PUNSUBSCRIBE confirmation; False (and ``broken``) if never asked for."""
+        if kind == b"psubscribe":
+            left = self._pending_psub.get(pattern, 0) - 1
+            if left < 0:
+                self.broken = f"confirmation of a PSUBSCRIBE never sent: {pattern!r}"[:200]
+                return False
+            if left:
+                self._pending_psub[pattern] = left
+            else:
+                del self._pending_psub[pattern]
+        elif pattern not in self._patterns:
+            self.broken = f"confirmation of a PUNSUBSCRIBE never sent: {pattern!r}"[:200]
+            return False
+        elif self._patterns[pattern] is False and pattern not in self._pending_psub:
+            del self._patterns[pattern]
+        return True
 
     def ping(self, now: float) -> bytes:
         self._owed += 1
@@ -284,7 +325,17 @@ class SubscriberSession(RedisSession):
                     break
                 out.append(PubMessage(channel=channel, payload=reply[2]))
                 continue
+            if kind == b"pmessage":  # [pmessage, pattern, channel, payload]
+                if len(reply) != 4 or not isinstance(reply[2], bytes) or not isinstance(reply[3], bytes):
+                    self.broken = f"malformed pmessage on the subscriber link: {reply!r}"[:200]
+                    break
+                out.append(PubMessage(channel=reply[2], payload=reply[3]))
+                continue
             self._owed = max(0, self._owed - 1)
+            if kind == b"psubscribe" or kind == b"punsubscribe":
+                if not self._pattern_reply(kind, channel):
+                    break
+                continue
             if kind == b"subscribe":
                 if channel not in self._pending_sub:
                     # A confirmation we are not owed: our bookkeeping and Redis' disagree,
@@ -314,7 +365,7 @@ class SubscriberSession(RedisSession):
 class CommandSession(RedisSession):
     """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
 
-    __slots__ = ("_outbox", "_inflight", "_volatile", "buffered_bytes")
+    __slots__ = ("_outbox", "_inflight", "_volatile", "_tickets", "acknowledged", "buffered_bytes")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, db: int, healthy_after: float) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
@@ -323,6 +374,8 @@ class CommandSession(RedisSession):
         self._outbox: deque[bytes] = deque()  # packed commands not yet written
         self._inflight: deque[bytes] = deque()  # written, reply not yet read
         self._volatile: set[int] = set()  # ids of queued commands a reconnect drops instead of resending
+        self._tickets: dict[int, int] = {}  # id of a queued command -> the ticket its reply confirms
+        self.acknowledged: list[tuple[int, str]] = []  # (ticket, error) the last feeds answered; the caller empties it
         self.buffered_bytes = 0  # bytes in outbox + inflight
 
     @property
@@ -332,7 +385,7 @@ class CommandSession(RedisSession):
     def __len__(self) -> int:
         return len(self._outbox) + len(self._inflight)
 
-    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True, ticket: int = 0) -> None:
         """Queue a PUBLISH. ``resend=False``: after a reconnect it is dropped, not resent.
 
         For announcements whose reason may be gone by the time the link is back
@@ -344,6 +397,8 @@ class CommandSession(RedisSession):
         self.buffered_bytes += len(cmd)
         if not resend:
             self._volatile.add(id(cmd))
+        if ticket:
+            self._tickets[id(cmd)] = ticket
 
     def ping(self, now: float) -> None:
         self._outbox.append(_PING)
@@ -378,6 +433,7 @@ class CommandSession(RedisSession):
         return data
 
     def feed(self, data: bytes, now: float) -> list[hiredis.ReplyError]:
+        """Replies, in order; the errors are returned, and each ticket answered goes to ``acknowledged``."""
         errors: list[hiredis.ReplyError] = []
         for reply in self._replies(data, now):
             if not self._inflight:
@@ -390,6 +446,10 @@ class CommandSession(RedisSession):
                     self._volatile.discard(id(cmd))
             if isinstance(reply, hiredis.ReplyError):
                 errors.append(reply)
+            if self._tickets:
+                ticket = self._tickets.pop(id(cmd), 0)
+                if ticket:
+                    self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else ""))
         if not self._prelude_pending:
             self.waiting_since = now if self._inflight else None
         return errors

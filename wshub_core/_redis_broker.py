@@ -24,7 +24,7 @@ import enum
 import logging
 
 from ._actions import Action, CloseLink, OpenLink, SendToLink
-from ._broker import OnConfirmed, OnMessage, OnPublisherBack
+from ._broker import OnConfirmed, OnMessage, OnPublished, OnPublisherBack
 from ._config import Config
 from ._logs import host_port
 from ._metrics import Sample
@@ -51,9 +51,11 @@ class RedisBroker:
     """``Broker`` over one Redis server (``redis.address``)."""
 
     def __init__(self, *, config: Config, seed: int, sink: list[Action], on_message: OnMessage,
-                 on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack) -> None:
+                 on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack,
+                 on_published: OnPublished | None = None) -> None:
         """``seed`` feeds the reconnect jitter (a test can replay it); ``sink`` is the hub's action list."""
         self._config = config
+        self._on_published = on_published
         self._sink = sink
         self._on_message = on_message
         self._on_confirmed = on_confirmed
@@ -81,6 +83,7 @@ class RedisBroker:
         self._link_of: dict[RedisLink, int] = {}  # each role's current link (dialling or open)
         self._role_of: dict[int, RedisLink] = {}  # the same, inverted: link input for any other id is stale
         self._needed: set[bytes] = set()  # resubscribed after every reconnect
+        self._patterns: set[bytes] = set()  # PSUBSCRIBEd (and again after every reconnect)
         self._address = host_port(config.redis_host, config.redis_port)
         self._link_errors: dict[RedisLink, str] = {}  # why each role's link that is not up went down
         self._timers = Timers()
@@ -106,13 +109,28 @@ class RedisBroker:
         self._needed.discard(channel)
         self._sub.unwant(channel)
 
+    def need_prefix(self, prefix: bytes) -> None:
+        """PSUBSCRIBE ``prefix*``, the prefix escaped so that it matches literally."""
+        pattern = _glob_literal(prefix) + b"*"
+        self._patterns.add(pattern)
+        self._sub.want_pattern(pattern)
+
+    def release_prefix(self, prefix: bytes) -> None:
+        """PUNSUBSCRIBE ``prefix*``."""
+        pattern = _glob_literal(prefix) + b"*"
+        self._patterns.discard(pattern)
+        self._sub.unwant_pattern(pattern)
+
     def is_confirmed(self, channel: bytes) -> bool:
         """Redis acknowledged the latest SUBSCRIBE of ``channel``."""
         return self._sub.is_confirmed(channel)
 
-    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
-        """Queue a PUBLISH on the command link (resent in order after a reconnect unless ``resend=False``)."""
-        self._cmd.publish(channel, payload, resend=resend)
+    def publish(self, channel: bytes, payload: bytes, *, resend: bool = True, ticket: int = 0) -> None:
+        """Queue a PUBLISH on the command link (resent in order after a reconnect unless ``resend=False``).
+
+        A ticket is confirmed (``on_published``) when Redis answers the PUBLISH, after any resend.
+        """
+        self._cmd.publish(channel, payload, resend=resend, ticket=ticket)
 
     # -- link inputs (from the shell, through the hub) ---------------------------------
 
@@ -129,6 +147,8 @@ class RedisBroker:
         if session is self._sub:
             for channel in sorted(self._needed):
                 self._sub.want(channel)
+            for pattern in sorted(self._patterns):
+                self._sub.want_pattern(pattern)
         self._timers.schedule(role, session.deadline(self._timeout))
 
     def link_lost(self, link: int, now: float, error: str = "") -> None:
@@ -167,6 +187,12 @@ class RedisBroker:
             for error in self._cmd.feed(data, now):
                 self.publish_errors += 1
                 log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
+            if self._cmd.acknowledged:
+                acknowledged = self._cmd.acknowledged
+                self._cmd.acknowledged = []
+                if self._on_published is not None:
+                    for ticket, error_text in acknowledged:
+                        self._on_published(ticket, error_text)
         if session.broken:
             self._drop_link(role, session, now, session.broken, close=True)
             return
@@ -311,3 +337,13 @@ class RedisBroker:
                 self._cmd.ping(now)
                 return  # flush() sends it and re-arms this link's timer with the reply deadline
         self._timers.schedule(role, session.deadline(timeout))
+
+
+def _glob_literal(text: bytes) -> bytes:
+    """``text`` as a Redis glob that matches only itself: ``*?[]\\`` escaped with a backslash."""
+    out = bytearray()
+    for byte in text:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)

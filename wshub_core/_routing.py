@@ -4,8 +4,8 @@ Rules:
 1. The indexes key->conns, group->conns and conn->groups change together, in
    one method call; there is no way to update one without the others.
 2. A channel is *needed* exactly while some connection needs it:
-   ``groups-new:KEY`` while KEY has a connection, ``group-data:G`` while G has
-   a member. Every mutator returns the channels that became needed or
+   ``groups-new:KEY``, ``client-send:KEY`` and ``client-kick:KEY`` while KEY
+   has a connection, ``group-data:G`` while G has a member. Every mutator returns the channels that became needed or
    unneeded, so the caller can (UN)SUBSCRIBE; the set itself is derived from
    the indexes, never stored separately.
 3. Channel names are bytes with the prefix applied, as Redis sends them back,
@@ -46,7 +46,7 @@ def parse_groups(payload: bytes) -> frozenset[str] | None:
 
 
 class Routing:
-    __slots__ = ("_key_conns", "_group_conns", "_groups_of", "_key_channel_of", "_channels")
+    __slots__ = ("_key_conns", "_group_conns", "_groups_of", "_key_channel_of", "_channels", "_by_key_channel")
 
     def __init__(self, *, channels: Channels) -> None:
         self._channels = channels
@@ -54,6 +54,8 @@ class Routing:
         self._group_conns: dict[bytes, dict[int, None]] = {}  # group-data channel -> conns (ordered)
         self._groups_of: dict[int, frozenset[bytes]] = {}  # conn -> group-data channels
         self._key_channel_of: dict[int, bytes] = {}  # conn -> groups-new channel
+        # client-send / client-kick channel -> the key's groups-new channel, while the key has connections
+        self._by_key_channel: dict[bytes, bytes] = {}
 
     # -- names ------------------------------------------------------------------
 
@@ -69,7 +71,7 @@ class Routing:
     # -- queries ------------------------------------------------------------------
 
     def needed(self) -> set[bytes]:
-        return set(self._key_conns) | set(self._group_conns)
+        return set(self._key_conns) | set(self._by_key_channel) | set(self._group_conns)
 
     def members(self, channel: bytes) -> dict[int, None] | None:
         """Connections of a group-data channel (None if not a group we hold)."""
@@ -78,6 +80,11 @@ class Routing:
     def conns_of_key(self, channel: bytes) -> dict[int, None] | None:
         """Connections of a groups-new channel."""
         return self._key_conns.get(channel)
+
+    def conns_for_key_channel(self, channel: bytes) -> dict[int, None] | None:
+        """Connections of a key's ``client-send`` or ``client-kick`` channel."""
+        key_channel = self._by_key_channel.get(channel)
+        return None if key_channel is None else self._key_conns[key_channel]
 
     def groups_of(self, conn: int) -> frozenset[bytes]:
         return self._groups_of.get(conn, frozenset())
@@ -89,18 +96,20 @@ class Routing:
         return len(self._key_channel_of)
 
     def is_empty(self) -> bool:
-        return not (self._key_conns or self._group_conns or self._groups_of or self._key_channel_of)
+        return not (self._key_conns or self._group_conns or self._groups_of or self._key_channel_of
+                    or self._by_key_channel)
 
     # -- mutators (return channels that became needed / unneeded) -----------------
 
     def add(self, conn: int, key: str) -> list[bytes]:
         assert conn not in self._key_channel_of, "connection added twice"
-        channel = self.key_channel(key)
+        channel, send, kick = self._channels.key_channels(key)
         self._key_channel_of[conn] = channel
         conns = self._key_conns.get(channel)
         if conns is None:
             self._key_conns[channel] = {conn: None}
-            return [channel]
+            self._by_key_channel[send] = self._by_key_channel[kick] = channel
+            return [channel, send, kick]
         conns[conn] = None
         return []
 
@@ -134,7 +143,10 @@ class Routing:
         if conns:
             return removed, False
         del self._key_conns[channel]
-        removed.append(channel)
+        key = channel[len(self._channels.groups_new("")):].decode()
+        _, send, kick = self._channels.key_channels(key)
+        del self._by_key_channel[send], self._by_key_channel[kick]
+        removed += (channel, send, kick)
         return removed, True
 
     def _drop_member(self, channel: bytes, conn: int) -> bool:

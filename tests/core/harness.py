@@ -72,8 +72,8 @@ CMD = RedisLink.COMMANDS
 # RFC 6455 section 7.4.1 codes the hub documents (CloseCode), and the HTTP
 # statuses it documents (architecture.md), plus h11's own hint for a
 # Transfer-Encoding it cannot parse.
-DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011})
-DOCUMENTED_HTTP_STATUSES = frozenset({200, 400, 403, 404, 405, 426, 431, 501, 503})
+DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011, 4000})
+DOCUMENTED_HTTP_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 502, 503})
 
 WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3 sample nonce
 
@@ -164,6 +164,27 @@ def resp_push(kind: bytes, channel: bytes, count: int) -> bytes:
 
 def resp_message(channel: bytes, payload: bytes) -> bytes:
     return resp_array(resp_bulk(b"message"), resp_bulk(channel), resp_bulk(payload))
+
+
+def resp_pmessage(pattern: bytes, channel: bytes, payload: bytes) -> bytes:
+    return resp_array(resp_bulk(b"pmessage"), resp_bulk(pattern), resp_bulk(channel), resp_bulk(payload))
+
+
+def glob_matches(pattern: bytes, channel: bytes) -> bool:
+    """Redis' glob, as far as the hub uses it: backslash escapes and ``*`` (its only pattern is ``PREFIX*``)."""
+    literal, star = bytearray(), False
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == ord("\\") and i + 1 < len(pattern):
+            literal.append(pattern[i + 1])
+            i += 2
+        elif pattern[i] == ord("*") and i == len(pattern) - 1:
+            star = True
+            i += 1
+        else:
+            literal.append(pattern[i])
+            i += 1
+    return channel.startswith(bytes(literal)) if star else channel == bytes(literal)
 
 
 # -- frames and HTTP, written by hand (what hostile clients send) --------------
@@ -258,6 +279,7 @@ class FakeLink:
     up: bool = False
     dialing: bool = False  # OpenLink seen, not answered yet (only when auto_connect is off)
     subscribed: set[bytes] = field(default_factory=set)  # server-side view (subscriber link)
+    patterns: set[bytes] = field(default_factory=set)  # PSUBSCRIBEd globs (subscriber link)
     pending: list[Reply] = field(default_factory=list)  # replies not yet delivered to the hub
     partial: int = 0  # bytes of pending[0] already delivered
     # The prelude (AUTH/SELECT, or PING) each connection opened with: kept apart from ``commands``.
@@ -275,6 +297,7 @@ class FakeLink:
         self.up = False
         self.dialing = False
         self.subscribed.clear()
+        self.patterns.clear()
         self.pending.clear()
         self.partial = 0
         self.session_commands = []
@@ -363,6 +386,12 @@ class FakeRedis:
                 fake.subscribed.discard(channel)
                 out.append(Reply(resp_push(b"unsubscribe", channel, len(fake.subscribed)), "unsubscribe",
                                  channel))
+        elif verb in (b"PSUBSCRIBE", b"PUNSUBSCRIBE"):
+            for pattern in args:
+                (fake.patterns.add if verb == b"PSUBSCRIBE" else fake.patterns.discard)(pattern)
+                kind = verb.lower()
+                out.append(Reply(resp_push(kind, pattern, len(fake.subscribed) + len(fake.patterns)),
+                                 kind.decode(), pattern))
         elif verb == b"PING":
             if fake.subscribed:  # RESP2 subscribed context answers with a push
                 out.append(Reply(resp_array(resp_bulk(b"pong"), resp_bulk(b"")), "pong"))
@@ -383,10 +412,17 @@ class FakeRedis:
     def publish(self, channel: bytes, payload: bytes) -> int:
         """Another Redis client publishes: the hub's subscriber gets it if subscribed now."""
         fake = self.links[SUB]
-        if fake.up and channel in fake.subscribed:
+        if not fake.up:
+            return 0
+        receivers = 0
+        if channel in fake.subscribed:
             fake.pending.append(Reply(resp_message(channel, payload), "message", channel, payload))
-            return 1
-        return 0
+            receivers = 1
+        for pattern in sorted(fake.patterns):
+            if glob_matches(pattern, channel):
+                fake.pending.append(Reply(resp_pmessage(pattern, channel, payload), "message", channel, payload))
+                receivers = 1
+        return receivers
 
 
 # -- clients --------------------------------------------------------------------

@@ -77,7 +77,7 @@ class TestUpgrade_RFC6455_4_2_2:
         h = Harness(make_config("serverUrl: /hub/socket\nclientKey: token\n"))
         ok = ask(h, upgrade_request(b"/hub/socket?token=abc"))
         assert ok.status == 101
-        assert h.commands(SUB)[-1] == [b"SUBSCRIBE", h.channel("groups-new:abc")]
+        assert h.commands(SUB)[-1][:2] == [b"SUBSCRIBE", h.channel("groups-new:abc")]
         assert_answered(h, ask(h, upgrade_request(b"/ws?token=abc")), 404)
         h2 = Harness(make_config("serverUrl: /hub/socket\nclientKey: token\n"))
         assert_answered(h2, ask(h2, upgrade_request(b"/hub/socket?session_key=abc")), 400)
@@ -86,7 +86,7 @@ class TestUpgrade_RFC6455_4_2_2:
         h = Harness()
         client = ask(h, upgrade_request(b"/ws?session_key=a%20b%2Fc&x=1"))
         assert client.status == 101
-        assert h.commands(SUB)[-1] == [b"SUBSCRIBE", h.channel("groups-new:a b/c")]
+        assert h.commands(SUB)[-1][:2] == [b"SUBSCRIBE", h.channel("groups-new:a b/c")]
 
 
 class TestKeysAreUtf8:
@@ -104,7 +104,7 @@ class TestKeysAreUtf8:
     def test_a_utf8_key_is_taken_as_written(self) -> None:
         h = Harness()
         assert ask(h, upgrade_request(b"/ws?session_key=%C3%A9t%C3%A9")).status == 101
-        assert h.commands(SUB)[-1] == [b"SUBSCRIBE", h.channel("groups-new:\u00e9t\u00e9")]
+        assert h.commands(SUB)[-1][:2] == [b"SUBSCRIBE", h.channel("groups-new:\u00e9t\u00e9")]
 
 
 class TestRejections_RFC6455_4_2_1:

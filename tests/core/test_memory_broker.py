@@ -48,7 +48,8 @@ class TestChannelSemantics:
         client = h.connect("k")
         h.hub.broker.publish(b"ws-hub:groups-new:k", b"a,b")
         h.run()
-        assert h.hub.subscribed_channels() == {b"ws-hub:groups-new:k", b"ws-hub:group-data:a", b"ws-hub:group-data:b"}
+        assert h.hub.subscribed_channels() == {b"ws-hub:groups-new:k", b"ws-hub:client-send:k", b"ws-hub:client-kick:k",
+                                               b"ws-hub:group-data:a", b"ws-hub:group-data:b"}
         client.close()
         h.run()
         assert h.hub.subscribed_channels() == set()

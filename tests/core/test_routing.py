@@ -29,7 +29,8 @@ class Model:
         self.groups_of: dict[int, frozenset[str]] = {}
 
     def needed(self, r: Routing) -> set[bytes]:
-        keys = {r.key_channel(k) for k in self.key_of.values()}
+        keys = {f"{PREFIX}{kind}:{k}".encode() for k in self.key_of.values()
+                for kind in ("groups-new", "client-send", "client-kick")}
         groups = {r.group_channel(g) for gs in self.groups_of.values() for g in gs}
         return keys | groups
 
@@ -43,6 +44,11 @@ def check(r: Routing, m: Model) -> None:
         assert r.groups_of(conn) == frozenset(r.group_channel(g) for g in m.groups_of.get(conn, ()))
     for channel in r.needed():
         key_conns = [c for c, k in m.key_of.items() if r.key_channel(k) == channel]
+        send_kick_conns = [c for c, k in m.key_of.items()
+                           if channel in (f"{PREFIX}client-send:{k}".encode(), f"{PREFIX}client-kick:{k}".encode())]
+        assert list(r.conns_for_key_channel(channel) or {}) == send_kick_conns
+        if send_kick_conns:
+            continue
         group_conns = {c for c, gs in m.groups_of.items() if channel in {r.group_channel(g) for g in gs}}
         if key_conns:
             # Oldest first: the hub copies groups from the first sibling.

@@ -78,7 +78,7 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
     vanished, reset, or was aborted (slow consumer) has received a prefix,
     which a1 checks. (a3) Liveness, once the faults stopped and the run
     settled: both links up; the hub's subscriber connection subscribed to
-    exactly the channels the model needs (``groups-new:KEY`` per key with a
+    exactly the channels the model needs (``groups-new:KEY``, ``client-send:KEY``, ``client-kick:KEY`` per key with a
     member, ``group-data:G`` per group of a member), which must also equal
     ``hub.needed_channels()``; ``hub.ready``; every member has groups; no sender
     still paused; a probe published to every group is owed to and received by
@@ -766,6 +766,8 @@ class World:
         self.pfx_key = f"{prefix}groups-new:".encode()
         self.pfx_group = f"{prefix}group-data:".encode()
         self.pfx_data = f"{prefix}client-data:".encode()
+        self.pfx_send = f"{prefix}client-send:".encode()  # needed, like groups-new:KEY, while KEY has a connection
+        self.pfx_kick = f"{prefix}client-kick:".encode()
         self.ch_new = f"{prefix}client-new".encode()
         self.ch_gone = f"{prefix}client-gone".encode()
 
@@ -1630,7 +1632,8 @@ class World:
             if c is None or not c.alive or c.prelude_left:
                 self.fail(f"(a3) the {link.value} link is not up after the faults healed")
         assert c_sub is not None
-        model_needed = {self.pfx_key + k.encode() for k in self.key_members}
+        model_needed = {pfx + k.encode() for k in self.key_members
+                        for pfx in (self.pfx_key, self.pfx_send, self.pfx_kick)}
         for members in self.key_members.values():
             for c in members.values():
                 if c.groups is None:
