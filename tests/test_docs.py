@@ -8,6 +8,7 @@ a redis-server and a hub process of the test's own (at the end of this file).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -15,11 +16,13 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from test_http_answers import example_page, needs_chromium
 
 from helpers import RedisProcess, Subscriber, free_port, wait_until, within
 from wshub_core import KEYS, CloseCode, Hub, env_name, load_config
@@ -78,7 +81,8 @@ class TestConfigYaml:
             assert path in known, f"config.yaml sets {path}, which is not in KEYS"
 
     def test_config_yaml_loads(self) -> None:
-        load_config(read(ROOT / "config.yaml"), source="config.yaml", environ={})
+        config = load_config(read(ROOT / "config.yaml"), source="config.yaml", environ={})
+        assert config.broker == "memory"  # the Quick start runs with nothing else installed
 
 
 class TestProtocolDoc:
@@ -329,5 +333,129 @@ def test_the_try_it_steps_work_as_written(own_redis: RedisProcess, tmp_path: Pat
         hub.terminate()
         assert await within(hub.wait(), 15) == 0
         await drain
+
+    asyncio.run(scenario())
+
+
+# -- README without Redis: the Quick start's curl line and "Try it with curl", run as written --------------------
+
+
+def tcp_peers_of(pid: int) -> list[tuple[int, int]]:
+    """(local port, remote port) of every TCP socket process ``pid`` holds, from /proc (remote 0: listening)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    peers = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    peers.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)))
+    return peers
+
+
+@contextlib.asynccontextmanager
+async def readme_hub() -> AsyncIterator[tuple[int, str, asyncio.subprocess.Process]]:
+    """The Quick start's hub command, run as written in the repository (its config.yaml): port, API key, process."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    env["WSHUB_ADDRESS"] = f"127.0.0.1:{port}"  # the one change: a free port
+    command = quick_start_hub_command().replace(".venv/bin/python", shlex.quote(sys.executable))
+    hub = await asyncio.create_subprocess_shell("exec " + command, cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
+    assert hub.stderr is not None
+    lines = _Lines(hub.stderr, "the hub")
+    try:
+        await lines.until_contains("listening on")
+        found = [re.search(r"HTTP API key \(generated at start.*\): (\S+)$", line) for line in lines.seen]
+        keys = [m.group(1) for m in found if m]
+        assert len(keys) == 1, lines.seen
+        assert "memory broker (in this process)" in lines.seen[-1], lines.seen
+        drain = asyncio.ensure_future(hub.stderr.read())
+        yield port, keys[0], hub
+        hub.terminate()
+        assert await within(hub.wait(), 15) == 0
+        drain.cancel()
+    finally:
+        if hub.returncode is None:
+            hub.kill()
+            await hub.wait()
+
+
+async def shell(command: str, **env: str) -> str:
+    proc = await asyncio.create_subprocess_shell(command, cwd=ROOT, env={**os.environ, **env},
+                                                 stdout=asyncio.subprocess.PIPE)
+    out, _ = await within(proc.communicate(), 10)
+    assert proc.returncode == 0, (command, out)
+    return out.decode().strip()
+
+
+@needs_chromium
+def test_the_quick_start_runs_without_redis_and_its_curl_line_reaches_the_example_page() -> None:
+    """Issue 9's "done when": the first command, no Redis anywhere, the curl line, the page shows the message."""
+    (curl,) = sh_blocks(readme_section("Quick start"))[1]
+    assert curl.startswith("curl ") and "/api/keys/alice" in curl, curl
+    message = re.search(r"-d '([^']*)'", curl).group(1)  # type: ignore[union-attr]
+
+    async def scenario() -> None:
+        async with readme_hub() as (port, key, hub):
+            async with example_page(f"ws://127.0.0.1:{port}/ws") as until:  # the page, with ?key=alice
+                await until(lambda t: "Connected to" in t)
+                assert await shell(curl.replace("Bearer KEY", f"Bearer {key}").replace(
+                    "127.0.0.1:8080", f"127.0.0.1:{port}")) == '{"ok": true}'
+                await until(lambda t: message in t)
+            # no connection to any Redis (nor anything else): every TCP socket is the hub's port's
+            assert all(local == port for local, _ in tcp_peers_of(hub.pid)), tcp_peers_of(hub.pid)
+
+    asyncio.run(scenario())
+
+
+def test_the_try_it_with_curl_steps_work_as_written() -> None:
+    steps = sh_blocks(readme_section("Try it with curl"))
+    comments = sh_blocks(readme_section("Try it with curl"), comments=True)
+    assert [len(s) for s in steps] == [1, 1, 3], steps
+
+    async def scenario() -> None:
+        async with readme_hub() as (port, key, _hub):
+            procs: list[asyncio.subprocess.Process] = []
+
+            def adapt(command: str) -> str:
+                return command.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace(
+                    ".venv/bin/python", shlex.quote(sys.executable))
+
+            async def start(command: str, **kwargs: Any) -> asyncio.subprocess.Process:
+                proc = await asyncio.create_subprocess_shell("exec " + adapt(command), cwd=ROOT,
+                                                             env={**os.environ, "KEY": key},
+                                                             stdout=asyncio.subprocess.PIPE, **kwargs)
+                procs.append(proc)
+                return proc
+
+            try:
+                events = await start(steps[0][0])
+                assert events.stdout is not None
+                terminal1 = _Lines(events.stdout, "terminal 1")
+                await terminal1.until_contains("wshub event stream")  # the stream is open
+                client = await start(steps[1][0], stdin=asyncio.subprocess.PIPE)
+                assert client.stdout is not None and client.stdin is not None
+                terminal2 = _Lines(client.stdout, "terminal 2")
+                await terminal1.until(comments[1][0].split("terminal 1 prints ", 1)[1])
+                for command in steps[2]:
+                    line, _, comment = command.partition("#")
+                    assert await shell(adapt(line), KEY=key) == '{"ok": true}', line
+                    if "prints:" in comment:
+                        await terminal2.until(comment.split("prints: ", 1)[1].strip())
+                client.stdin.write(b"typed by alice\n")
+                await terminal1.until('data: {"key": "alice", "data": "typed by alice"}')
+                client.stdin.close()
+                assert await within(client.wait(), 10) == 0
+                await terminal1.until("event: client-gone")
+            finally:
+                for proc in procs:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
 
     asyncio.run(scenario())

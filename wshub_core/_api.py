@@ -30,6 +30,7 @@ from ._channels import Channels
 from ._clients import ClientTable
 from ._config import Config
 from ._http import JSON, Answer, ApiCall, ApiKind, api_error
+from ._metrics import Sample
 
 __all__ = ["Api"]
 
@@ -154,6 +155,15 @@ class Api:
             self._broker.need(self._channels.client_gone)
             self._broker.need_prefix(self._channels.client_data_prefix)
         self._streams[conn] = None
+
+    def samples(self) -> list[Sample]:
+        """The API's metrics."""
+        return [
+            ("wshub_api_calls_total", "counter", "Authorised HTTP API calls.", [("", self.calls)]),
+            ("wshub_api_event_streams", "gauge", "Open GET /api/events streams.", [("", len(self._streams))]),
+            ("wshub_api_events_total", "counter", "Events written to the streams (each once, to every stream).",
+             [("", self.events)]),
+        ]
 
     @property
     def streaming(self) -> bool:

@@ -479,6 +479,7 @@ class Hub:
              [("", s.closes[CloseCode.TOO_BIG])]),
             *self._clients.samples(),
             *self.broker.samples(),
+            *self._api.samples(),
             ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",
              [("", s.loop_lag)]),
         ])
