@@ -12,7 +12,8 @@
 # (pip wheel '.[example]' -w wheels, with the same Python minor version as the
 # base) and the install takes them and nothing else.
 #
-# The hub reads /app/config.yaml if one is mounted, else runs on defaults;
+# The hub reads /app/config.yaml if one is mounted, else runs on defaults
+# (the memory broker, unless a redis.* key is set: WSHUB_REDIS_ADDRESS=...);
 # WSHUB_* environment variables override both (docs/configuration.md).
 
 ARG BASE=python:3.11-slim

@@ -9,7 +9,10 @@ next to a redis-server of .ci/image's own. In order:
    answers its groups, and a message PUBLISHed to one of them reaches the client;
    what the client sends reaches Redis on client-data:KEY;
 4. `podman stop` (SIGTERM) closes the client with 1001, the hub publishes
-   client-gone, and the container exits with status 0.
+   client-gone, and the container exits with status 0;
+5. a second hub container with no Redis at all (the repository's config.yaml:
+   the memory broker) is ready, and the HTTP API reaches a WebSocket client:
+   a message to its key, its groups, a message to one of them; it stops with 0.
 
 Every wait has a deadline; none is a sleep that guesses. Exit status 0 when all
 pass, 1 with the reason (and the containers' logs) otherwise.
@@ -46,6 +49,9 @@ class Checker:
         self.base = f"http://127.0.0.1:{args.hub_port}"
         self.ws_url = f"ws://127.0.0.1:{args.hub_port}/ws?session_key={KEY}"
         self.redis = aredis.Redis(host="127.0.0.1", port=args.redis_port)
+        self.memory_hub = args.memory_hub_container
+        self.memory_base = f"http://127.0.0.1:{args.memory_hub_port}"
+        self.api_key = args.api_key
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.podman, *argv], capture_output=True, text=True, check=check, timeout=60)
@@ -60,7 +66,7 @@ class Checker:
         """Until probe() is true; a container that stopped fails at once."""
         deadline = time.monotonic() + timeout
         while not probe():
-            for c in (self.hub, self.listener):
+            for c in self.watched:
                 if not self.running(c):
                     raise CheckFailed(f"{what}: container {c} is not running")
             if time.monotonic() > deadline:
@@ -157,7 +163,42 @@ class Checker:
             raise CheckFailed(f"the container exited with status {status} after SIGTERM, expected 0")
         print(f"ok: the container exited with status 0, {time.monotonic() - started:.1f} s after SIGTERM")
 
+    # -- 5. no Redis: the memory broker and the HTTP API ------------------------------------------------
+
+    def api(self, method: str, path: str, body: bytes) -> int:
+        request = urllib.request.Request(self.memory_base + path, data=body, method=method,
+                                         headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+
+    async def memory(self) -> None:
+        self.watched = (self.memory_hub,)
+        base, self.base = self.base, self.memory_base
+        await self.ready()
+        self.base = base
+        logs = self.run("logs", self.memory_hub).stderr
+        if "memory broker (in this process)" not in logs:
+            raise CheckFailed(f"the hub without Redis did not say it runs on the memory broker: {logs!r}")
+        url = self.memory_base.replace("http://", "ws://") + f"/ws?session_key={KEY}"
+        async with websockets.connect(url, open_timeout=10) as ws:
+            for method, path, body, want in (
+                    ("POST", f"/api/keys/{KEY}", b"hello from the API", "hello from the API"),
+                    ("PUT", f"/api/keys/{KEY}/groups", b'["news"]', None),
+                    ("POST", "/api/groups/news", b"news from the API", "news from the API")):
+                status = await asyncio.to_thread(self.api, method, path, body)
+                if status != 200:
+                    raise CheckFailed(f"{method} {path} answered {status}, expected 200")
+                if want is not None and (got := await asyncio.wait_for(ws.recv(), 10)) != want:
+                    raise CheckFailed(f"after {method} {path} the client got {got!r}, expected {want!r}")
+            print("ok: without Redis (memory broker) the HTTP API reached the WebSocket client: "
+                  "a key's message, its groups, a group message")
+        stop = self.run("stop", "--time", "20", self.memory_hub)
+        if stop.returncode != 0 or self.inspect(self.memory_hub, "{{.State.ExitCode}}") != "0":
+            raise CheckFailed(f"the memory-broker hub did not stop with status 0: {stop.stderr.strip()}")
+        print("ok: the memory-broker hub stopped with status 0")
+
     async def main(self) -> None:
+        self.watched = (self.hub, self.listener)
         await self.health()
         await self.ready()
 
@@ -175,9 +216,10 @@ class Checker:
             await self.stop(ws, pubsub)
         await pubsub.aclose()
         await self.redis.aclose()
+        await self.memory()
 
     def logs(self) -> None:
-        for c in (self.hub, self.listener):
+        for c in (self.hub, self.listener, self.memory_hub):
             out = self.run("logs", c, check=False)
             print(f"--- logs of {c} ---\n{out.stdout}{out.stderr}", file=sys.stderr)
 
@@ -189,6 +231,9 @@ def main() -> int:
     parser.add_argument("--listener-container", required=True)
     parser.add_argument("--hub-port", type=int, required=True)
     parser.add_argument("--redis-port", type=int, required=True)
+    parser.add_argument("--memory-hub-container", required=True, help="a hub container started without Redis")
+    parser.add_argument("--memory-hub-port", type=int, required=True)
+    parser.add_argument("--api-key", required=True, help="the memory-broker hub's WSHUB_API_KEY")
     checker = Checker(parser.parse_args())
     try:
         asyncio.run(checker.main())
