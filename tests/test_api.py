@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -188,5 +189,51 @@ def test_redis_cli_and_the_api_mix(redis_server: RedisProcess, prefix: str) -> N
             await wait_for(lambda: not server.core._api.streaming, what="the stream forgotten")
             await wait_for(lambda: server.core.subscribed_channels() == set(), what="everything released")
         await r.aclose()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_an_event_stream_that_stops_reading_is_closed_not_buffered(broker: str, redis_server: RedisProcess,
+                                                                    prefix: str) -> None:
+    """Like a slow WebSocket client: over webSocket.maxOutboundBuffer the stream is aborted, the others go on."""
+
+    async def scenario() -> None:
+        async with api_hub(broker, redis_server, prefix, webSocket_maxOutboundBuffer=65536,
+                           webSocket_writeWait=2) as server:
+            stalled = socket.socket()
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, soon full
+            stalled.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(stalled, ("127.0.0.1", server.port))
+            await loop.sock_sendall(stalled, b"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                                    + TEST_API_KEY.encode() + b"\r\n\r\n")
+            await wait_for(lambda: server.core._api.stream_count() == 1, what="the stalled stream open")
+            reader = await EventStream.open(server.port)  # a stream that reads
+            await wait_for(lambda: server.core.ready, what="the streams' subscriptions confirmed")
+            ws = await connect(server, "chatty")
+            assert await reader.next() == ("client-new", {"key": "chatty"})
+            message = "m" * 1000
+            count = 6000  # 6 MB of events: more than the kernel's send buffer (4 MiB at most here) and the bound
+
+            received = 0
+
+            async def read_all() -> None:  # the reading stream gets every event, read as they come
+                nonlocal received
+                for _ in range(count):
+                    assert await reader.next(timeout=15) == ("client-data", {"key": "chatty", "data": message})
+                    received += 1
+
+            reading = asyncio.ensure_future(read_all())
+            for sent in range(1, count + 1):
+                await ws.send(message)
+                if sent % 20 == 0:  # a reader that keeps up: at most 20 events (~21 KB) behind
+                    await wait_for(lambda n=sent: received >= n or reading.done(), what="the reader keeping up")
+            await within(reading, 30)
+            await wait_for(lambda: server.core.slow_closes >= 1, timeout=15, what="the stalled stream aborted")
+            assert server.core._api.stream_count() == 1
+            await ws.close()
+            await reader.close()
+            stalled.close()
 
     run(scenario)

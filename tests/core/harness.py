@@ -243,6 +243,8 @@ def parse_http_answer(data: bytes, *, method: bytes = b"GET") -> HttpAnswer | No
     while True:
         event = client.next_event()
         if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 100:
+                continue  # "100 Continue" to an Expect: 100-continue; the answer follows
             assert event.status_code == 101, event
             return HttpAnswer(status=101, headers=dict(event.headers), body=b"",
                               rest=bytes(client.trailing_data[0]))
