@@ -419,7 +419,7 @@ def test_the_try_it_with_curl_steps_work_as_written() -> None:
     assert [len(s) for s in steps] == [1, 1, 3], steps
 
     async def scenario() -> None:
-        async with readme_hub() as (port, key, _hub):
+        async with readme_hub() as (port, key, hub):
             procs: list[asyncio.subprocess.Process] = []
 
             def adapt(command: str) -> str:
@@ -452,6 +452,8 @@ def test_the_try_it_with_curl_steps_work_as_written() -> None:
                 client.stdin.close()
                 assert await within(client.wait(), 10) == 0
                 await terminal1.until("event: client-gone")
+                # no Redis involved: every TCP socket the hub holds is on its own port
+                assert all(local == port for local, _ in tcp_peers_of(hub.pid)), tcp_peers_of(hub.pid)
             finally:
                 for proc in procs:
                     if proc.returncode is None:
