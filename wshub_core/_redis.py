@@ -238,6 +238,10 @@ class SubscriberSession(RedisSession):
             self._patterns[pattern] = False
             self._ops.append((b"PUNSUBSCRIBE", pattern))
 
+    def patterns_confirmed(self) -> bool:
+        """Every PSUBSCRIBE sent was confirmed."""
+        return not self._pending_psub
+
     def subscribed_patterns(self) -> set[bytes]:
         """Patterns for which PSUBSCRIBE was the last command sent."""
         return {p for p, sub in self._patterns.items() if sub}

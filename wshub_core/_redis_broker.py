@@ -233,6 +233,7 @@ class RedisBroker:
             self._sub.state is RedisState.READY
             and self._cmd.state is RedisState.READY
             and all(self._sub.is_confirmed(ch) for ch in self._needed)
+            and self._sub.patterns_confirmed()
         )
 
     def not_ready_reason(self) -> str:

@@ -190,6 +190,19 @@ class TestEventStream:
             assert h.redis.links[SUB].patterns == set() and h.redis.links[SUB].subscribed == set()
         assert h.hub.subscribed_channels() == set()
 
+    def test_the_hub_is_not_ready_until_the_pattern_is_confirmed(self) -> None:
+        h = Harness(api_config(), auto_reply=False)
+        assert h.hub.ready
+        stream = h.open()
+        stream.send_raw(api_request(b"GET", b"/api/events"))
+        assert not h.hub.ready  # SUBSCRIBE client-new/client-gone and PSUBSCRIBE sent, not confirmed
+        replies = h.redis.links[SUB].pending
+        assert [r.kind for r in replies] == ["subscribe", "subscribe", "psubscribe"]
+        h.deliver(SUB, count=2)
+        assert not h.hub.ready
+        h.deliver(SUB)
+        assert h.hub.ready
+
     def test_the_pattern_is_escaped_and_comes_back_after_a_reconnect(self) -> None:
         h = Harness(api_config(extra='redis:\n  channelPrefix: "a*[b]?:"\n'))
         self.open_stream(h)
