@@ -48,9 +48,13 @@ def _reply(clients: ClientTable, conn: int, answer: Answer) -> None:
 def groups_error(body: bytes) -> str | None:
     """Why a ``PUT .../groups`` body is not a JSON array of strings (None: it is one)."""
     try:
-        value = json.loads(body)
+        # Strict UTF-8 first, as parse_groups reads it: json.loads(bytes) would also take UTF-16/32 and a
+        # BOM, which the hubs receiving the answer would then read as something else.
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         return "the body is not UTF-8"
+    try:
+        value = json.loads(text)
     except ValueError as exc:
         return f"the body is not JSON: {exc}"
     if not isinstance(value, list):

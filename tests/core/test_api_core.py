@@ -130,6 +130,19 @@ class TestBodies:
         h.advance(2.5)
         assert api.closed
 
+    @pytest.mark.parametrize(("body", "why"), [
+        ('["news"]'.encode("utf-8-sig"), "the body is not JSON: Unexpected UTF-8 BOM"),
+        ('["news"]'.encode("utf-16"), "the body is not UTF-8"),
+        ('["news"]'.encode("utf-32-le"), "the body is not JSON"),
+    ])
+    def test_groups_must_be_utf8_json_as_the_hubs_read_it(self, body: bytes, why: str) -> None:
+        h = Harness(api_config())
+        api = h.open()
+        api.send_raw(api_request(b"PUT", b"/api/keys/k/groups", body))
+        [(status, answer)] = answers(api)
+        assert status == 400 and json.loads(answer)["error"].startswith(why), answer
+        assert h.published(h.channel("groups-new:k")) == []
+
     def test_groups_body_is_checked_before_it_is_published(self) -> None:
         h = Harness(api_config())
         api = h.open()
