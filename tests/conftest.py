@@ -31,3 +31,12 @@ def own_redis() -> Iterator[RedisProcess]:
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
     return f"t{next(_counter)}-{request.node.name[:40]}:"
+
+
+@pytest.fixture
+def redis_port(request: pytest.FixtureRequest, broker: str) -> int:
+    """For a test parametrised over ``broker``: the session's redis-server on Redis, none at all on memory (0)."""
+    if broker == "redis":
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        return server.port
+    return 0

@@ -1,17 +1,23 @@
-"""The WS-Hub protocol (docs/protocol.md) end to end: a real Redis, real WebSocket clients, real sockets.
+"""The WS-Hub protocol (docs/protocol.md) end to end: real WebSocket clients, real sockets, on both brokers.
 
 Each test drives the hub the way a listener, a backend service and browsers do,
-and observes only what they can observe: Redis messages, WebSocket frames and
-what Redis reports about subscriptions.
+and observes only what they can observe: what the backend hears, WebSocket
+frames and, on Redis, what Redis reports about subscriptions. A test whose
+behaviour the docs give both brokers runs twice (ids ``memory`` and ``redis``)
+through a ``Backend`` (tests/backends.py): on Redis a listener's PUBLISH and
+SUBSCRIBE on a real redis-server, on the memory broker (no Redis anywhere) the
+hub's HTTP API. What only Redis can show is a Redis-only test, or a branch
+that says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aredis
+import pytest
 import websockets
 
+from backends import BROKERS, RedisBackend, hub_and_backend
 from helpers import (
     DelayingProxy,
     RedisProcess,
@@ -24,7 +30,6 @@ from helpers import (
     upgrade_head,
     wait_for,
     wait_groups,
-    wait_key_confirmed,
     wait_until,
     within,
     ws_frame,
@@ -33,13 +38,20 @@ from helpers import (
 from wshub_asyncio import Server
 from wshub_core import Hub
 
+both_brokers = pytest.mark.parametrize("broker", BROKERS)
+
 
 async def connect(server: Server[Hub], key: str) -> websockets.ClientConnection:
     return await websockets.connect(ws_url(server.port, key), proxy=None, compression=None)
 
 
-async def publish_groups(r: aredis.Redis, prefix: str, key: str, payload: str | bytes) -> None:
-    assert await r.publish(f"{prefix}groups-new:{key}", payload) == 1, "the hub is not subscribed to the key"
+async def redis_released(backend: RedisBackend, channel: str) -> None:
+    """Until Redis itself no longer counts the hub as a subscriber of ``channel`` (PUBSUB CHANNELS)."""
+
+    async def released() -> bool:
+        return channel not in await hub_channels_in_redis(backend.redis, backend.prefix)
+
+    await wait_until(released, what=f"{channel} unsubscribed")
 
 
 # -- step 2: subscribe, then announce ----------------------------------------------------------------------
@@ -53,6 +65,9 @@ def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(re
     0.2 s: a hub that published client-new before Redis confirmed
     groups-new:KEY would have its announcement reach Redis first, and the
     listener's immediate answer would find no subscriber.
+
+    Redis-only: the race is between a SUBSCRIBE and its confirmation; on the
+    memory broker a need is in effect at once, and there is no link to delay.
     """
 
     async def scenario() -> None:
@@ -86,19 +101,16 @@ def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(re
     asyncio.run(scenario())
 
 
-def test_the_key_is_url_decoded_and_the_first_value_counts(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_the_key_is_url_decoded_and_the_first_value_counts(broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        r = redis_server.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+            await backend.listen("client-new")
             url = f"ws://127.0.0.1:{server.port}/ws?x=1&session_key=%41b+c%2Fd&session_key=second"
             ws = await websockets.connect(url, proxy=None)
-            assert await sub.next() == (f"{prefix}client-new", b"Ab c/d")
-            await wait_key_confirmed(server, prefix, "Ab c/d")
+            assert await backend.next_event() == ("client-new", "Ab c/d", None)
+            await backend.key_ready("Ab c/d")
             await ws.close()
-        await sub.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
@@ -106,90 +118,91 @@ def test_the_key_is_url_decoded_and_the_first_value_counts(redis_server: RedisPr
 # -- step 3: the groups answer -------------------------------------------------------------------------------
 
 
-def test_groups_answer_as_json_array_and_as_comma_list(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_groups_answer_as_json_array_and_as_comma_list(broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
             a, b = await connect(server, "a"), await connect(server, "b")
-            await wait_key_confirmed(server, prefix, "a")
-            await wait_key_confirmed(server, prefix, "b")
-            await publish_groups(r, prefix, "a", '  ["news", "room-7", ""]  ')
-            await publish_groups(r, prefix, "b", b" news , ,room-7,extra, ")
+            await backend.key_ready("a")
+            await backend.key_ready("b")
+            await backend.set_groups("a", '  ["news", "room-7", ""]  ')
+            comma_list = b" news , ,room-7,extra, "
+            if broker == "redis":
+                await backend.set_groups("b", comma_list)
+            else:  # the API takes a JSON array only, so the comma list reaches a hub only through Redis
+                await backend.invalid_groups("b", comma_list)
+                await backend.set_groups("b", '["news", "room-7", "extra"]')
             await wait_groups(server, prefix, {"news", "room-7", "extra"})
             for group, text in (("news", "n1"), ("room-7", "r1"), ("extra", "x1"), ("news", "n2")):
-                await r.publish(f"{prefix}group-data:{group}", text)
+                await backend.group_data(group, text)
             assert [await within(a.recv()) for _ in range(3)] == ["n1", "r1", "n2"]  # a is not in "extra"
             assert [await within(b.recv()) for _ in range(4)] == ["n1", "r1", "x1", "n2"]
             await a.close()
             await b.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-def test_keys_sharing_groups_each_receive_exactly_their_groups(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_keys_sharing_groups_each_receive_exactly_their_groups(broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
             a, b, c = [await connect(server, k) for k in ("a", "b", "c")]
             for key in ("a", "b", "c"):
-                await wait_key_confirmed(server, prefix, key)
-            await publish_groups(r, prefix, "a", '["g1","g2"]')
-            await publish_groups(r, prefix, "b", "g2,g3")
-            await publish_groups(r, prefix, "c", '["g1","g2","g3"]')
+                await backend.key_ready(key)
+            await backend.set_groups("a", '["g1","g2"]')
+            await backend.set_groups("b", '["g2","g3"]')
+            await backend.set_groups("c", '["g1","g2","g3"]')
             await wait_groups(server, prefix, {"g1", "g2", "g3"})
-            assert await r.publish(f"{prefix}group-data:g1", "one") == 1  # one hub subscription per group
-            assert await r.publish(f"{prefix}group-data:g2", "two") == 1
-            assert await r.publish(f"{prefix}group-data:g3", "three") == 1
+            receivers = [await backend.group_data(g, text) for g, text in (("g1", "one"), ("g2", "two"),
+                                                                           ("g3", "three"))]
+            if broker == "redis":  # only a Redis PUBLISH counts its receivers
+                assert receivers == [1, 1, 1]  # one hub subscription per group
             assert [await within(a.recv()) for _ in range(2)] == ["one", "two"]
             assert [await within(b.recv()) for _ in range(2)] == ["two", "three"]
             assert [await within(c.recv()) for _ in range(3)] == ["one", "two", "three"]
             for ws in (a, b, c):
                 await ws.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-def test_a_new_answer_replaces_the_groups(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_a_new_answer_replaces_the_groups(broker: str, redis_port: int, prefix: str) -> None:
     """Joins the new groups, leaves the old: a message to an old group no longer arrives."""
 
     async def scenario() -> None:
-        r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
             ws, other = await connect(server, "k"), await connect(server, "other")
-            await wait_key_confirmed(server, prefix, "k")
-            await wait_key_confirmed(server, prefix, "other")
-            await publish_groups(r, prefix, "k", '["old","kept","gone"]')
-            await publish_groups(r, prefix, "other", '["old"]')
+            await backend.key_ready("k")
+            await backend.key_ready("other")
+            await backend.set_groups("k", '["old","kept","gone"]')
+            await backend.set_groups("other", '["old"]')
             await wait_groups(server, prefix, {"old", "kept", "gone"})
-            await r.publish(f"{prefix}group-data:old", "old-1")
+            await backend.group_data("old", "old-1")
             assert await within(ws.recv()) == "old-1"
             assert await within(other.recv()) == "old-1"
 
-            await publish_groups(r, prefix, "k", '["kept","new"]')
+            await backend.set_groups("k", '["kept","new"]')
             await wait_groups(server, prefix, {"old", "kept", "new"})  # "old" still has "other"
-            await r.publish(f"{prefix}group-data:old", "old-2")
-            await r.publish(f"{prefix}group-data:gone", "gone-2")
-            await r.publish(f"{prefix}group-data:kept", "kept-2")
-            await r.publish(f"{prefix}group-data:new", "new-2")
+            await backend.group_data("old", "old-2")
+            await backend.group_data("gone", "gone-2")
+            await backend.group_data("kept", "kept-2")
+            await backend.group_data("new", "new-2")
             assert await within(ws.recv()) == "kept-2"  # not old-2, not gone-2
             assert await within(ws.recv()) == "new-2"
             assert await within(other.recv()) == "old-2"  # the other member of "old" is unaffected
-            # Redis itself no longer counts the hub on the group nobody holds any more.
-            await wait_until(lambda: _redis_has_not(r, prefix, "group-data:gone"), what="gone unsubscribed")
+            if isinstance(backend, RedisBackend):  # only Redis can be asked whom it counts (PUBSUB CHANNELS)
+                await redis_released(backend, "group-data:gone")
             await ws.close()
             await other.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-async def _redis_has_not(r: aredis.Redis, prefix: str, channel: str) -> bool:
-    return channel not in await hub_channels_in_redis(r, prefix)
-
-
-def test_invalid_groups_answers_are_ignored_and_the_groups_kept(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_invalid_groups_answers_are_ignored_and_the_groups_kept(broker: str, redis_port: int, prefix: str) -> None:
+    """On Redis the hub hears each invalid answer and ignores it; the API refuses each with 400."""
     invalid = [
         b'{"a":1}',  # a JSON object
         b'"news"',  # a JSON string
@@ -200,25 +213,24 @@ def test_invalid_groups_answers_are_ignored_and_the_groups_kept(redis_server: Re
     ]
 
     async def scenario() -> None:
-        r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
             ws = await connect(server, "k")
-            await wait_key_confirmed(server, prefix, "k")
-            await publish_groups(r, prefix, "k", '["g"]')
+            await backend.key_ready("k")
+            await backend.set_groups("k", '["g"]')
             await wait_groups(server, prefix, {"g"})
             for payload in invalid:
-                await publish_groups(r, prefix, "k", payload)
+                await backend.invalid_groups("k", payload)
                 # The hub reads its subscriber link in order: the bad answer is handled before this message.
                 # Had it changed the groups, the message would be dropped (or "news" would be joined).
-                await r.publish(f"{prefix}group-data:g", f"after {payload!r}")
+                await backend.group_data("g", f"after {payload!r}")
                 assert await within(ws.recv()) == f"after {payload!r}", payload
                 assert group_names(server, prefix) == {"g"}
             # An empty answer is valid: the connection leaves every group.
-            await publish_groups(r, prefix, "k", "[]")
+            await backend.set_groups("k", "[]")
             await wait_groups(server, prefix, set())
-            await wait_until(lambda: _redis_has_not(r, prefix, "group-data:g"), what="g unsubscribed")
+            if isinstance(backend, RedisBackend):  # only Redis can be asked whom it counts (PUBSUB CHANNELS)
+                await redis_released(backend, "group-data:g")
             await ws.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
@@ -226,7 +238,8 @@ def test_invalid_groups_answers_are_ignored_and_the_groups_kept(redis_server: Re
 # -- step 4: group data to clients -------------------------------------------------------------------------------
 
 
-def test_group_data_arrives_as_text_when_utf8_else_binary(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_group_data_arrives_as_text_when_utf8_else_binary(broker: str, redis_port: int, prefix: str) -> None:
     payloads: list[tuple[bytes, str | bytes]] = [
         ("héllo ✓ 🙂".encode(), "héllo ✓ 🙂"),
         (b'{"json": [1, 2]}', '{"json": [1, 2]}'),
@@ -239,17 +252,17 @@ def test_group_data_arrives_as_text_when_utf8_else_binary(redis_server: RedisPro
     ]
 
     async def scenario() -> None:
-        r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
             ws = await websockets.connect(ws_url(server.port, "k"), proxy=None, max_size=None)
             raw = await raw_websocket(server.port, "raw")
-            await wait_key_confirmed(server, prefix, "k")
-            await wait_key_confirmed(server, prefix, "raw")
-            await publish_groups(r, prefix, "k", "g")
-            await publish_groups(r, prefix, "raw", "g")
+            await backend.key_ready("k")
+            await backend.key_ready("raw")
+            await backend.set_groups("k", '["g"]')
+            await backend.set_groups("raw", '["g"]')
             await wait_groups(server, prefix, {"g"})
-            for payload, _ in payloads:
-                assert await r.publish(f"{prefix}group-data:g", payload) == 1
+            receivers = [await backend.group_data("g", payload) for payload, _ in payloads]
+            if broker == "redis":  # only a Redis PUBLISH counts its receivers
+                assert receivers == [1] * len(payloads)
             for payload, expected in payloads:
                 got = await within(ws.recv())
                 assert type(got) is type(expected) and got == expected, payload[:20]
@@ -259,20 +272,18 @@ def test_group_data_arrives_as_text_when_utf8_else_binary(redis_server: RedisPro
                                                                     payload)
             await ws.close()
             await raw.aclose()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-# -- step 5: client messages to Redis ------------------------------------------------------------------------------
+# -- step 5: client messages to the backend ------------------------------------------------------------------------
 
 
-def test_client_messages_are_published_raw_and_in_order(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_client_messages_are_published_raw_and_in_order(broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        r = redis_server.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-data:k")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+            await backend.listen("client-data:k")
             ws = await connect(server, "k")
             sent: list[bytes] = []
             await ws.send("héllo ✓")
@@ -292,43 +303,38 @@ def test_client_messages_are_published_raw_and_in_order(redis_server: RedisProce
             for i in range(200):
                 await ws.send(f"m{i}")
                 sent.append(f"m{i}".encode())
-            got = [await sub.next() for _ in sent]
-            assert got == [(f"{prefix}client-data:k", m) for m in sent]
+            got = [await backend.next_event() for _ in sent]
+            assert got == [("client-data", "k", m) for m in sent]
             await ws.close()
-        await sub.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-def test_fragments_controls_and_early_frames_from_a_raw_client(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_fragments_controls_and_early_frames_from_a_raw_client(broker: str, redis_port: int, prefix: str) -> None:
     """Frames sent with the request head, a ping between fragments, a character split across fragments."""
 
     async def scenario() -> None:
-        r = redis_server.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-data:raw")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+            await backend.listen("client-data:raw")
             early = ws_frame(0x1, b"in the same packet as the head")
             raw = await raw_websocket(server.port, "raw", head=upgrade_head("raw"), trailing=early)
             assert raw.status_line == b"HTTP/1.1 101 Switching Protocols"
-            assert await sub.next() == (f"{prefix}client-data:raw", b"in the same packet as the head")
+            assert await backend.next_event() == ("client-data", "raw", b"in the same packet as the head")
             raw.send(ws_frame(0x1, b"caf\xc3", fin=False)  # "é" is split between two fragments
                      + ws_frame(0x9, b"are you there")  # a control frame may come between fragments
                      + ws_frame(0x0, b"\xa9 ", fin=False)
                      + ws_frame(0x0, b"au lait", fin=True))
             pong = await raw.read_frame()
             assert (pong.opcode, pong.payload) == (0xA, b"are you there")
-            assert await sub.next() == (f"{prefix}client-data:raw", "café au lait".encode())
+            assert await backend.next_event() == ("client-data", "raw", "café au lait".encode())
             raw.send(ws_frame(0x2, b"\xff", fin=False) + ws_frame(0x0, b"\x00", fin=True))
-            assert await sub.next() == (f"{prefix}client-data:raw", b"\xff\x00")
+            assert await backend.next_event() == ("client-data", "raw", b"\xff\x00")
             raw.send(ws_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
             close, _ = await raw.read_until_close()
             assert close.close_code == 1000  # the hub echoes the client's code
             assert await raw.at_eof()
             await raw.aclose()
-        await sub.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
@@ -336,70 +342,67 @@ def test_fragments_controls_and_early_frames_from_a_raw_client(redis_server: Red
 # -- a key with several connections; client-gone ---------------------------------------------------------------
 
 
-def test_two_connections_of_one_key(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_two_connections_of_one_key(broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        r = redis_server.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-new", f"{prefix}client-gone", f"{prefix}client-data:k")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+            await backend.listen("client-new", "client-gone", "client-data:k")
             first = await connect(server, "k")
-            assert await sub.next() == (f"{prefix}client-new", b"k")
-            await publish_groups(r, prefix, "k", '["g1"]')
+            assert await backend.next_event() == ("client-new", "k", None)
+            await backend.set_groups("k", '["g1"]')  # client-new came: the hub hears the answer
             await wait_groups(server, prefix, {"g1"})
             second = await connect(server, "k")
-            assert await sub.next() == (f"{prefix}client-new", b"k")  # once per connection
+            assert await backend.next_event() == ("client-new", "k", None)  # once per connection
             # The second starts with the key's groups, before any new answer.
-            await r.publish(f"{prefix}group-data:g1", "early")
+            await backend.group_data("g1", "early")
             assert await within(first.recv()) == "early"
             assert await within(second.recv()) == "early"
             # The listener's next answer replaces the groups of both connections.
-            await publish_groups(r, prefix, "k", '["g2"]')
+            await backend.set_groups("k", '["g2"]')
             await wait_groups(server, prefix, {"g2"})
-            await r.publish(f"{prefix}group-data:g2", "both")
+            await backend.group_data("g2", "both")
             assert await within(first.recv()) == "both"
             assert await within(second.recv()) == "both"
             await first.send("from first")  # two sockets: one at a time, their order is not defined
-            assert await sub.next() == (f"{prefix}client-data:k", b"from first")
+            assert await backend.next_event() == ("client-data", "k", b"from first")
             await second.send(b"from second")
-            assert await sub.next() == (f"{prefix}client-data:k", b"from second")
+            assert await backend.next_event() == ("client-data", "k", b"from second")
 
             await first.close()
-            await wait_for(lambda: server.core.client_count() == 1, what="first connection forgotten")
-            # Had the first close published client-gone, it would come before this (one command link, in order).
+            await wait_for(lambda: server.core.client_count() == 1 + backend.hub_sockets,
+                           what="first connection forgotten")
+            # Had the first close published client-gone, it would come before this (one publisher, in order).
             await second.send("still here")
-            assert await sub.next() == (f"{prefix}client-data:k", b"still here")
-            await r.publish(f"{prefix}group-data:g2", "only second")
+            assert await backend.next_event() == ("client-data", "k", b"still here")
+            await backend.group_data("g2", "only second")
             assert await within(second.recv()) == "only second"
             await second.close()
-            assert await sub.next() == (f"{prefix}client-gone", b"k")
+            assert await backend.next_event() == ("client-gone", "k", None)
+            await backend.close()  # the API backend's own sockets are clients of the hub too
             await wait_for(lambda: server.core.is_empty(), what="hub empty")
-        await sub.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
 
-def test_client_gone_for_every_way_a_connection_ends(redis_server: RedisProcess, prefix: str) -> None:
+@both_brokers
+def test_client_gone_for_every_way_a_connection_ends(broker: str, redis_port: int, prefix: str) -> None:
     """A clean close, a dropped TCP connection and a protocol error each publish client-gone once."""
 
     async def scenario() -> None:
-        r = redis_server.client()
-        sub = Subscriber(r)
-        await sub.subscribe(f"{prefix}client-gone")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+            await backend.listen("client-gone")
             clean = await connect(server, "clean")
             dropped = await raw_websocket(server.port, "dropped")
             broken = await raw_websocket(server.port, "broken")
             await clean.close()
-            assert await sub.next() == (f"{prefix}client-gone", b"clean")
+            assert await backend.next_event() == ("client-gone", "clean", None)
             dropped.writer.transport.abort()  # no close frame: TCP reset
-            assert await sub.next() == (f"{prefix}client-gone", b"dropped")
+            assert await backend.next_event() == ("client-gone", "dropped", None)
             broken.send(ws_frame(0x1, b"x", masked=False))
-            assert await sub.next() == (f"{prefix}client-gone", b"broken")
+            assert await backend.next_event() == ("client-gone", "broken", None)
             await broken.aclose()
+            await backend.close()  # the API backend's own sockets are clients of the hub too
             await wait_for(lambda: server.core.is_empty(), what="hub empty")
-        await sub.close()
-        await r.aclose()
 
     asyncio.run(scenario())
 
@@ -408,25 +411,27 @@ def test_client_gone_for_every_way_a_connection_ends(redis_server: RedisProcess,
 
 
 def test_subscriptions_follow_need(redis_server: RedisProcess, prefix: str) -> None:
+    """Redis-only: what Redis itself reports (PUBSUB CHANNELS) is the point; the memory broker has no server."""
+
     async def scenario() -> None:
-        r = redis_server.client()
+        async with hub_and_backend("redis", redis_server.port, prefix) as (server, backend):
+            assert isinstance(backend, RedisBackend)
 
-        async def redis_sees(expected: set[str]) -> None:
-            async def check() -> bool:
-                return await hub_channels_in_redis(r, prefix) == expected
+            async def redis_sees(expected: set[str]) -> None:
+                async def check() -> bool:
+                    return await hub_channels_in_redis(backend.redis, prefix) == expected
 
-            await wait_until(check, what=f"PUBSUB CHANNELS == {sorted(expected)}")
+                await wait_until(check, what=f"PUBSUB CHANNELS == {sorted(expected)}")
 
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
             await redis_sees(set())  # a hub without clients subscribes to nothing
             a, b = await connect(server, "a"), await connect(server, "b")
             await redis_sees({"groups-new:a", "groups-new:b"})
-            await publish_groups(r, prefix, "a", "g1,g2")
-            await publish_groups(r, prefix, "b", "g2")
+            await backend.set_groups("a", "g1,g2")
+            await backend.set_groups("b", "g2")
             await redis_sees({"groups-new:a", "groups-new:b", "group-data:g1", "group-data:g2"})
             await a.close()
             await redis_sees({"groups-new:b", "group-data:g2"})
-            await publish_groups(r, prefix, "b", "g3")
+            await backend.set_groups("b", "g3")
             await redis_sees({"groups-new:b", "group-data:g3"})
             await b.close()
             await redis_sees(set())
@@ -437,6 +442,5 @@ def test_subscriptions_follow_need(redis_server: RedisProcess, prefix: str) -> N
             await redis_sees({"groups-new:a"})
             await c.close()
             await redis_sees(set())
-        await r.aclose()
 
     asyncio.run(scenario())
