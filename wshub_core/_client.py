@@ -106,6 +106,7 @@ class HttpRequest:
     headers: tuple[tuple[bytes, bytes], ...]
 
     def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case, as h11 gives names), or None."""
         for k, v in self.headers:
             if k == name:
                 return v

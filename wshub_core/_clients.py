@@ -10,8 +10,10 @@ abort of a graceful close that cannot flush.
 Rules:
 1. The table never knows channels, groups or brokers; a core never reaches
    into its dictionaries. What a core needs to know it asks (``get``,
-   counts) or is told through the two callbacks it gave: ``on_outcomes``
-   (a request head, messages) and ``on_left`` (a client forgotten).
+   counts) or is told through the callbacks it gave: ``on_outcomes``
+   (a request head, a request body, messages), ``on_left`` (a client
+   forgotten) and, optionally, ``on_kept_alive`` (an answer after which the
+   connection stayed open).
    The shell's client inputs go straight to the table's methods (a core
    binds them as its own ``client_*`` methods), so no core repeats them.
 2. Inputs only change state and queue the actions that must follow at once
@@ -197,11 +199,13 @@ class ClientTable:
                     self._timers.schedule(owner, deadline)
 
     def next_deadline(self) -> float | None:
+        """The earliest client deadline (None: none); the shell arms one timer at it."""
         return self._timers.next_deadline()
 
     # -- commands from the owner ------------------------------------------------------
 
     def get(self, conn: int) -> ClientConnection | None:
+        """The connection of ``conn`` while the table has it (read it; command it through the table)."""
         return self._clients.get(conn)
 
     def answer(self, conn: int, status: int, body: str | bytes, *, headers: tuple[tuple[str, str], ...] = (),
@@ -278,6 +282,7 @@ class ClientTable:
         return True
 
     def send_frame(self, conn: int, frame: bytes) -> None:
+        """Queue an encoded WebSocket frame to one client."""
         client = self._clients[conn]
         client.send_frame(frame)
         self._dirty[conn] = client
@@ -317,12 +322,13 @@ class ClientTable:
             self._remove_pause(client, reason, now)
 
     def is_paused(self, conn: int, reason: Pause) -> bool:
+        """Whether ``reason`` is among the reasons ``conn`` is not read."""
         return bool(self._paused.get(conn, Pause.NONE) & reason)
 
     # -- queries -----------------------------------------------------------------------
 
     def count(self) -> int:
-        """Sockets in HTTP or WebSocket; closing ones (a graceful close still flushing) are not counted."""
+        """Sockets in any state but closing (a graceful close still flushing): HTTP, WebSocket, streams."""
         return len(self._clients)
 
     def closing_count(self) -> int:
@@ -330,6 +336,7 @@ class ClientTable:
         return len(self._closing)
 
     def paused_count(self, reason: Pause) -> int:
+        """Sockets not read for ``reason`` (among others)."""
         return sum(1 for reasons in self._paused.values() if reasons & reason)
 
     def is_idle(self) -> bool:
@@ -337,6 +344,7 @@ class ClientTable:
         return not self._clients and not self._closing
 
     def is_empty(self) -> bool:
+        """Idle, and nothing queued or paused left behind (for leak checks)."""
         return self.is_idle() and not self._dirty and not self._paused
 
     def samples(self) -> list[Sample]:
