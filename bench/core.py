@@ -72,13 +72,13 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Requ
 from wshub_core import (
     Action,
     CloseClient,
-    CloseRedis,
-    ConnectRedis,
+    CloseLink,
     Hub,
+    OpenLink,
     RedisLink,
     RedisState,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     load_config,
 )
 
@@ -117,36 +117,44 @@ PONG = b"+PONG\r\n"
 # -- the only code that knows how the core names its Redis links ----------------------
 
 
-class RedisLinks:
-    """Every use of the core's Redis-link API, in one place.
+ROLE_NAMES = {RedisLink.SUBSCRIBER: "sub", RedisLink.COMMANDS: "cmd"}
 
-    Depends on: ``RedisLink.SUBSCRIBER`` / ``RedisLink.COMMANDS``, the ``link``
-    attribute of ``ConnectRedis`` and ``SendToRedis``, ``Hub.redis_connected``,
-    ``Hub.redis_data`` and ``Hub.link_states`` (values ``RedisState.READY``).
-    When links become opaque ids, only this class changes.
+
+class RedisLinks:
+    """Every use of the core's link API, in one place.
+
+    Depends on: the ``link`` id of ``OpenLink`` and ``SendToLink``,
+    ``Hub.link_opened``, ``Hub.link_data``, ``hub.broker.current_links()``
+    (which role, ``RedisLink.SUBSCRIBER`` / ``RedisLink.COMMANDS``, each id
+    plays) and ``Hub.link_states`` (values ``RedisState.READY``).
     """
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        self._names: dict[object, str] = {RedisLink.SUBSCRIBER: "sub", RedisLink.COMMANDS: "cmd"}
-        self._links = {name: link for link, name in self._names.items()}
-        # The hot loops call these: one C-level partial each, no Python frame of ours.
-        self.feed_sub: Callable[[bytes, float], None] = functools.partial(hub.redis_data, RedisLink.SUBSCRIBER)
-        self.feed_cmd: Callable[[bytes, float], None] = functools.partial(hub.redis_data, RedisLink.COMMANDS)
+        self._names: dict[int, str] = {}  # link id -> "sub" / "cmd": the dials of hub.start
+        # The hot loops call these: one C-level partial each, no Python frame of ours (set by connect).
+        self.feed_sub: Callable[[bytes, float], None] = self._not_connected
+        self.feed_cmd: Callable[[bytes, float], None] = self._not_connected
+
+    @staticmethod
+    def _not_connected(data: bytes, now: float) -> None:
+        raise BenchError("Redis bytes fed before the links were dialled")
 
     def connect(self, actions: Iterable[Action], now: float) -> None:
-        """Answer the ConnectRedis actions of ``hub.start``: both links are up (not READY yet)."""
-        dialled = [a.link for a in actions if isinstance(a, ConnectRedis)]
-        if sorted(map(self.name, dialled)) != ["cmd", "sub"]:
+        """Answer the OpenLink actions of ``hub.start``: both links are up (not READY yet)."""
+        dialled = [a.link for a in actions if isinstance(a, OpenLink)]
+        roles = {link: role for role, link in self._hub.broker.current_links().items()}
+        self._names = {link: ROLE_NAMES[roles[link]] for link in dialled if link in roles}
+        if len(dialled) != 2 or sorted(self._names.values()) != ["cmd", "sub"]:
             raise BenchError(f"hub.start dialled {dialled!r}, expected both links")
+        ids = {name: link for link, name in self._names.items()}
+        self.feed_sub = functools.partial(self._hub.link_data, ids["sub"])
+        self.feed_cmd = functools.partial(self._hub.link_data, ids["cmd"])
         for link in dialled:
-            self._hub.redis_connected(link, now)
+            self._hub.link_opened(link, now)
 
-    def name(self, link: object) -> str:
-        return self._names[link]
-
-    def sent_on(self, action: SendToRedis) -> str:
-        return self.name(action.link)
+    def sent_on(self, action: SendToLink) -> str:
+        return self._names[action.link]
 
     def all_ready(self) -> bool:
         return all(state is RedisState.READY for state in self._hub.link_states().values())
@@ -246,7 +254,7 @@ class CoreBench:
         hub.start(NOW)
         self.links.connect(hub.actions(), NOW)
         prelude = hub.actions()  # a PING on each link (no AUTH/SELECT configured)
-        if sorted(self.links.sent_on(a) for a in prelude if isinstance(a, SendToRedis)) != ["cmd", "sub"]:
+        if sorted(self.links.sent_on(a) for a in prelude if isinstance(a, SendToLink)) != ["cmd", "sub"]:
             raise BenchError(f"expected one prelude per link, got {prelude!r}")
         self.links.feed_sub(PONG, NOW)
         self.links.feed_cmd(PONG, NOW)
@@ -272,13 +280,13 @@ class CoreBench:
         for action in actions:
             if isinstance(action, SendToClient):
                 by_conn[action.conn].received.append(action.data)
-            elif isinstance(action, SendToRedis):
+            elif isinstance(action, SendToLink):
                 readers[self.links.sent_on(action)].feed(action.data)
             elif isinstance(action, CloseClient):
                 if action.abort:
                     raise BenchError(f"unexpected abort: {action!r}")
                 by_conn[action.conn].closed = True
-            elif isinstance(action, CloseRedis):
+            elif isinstance(action, CloseLink):
                 raise BenchError(f"the hub dropped a Redis link: {action!r}")
             else:
                 raise BenchError(f"unexpected action {action!r}")

@@ -82,7 +82,8 @@ def check(text: str | None, environ: dict[str, str] | None = None) -> None:
     assert sorted(config.origins) == sorted(k.path for k in KEYS)
     hub = Hub(config=config)
     hub.start(0.0)
-    assert hub.actions()
+    dials = hub.actions()
+    assert bool(dials) is (config.broker == "redis"), dials  # the memory broker dials nothing
 
 
 class TestConfigFuzz:

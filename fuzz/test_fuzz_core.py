@@ -23,13 +23,13 @@ from wsproto.events import AcceptConnection, CloseConnection, Request
 from wshub_core import (
     Action,
     CloseClient,
-    CloseRedis,
+    CloseLink,
     ConfigError,
-    ConnectRedis,
     Hub,
+    OpenLink,
     RedisLink,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     load_config,
 )
 
@@ -38,7 +38,7 @@ fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[Hea
 
 HTTP_STATUSES = {101, 200, 400, 403, 404, 405, 426, 431, 501, 503}  # docs/protocol.md
 CLOSE_CODES = {1000, 1001, 1002, 1007, 1008, 1009, 1011}  # CloseCode; a client's own code is echoed
-CONFIG = load_config("webSocket:\n  maxMessageSize: 300\n  maxHeaderSize: 1024\n", source="fuzz")
+CONFIG = load_config("broker: redis\nwebSocket:\n  maxMessageSize: 300\n  maxHeaderSize: 1024\n", source="fuzz")
 
 
 def resp(*parts: bytes) -> bytes:
@@ -49,9 +49,10 @@ def new_hub() -> Hub:
     """A hub with both Redis links up and a subscriber that has confirmed nothing yet."""
     hub = Hub(config=CONFIG, seed=7)
     hub.start(0.0)
-    for link in RedisLink:
-        hub.redis_connected(link, 0.0)
-        hub.redis_data(link, b"+PONG\r\n", 0.0)  # the handshake: without AUTH/SELECT, a PING
+    for action in hub.actions():
+        assert isinstance(action, OpenLink)
+        hub.link_opened(action.link, 0.0)
+        hub.link_data(action.link, b"+PONG\r\n", 0.0)  # the handshake: without AUTH/SELECT, a PING
     hub.actions()
     return hub
 
@@ -192,32 +193,36 @@ def test_redis_bytes_are_accepted_or_the_link_is_redialled(sub_data: bytes, cmd_
     conn, _ = upgrade(hub)
     hub.client_data(conn, frame(0x1, b"hello", True, 0, True, b"abcd"), 2.0)  # a PUBLISH to answer
     hub.actions()
+    links = hub.broker.current_links()  # each role's link, up since new_hub()
     dropped: set[RedisLink] = set()
-    for link, data in ((RedisLink.SUBSCRIBER, sub_data), (RedisLink.COMMANDS, cmd_data)):
+    for role, data in ((RedisLink.SUBSCRIBER, sub_data), (RedisLink.COMMANDS, cmd_data)):
         for i in range(0, len(data), split):
-            hub.redis_data(link, data[i:i + split], 3.0)
+            hub.link_data(links[role], data[i:i + split], 3.0)  # after a drop: a stale id, ignored
             for action in hub.actions():
-                if isinstance(action, CloseRedis):
-                    dropped.add(action.link)
+                if isinstance(action, CloseLink):
+                    assert action.link == links[role]
+                    dropped.add(role)
     # A dropped link is dialled again once its backoff (at most reconnectMax, 10 s) has
     # passed, and the hub recovers; 15 s is still well inside pongWait (60 s).
     hub.handle_timer(15.0)
-    redialled = {a.link for a in hub.actions() if isinstance(a, ConnectRedis)}
-    assert dropped <= redialled
+    dials = {a.link for a in hub.actions() if isinstance(a, OpenLink)}
+    redialled = {role: link for role, link in hub.broker.current_links().items() if link in dials}
+    assert dropped <= redialled.keys()
+    assert not dials & set(links.values())  # a redial is a new link id
     actions = []
-    for link in redialled:
-        hub.redis_connected(link, 15.0)
+    for link in redialled.values():
+        hub.link_opened(link, 15.0)
         actions += hub.actions()
-        hub.redis_data(link, b"+PONG\r\n", 15.0)
+        hub.link_data(link, b"+PONG\r\n", 15.0)
     actions += hub.actions()
     if RedisLink.SUBSCRIBER in redialled:
-        resubscribed = b"".join(a.data for a in actions if isinstance(a, SendToRedis)
-                                and a.link is RedisLink.SUBSCRIBER)
+        resubscribed = b"".join(a.data for a in actions if isinstance(a, SendToLink)
+                                and a.link == redialled[RedisLink.SUBSCRIBER])
         assert b"ws-hub:groups-new:k" in resubscribed  # the client's key is subscribed again
     assert closed(actions, conn) is False  # Redis trouble never closes a client
     reader = hiredis.Reader()
     for a in actions:
-        if isinstance(a, SendToRedis):
+        if isinstance(a, SendToLink):
             reader.feed(a.data)  # what the hub sends is well-formed RESP
     while reader.gets() is not False:
         pass

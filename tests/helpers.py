@@ -23,17 +23,24 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
-from wshub_asyncio import HubServer
-from wshub_core import Config, load_config
+from wshub_asyncio import Server
+from wshub_core import Config, Hub, load_config
 
 T = TypeVar("T")
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+TEST_API_KEY = "test-api-key"
+
+
 def hub_env(**overrides: str) -> dict[str, str]:
-    """The test's environment without its own WSHUB_* variables (a hub refuses unknown ones), plus ``overrides``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}, **overrides}
+    """The test's environment without its own WSHUB_* variables (a hub refuses unknown ones), plus ``overrides``.
+
+    The API key is ``TEST_API_KEY`` unless overridden (``WSHUB_API_KEY=""``: the hub generates one).
+    """
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}, "WSHUB_API_KEY": TEST_API_KEY,
+            **overrides}
 
 
 def free_port() -> int:
@@ -114,11 +121,11 @@ def hub_config(redis_port: int, prefix: str, **overrides: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(config: Config) -> AsyncIterator[HubServer]:
-    server = HubServer(config, seed=1)
+async def running_hub(config: Config) -> AsyncIterator[Server[Hub]]:
+    server = Server(Hub(config=config, seed=1), config=config)
     await server.start()
     try:
-        await wait_for(lambda: server.hub.ready, what="hub ready")
+        await wait_for(lambda: server.core.ready, what="hub ready")
         yield server
     finally:
         await server.close()
@@ -187,21 +194,21 @@ async def hub_channels_in_redis(r: aredis.Redis, prefix: str) -> set[str]:
     return {(c.decode() if isinstance(c, bytes) else c)[len(prefix):] for c in channels}
 
 
-def group_names(server: HubServer, prefix: str) -> set[str]:
+def group_names(server: Server[Hub], prefix: str) -> set[str]:
     """Groups the hub needs (has a local member in), from its needed-channel set."""
     head = f"{prefix}group-data:".encode()
-    return {ch[len(head):].decode() for ch in server.hub.needed_channels() if ch.startswith(head)}
+    return {ch[len(head):].decode() for ch in server.core.needed_channels() if ch.startswith(head)}
 
 
-async def wait_groups(server: HubServer, prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
+async def wait_groups(server: Server[Hub], prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
     """Until exactly ``groups`` are needed and every needed subscription is confirmed by Redis."""
-    await wait_for(lambda: server.hub.ready and group_names(server, prefix) == groups, timeout=timeout,
+    await wait_for(lambda: server.core.ready and group_names(server, prefix) == groups, timeout=timeout,
                    what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
 
 
-async def wait_key_confirmed(server: HubServer, prefix: str, key: str) -> None:
+async def wait_key_confirmed(server: Server[Hub], prefix: str, key: str) -> None:
     channel = f"{prefix}groups-new:{key}".encode()
-    await wait_for(lambda: server.hub.ready and channel in server.hub.subscribed_channels(),
+    await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
                    what=f"groups-new:{key} confirmed")
 
 

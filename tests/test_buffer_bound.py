@@ -51,10 +51,10 @@ def test_held_bytes_never_exceed_twice_the_bound(own_redis: RedisProcess, prefix
             try:
                 # Each client has 1 MiB of messages: 20x the bound in all, far more than the socket buffers.
                 writers = [asyncio.ensure_future(_send(c.writer, frame, BOUND // MESSAGE)) for c in clients]
-                await wait_for(lambda: gauge(server.hub.metrics_text(), "wshub_clients_reading_paused") == CLIENTS,
+                await wait_for(lambda: gauge(server.core.metrics_text(), "wshub_clients_reading_paused") == CLIENTS,
                                timeout=10, what="every client paused")
-                peak = gauge(server.hub.metrics_text(), "wshub_redis_buffered_bytes_max")
-                held = gauge(server.hub.metrics_text(), "wshub_redis_buffered_bytes")
+                peak = gauge(server.core.metrics_text(), "wshub_redis_buffered_bytes_max")
+                held = gauge(server.core.metrics_text(), "wshub_redis_buffered_bytes")
                 assert held > BOUND  # it did fill up to the bound
             finally:
                 own_redis.resume()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import free_port, hub_env
+from helpers import TEST_API_KEY, free_port, hub_env
 
 
 def wshub(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -65,10 +66,10 @@ class TestCheckConfig:
         result = wshub("--check-config", cwd=tmp_path, WSHUB_REDIS_ADDRESS="redis://:s3cret@h:1")
         assert result.returncode == 0, result
         first = result.stdout.splitlines()[0]
-        assert first.startswith("# redis.address, redis.password: hidden as ***"), result.stdout
-        assert "s3cret" not in result.stdout
+        assert first.startswith("# api.key, redis.address, redis.password: hidden as ***"), result.stdout
+        assert "s3cret" not in result.stdout and TEST_API_KEY not in result.stdout
         assert yaml.safe_load(result.stdout)["redis"]["password"] == "***"
-        plain = wshub("--check-config", cwd=tmp_path)
+        plain = wshub("--check-config", cwd=tmp_path, WSHUB_API_KEY="")
         assert not plain.stdout.startswith("#"), plain.stdout  # nothing hidden: nothing to warn about
 
     def test_an_unknown_variable_fails_the_check_naming_it(self, tmp_path: Path) -> None:
@@ -138,6 +139,11 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 def start_line(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     """Start the hub, return its ``listening on`` line, stop it with SIGTERM (exit 0)."""
+    return stderr_lines(args, cwd, env)[0]
+
+
+def stderr_lines(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, list[str]]:
+    """Start the hub, stop it with SIGTERM once it listens (exit 0): its start line, and every stderr line."""
     proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio", *args], cwd=cwd, env=hub_env(**env),
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -147,9 +153,9 @@ def start_line(args: list[str], cwd: Path, env: dict[str, str]) -> str:
             seen.append(line)
             if "listening on" in line:
                 proc.send_signal(signal.SIGTERM)
-                proc.communicate(timeout=10)
+                _, rest = proc.communicate(timeout=10)
                 assert proc.returncode == 0
-                return line
+                return line, seen + rest.splitlines()
         raise AssertionError(f"the hub exited without a start line: {seen}")
     finally:
         if proc.poll() is None:
@@ -164,15 +170,36 @@ class TestStartLine:
         cert, key = _self_signed(tmp_path)
         port = free_port()
         path = tmp_path / "hub.yaml"
+        redis_port = free_port()
         path.write_text(yaml.safe_dump({"address": f"[::1]:{port}", "tls": {"certFile": str(cert), "keyFile": str(key)},
-                                        "redis": {"address": f"127.0.0.1:{free_port()}"}}), encoding="utf-8")
+                                        "redis": {"address": f"127.0.0.1:{redis_port}"}}), encoding="utf-8")
         line = start_line(["--config", "hub.yaml"], tmp_path, {})
         assert f"listening on [::1]:{port}/ws (" in line, line
-        assert line.rstrip().endswith(f" event loop), TLS on (wss://), config file {path}"), line
+        assert line.rstrip().endswith(f" event loop), TLS on (wss://), redis broker at 127.0.0.1:{redis_port}, "
+                                      f"config file {path}"), line
 
     def test_no_file_and_no_tls(self, tmp_path: Path) -> None:
         port = free_port()
-        line = start_line([], tmp_path, {"WSHUB_ADDRESS": f"127.0.0.1:{port}",
-                                         "WSHUB_REDIS_ADDRESS": f"127.0.0.1:{free_port()}"})
+        line = start_line([], tmp_path, {"WSHUB_ADDRESS": f"127.0.0.1:{port}"})
         assert f"listening on 127.0.0.1:{port}/ws (" in line, line
-        assert line.rstrip().endswith(" event loop), TLS off (ws://), no config file"), line
+        assert line.rstrip().endswith(" event loop), TLS off (ws://), memory broker (in this process), "
+                                      "no config file"), line
+
+
+class TestApiKey:
+    """The API is never open without a key: one configured, or one generated at start and logged once."""
+
+    def test_without_a_key_one_is_generated_and_logged_once_before_the_start_line(self, tmp_path: Path) -> None:
+        _, lines = stderr_lines([], tmp_path, {"WSHUB_ADDRESS": f"127.0.0.1:{free_port()}", "WSHUB_API_KEY": ""})
+        generated = [line for line in lines if "HTTP API key" in line]
+        assert len(generated) == 1, lines
+        assert lines.index(generated[0]) < next(i for i, line in enumerate(lines) if "listening on" in line)
+        assert re.search(r"WARNING wshub: HTTP API key \(generated at start; set api.key or WSHUB_API_KEY to keep "
+                         r"one\): [A-Za-z0-9_-]{24}$", generated[0].rstrip()), generated
+
+    def test_a_configured_key_is_never_logged(self, tmp_path: Path) -> None:
+        line = start_line([], tmp_path, {"WSHUB_ADDRESS": f"127.0.0.1:{free_port()}",
+                                         "WSHUB_API_KEY": "configured-secret"})
+        assert "configured-secret" not in line
+        checked = wshub("--check-config", cwd=tmp_path, WSHUB_API_KEY="configured-secret")
+        assert "configured-secret" not in checked.stdout and "key: '***'" in checked.stdout, checked.stdout

@@ -8,9 +8,10 @@ from wsproto.events import AcceptConnection, Request
 
 from wshub_core import (
     CloseClient,
-    CloseRedis,
+    CloseLink,
     ConfigError,
     Hub,
+    OpenLink,
     PauseClient,
     RedisLink,
     ResumeClient,
@@ -24,11 +25,12 @@ def resp(*parts: bytes) -> bytes:
 
 
 def hub_with_client(config_text: str = "") -> tuple[Hub, int]:
-    hub = Hub(config=load_config(config_text, source="test"), seed=3)
+    hub = Hub(config=load_config("broker: redis\n" + config_text, source="test"), seed=3)
     hub.start(0.0)
-    for link in RedisLink:
-        hub.redis_connected(link, 0.0)
-        hub.redis_data(link, b"+PONG\r\n", 0.0)  # the handshake's PING answered
+    for action in hub.actions():
+        assert isinstance(action, OpenLink)
+        hub.link_opened(action.link, 0.0)
+        hub.link_data(action.link, b"+PONG\r\n", 0.0)  # the handshake's PING answered
     hub.actions()
     client = WSConnection(ConnectionType.CLIENT)
     conn = hub.client_opened(0.0)
@@ -79,9 +81,10 @@ class TestRedisReplyBookkeeping:
     ])
     def test_a_reply_that_breaks_the_bookkeeping_drops_and_redials_the_link(self, data: bytes) -> None:
         hub, _conn = hub_with_client()
-        hub.redis_data(RedisLink.SUBSCRIBER, data, 1.0)
+        sub = hub.broker.current_links()[RedisLink.SUBSCRIBER]
+        hub.link_data(sub, data, 1.0)
         actions = hub.actions()
-        assert CloseRedis(link=RedisLink.SUBSCRIBER) in actions
+        assert CloseLink(link=sub) in actions
         assert not any(isinstance(a, CloseClient) for a in actions)  # clients stay
 
 

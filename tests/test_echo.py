@@ -21,7 +21,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
-from wshub_asyncio.echo import EchoServer, parse_address
+from wshub_asyncio import Server
+from wshub_asyncio.echo import parse_address
 from wshub_core import CloseClient, SendToClient
 from wshub_core._echo import EchoHub
 
@@ -176,8 +177,8 @@ async def _echo_roundtrips(uri: str) -> None:
 
 def test_echo_server_in_process() -> None:
     async def main() -> None:
-        server = EchoServer(EchoHub())
-        await server.start("127.0.0.1", 0)
+        server = Server(EchoHub())
+        await server.start(host="127.0.0.1", port=0)
         try:
             await _echo_roundtrips(f"ws://127.0.0.1:{server.port}/")
             server.shutdown()
@@ -190,8 +191,8 @@ def test_echo_server_in_process() -> None:
 
 def test_shutdown_closes_clients_with_1001() -> None:
     async def main() -> None:
-        server = EchoServer(EchoHub())
-        await server.start("127.0.0.1", 0)
+        server = Server(EchoHub())
+        await server.start(host="127.0.0.1", port=0)
         try:
             async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
                 server.shutdown()

@@ -17,7 +17,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
-from wshub_asyncio import HubServer
+from wshub_asyncio import Server
+from wshub_core import Hub
 
 T = TypeVar("T")
 
@@ -29,20 +30,20 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-async def join(server: HubServer, r: aredis.Redis, sub: Subscriber, prefix: str, key: str,
+async def join(server: Server[Hub], r: aredis.Redis, sub: Subscriber, prefix: str, key: str,
                groups: list[str]) -> ClientConnection:
     """Connect a client, answer its client-new like a listener, wait until its groups are live."""
     ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
     assert await sub.next() == (f"{prefix}client-new", key.encode())
     await r.publish(f"{prefix}groups-new:{key}", str(groups).replace("'", '"'))
     channels = {f"{prefix}group-data:{g}".encode() for g in groups}
-    await wait_for(lambda: channels <= server.hub.needed_channels() and server.hub.ready, what="groups live")
+    await wait_for(lambda: channels <= server.core.needed_channels() and server.core.ready, what="groups live")
     return ws
 
 
 @contextlib.asynccontextmanager
 async def client_a_in_group_g(own_redis: RedisProcess, prefix: str,
-                              **config: Any) -> AsyncIterator[tuple[HubServer, Subscriber, ClientConnection]]:
+                              **config: Any) -> AsyncIterator[tuple[Server[Hub], Subscriber, ClientConnection]]:
     """A hub on ``own_redis``, client "a" in group "g", and a subscriber to client-data:a."""
     r = own_redis.client()
     sub = Subscriber(r)
@@ -77,12 +78,12 @@ def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_red
         async with running_hub(config) as server:
             a = await join(server, r, sub, prefix, "a", ["g1", "g2"])
             b = await join(server, r, sub, prefix, "b", ["g2", "g3"])
-            needed = server.hub.needed_channels()
+            needed = server.core.needed_channels()
             await sub.close()
             await r.aclose()
 
             own_redis.kill()
-            await wait_for(lambda: not server.hub.ready, what="hub notices the crash")
+            await wait_for(lambda: not server.core.ready, what="hub notices the crash")
             for i in range(50):
                 await a.send(f"during-outage-{i}")
             # Still connected: a ping round-trip succeeds through the hub.
@@ -96,7 +97,7 @@ def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_red
             await observer.subscribe(f"{prefix}client-data:a")
             await gate.config_set("requirepass", "pw")  # now the hub's AUTH succeeds
 
-            await wait_for(lambda: server.hub.ready, timeout=10, what="hub resubscribed")
+            await wait_for(lambda: server.core.ready, timeout=10, what="hub resubscribed")
             # Regression (Centrifuge had this bug): every needed channel is subscribed again.
             observed = {f"{prefix}client-data:a".encode()}  # the observer's own subscription
             assert await redis_channels(gate, prefix) - observed == needed
@@ -122,11 +123,11 @@ def test_client_kill_pubsub_recovers_every_subscription(own_redis: RedisProcess,
         async with running_hub(hub_config(own_redis.port, prefix)) as server:
             clients = [await join(server, r, sub, prefix, f"k{i}", [f"g{i % 3}", "all"]) for i in range(6)]
             await sub.close()
-            needed = server.hub.needed_channels()
-            reconnects = server.hub.broker.reconnects
+            needed = server.core.needed_channels()
+            reconnects = server.core.broker.reconnects
             assert await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1  # only the hub's link
-            await wait_for(lambda: server.hub.broker.reconnects > reconnects, what="hub saw the kill")
-            await wait_for(lambda: server.hub.ready, what="resubscribed")
+            await wait_for(lambda: server.core.broker.reconnects > reconnects, what="hub saw the kill")
+            await wait_for(lambda: server.core.ready, what="resubscribed")
             assert await redis_channels(r, prefix) == needed
             await r.publish(f"{prefix}group-data:all", "after-kill")
             for ws in clients:
@@ -144,13 +145,13 @@ def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: R
             try:
                 for i in range(200):
                     await a.send(f"m{i}")
-                await wait_for(lambda: server.hub.stats.messages_in == 200, what="hub read all 200")
-                assert "wshub_redis_buffered_commands 200" in server.hub.metrics_text()
+                await wait_for(lambda: server.core.stats.messages_in == 200, what="hub read all 200")
+                assert "wshub_redis_buffered_commands 200" in server.core.metrics_text()
             finally:
                 own_redis.resume()
             got = [await sub.next() for _ in range(200)]
             assert got == [(f"{prefix}client-data:a", f"m{i}".encode()) for i in range(200)]
-            assert "wshub_redis_buffered_commands 0" in server.hub.metrics_text()
+            assert "wshub_redis_buffered_commands 0" in server.core.metrics_text()
             await within(await a.ping())  # never disconnected
 
     run(scenario)
@@ -165,15 +166,15 @@ def test_full_buffer_pauses_the_sender_instead_of_dropping(own_redis: RedisProce
             own_redis.pause()
             try:
                 sender = asyncio.ensure_future(_send_all(a, payload, 300))
-                await wait_for(lambda: "wshub_clients_reading_paused 1" in server.hub.metrics_text(),
+                await wait_for(lambda: "wshub_clients_reading_paused 1" in server.core.metrics_text(),
                                what="sender paused")
-                assert server.hub.stats.messages_in < 300  # the hub stopped reading
+                assert server.core.stats.messages_in < 300  # the hub stopped reading
             finally:
                 own_redis.resume()
             await within(sender, 20)
             got = [await sub.next(10) for _ in range(300)]
             assert got == [(f"{prefix}client-data:a", f"{i}:{payload}".encode()) for i in range(300)]
-            await wait_for(lambda: "wshub_clients_reading_paused 0" in server.hub.metrics_text(),
+            await wait_for(lambda: "wshub_clients_reading_paused 0" in server.core.metrics_text(),
                            what="sender resumed")
 
     run(scenario)
@@ -189,7 +190,7 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own
     async def scenario() -> None:
         async with running_hub(hub_config(own_redis.port, prefix)) as server:
             own_redis.kill()
-            await wait_for(lambda: not server.hub.ready, what="hub notices")
+            await wait_for(lambda: not server.core.ready, what="hub notices")
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=late")
             own_redis.extra = ("--requirepass", "gate")
             own_redis.start()
@@ -200,8 +201,8 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own
             # The hub reconnects, subscribes groups-new:late, and only then announces the client.
             assert await sub.next(10) == (f"{prefix}client-new", b"late")
             await gate.publish(f"{prefix}groups-new:late", '["g"]')
-            await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g".encode()
-                           in server.hub.subscribed_channels(), what="group live")
+            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
+                           in server.core.subscribed_channels(), what="group live")
             await gate.publish(f"{prefix}group-data:g", "welcome back")
             assert await within(ws.recv()) == "welcome back"
             await sub.close()
@@ -217,7 +218,7 @@ def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, pref
             try:
                 for i in range(20):
                     await a.send(f"last-words-{i}")
-                await wait_for(lambda: server.hub.stats.messages_in == 20, what="read")
+                await wait_for(lambda: server.core.stats.messages_in == 20, what="read")
                 server.shutdown()
                 await within(a.wait_closed())
                 assert a.close_code == 1001
@@ -238,7 +239,7 @@ def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_r
             own_redis.pause()
             try:
                 await a.send("stuck")
-                await wait_for(lambda: server.hub.stats.messages_in == 1, what="read")
+                await wait_for(lambda: server.core.stats.messages_in == 1, what="read")
                 started = asyncio.get_running_loop().time()
                 server.shutdown()
                 await within(server.stopped.wait(), 5)
@@ -275,7 +276,7 @@ def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(own_redis: Re
             await pipe.execute()
             await within(asyncio.gather(*drains), 60)
             assert counts == [n] * len(clients)
-            assert server.hub.broker.reconnects == 0
+            assert server.core.broker.reconnects == 0
         await r.aclose()
 
     run(scenario)

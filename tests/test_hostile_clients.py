@@ -21,7 +21,8 @@ from helpers import (
     within,
     ws_frame,
 )
-from wshub_asyncio import HubServer
+from wshub_asyncio import Server
+from wshub_core import Hub
 
 
 async def raw_upgrade(port: int, key: str, *, origin: str | None = None) -> RawWebSocket:
@@ -29,7 +30,7 @@ async def raw_upgrade(port: int, key: str, *, origin: str | None = None) -> RawW
     return await raw_websocket(port, None, head=upgrade_head(key, extra=extra))
 
 
-async def assert_still_served(server: HubServer, r: object, prefix: str, ws: websockets.ClientConnection,
+async def assert_still_served(server: Server[Hub], r: object, prefix: str, ws: websockets.ClientConnection,
                               text: str) -> None:
     """A well-behaved client keeps receiving its group's messages."""
     import redis.asyncio as aredis
@@ -39,16 +40,16 @@ async def assert_still_served(server: HubServer, r: object, prefix: str, ws: web
     assert await within(ws.recv()) == text
 
 
-async def good_client(server: HubServer, r: object, prefix: str, key: str) -> websockets.ClientConnection:
+async def good_client(server: Server[Hub], r: object, prefix: str, key: str) -> websockets.ClientConnection:
     import redis.asyncio as aredis
 
     assert isinstance(r, aredis.Redis)
     ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
-    await wait_for(lambda: server.hub.ready and f"{prefix}groups-new:{key}".encode()
-                   in server.hub.subscribed_channels(), what="key subscribed")
+    await wait_for(lambda: server.core.ready and f"{prefix}groups-new:{key}".encode()
+                   in server.core.subscribed_channels(), what="key subscribed")
     await r.publish(f"{prefix}groups-new:{key}", '["g"]')
-    await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g".encode()
-                   in server.hub.subscribed_channels(), what="group subscribed")
+    await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
+                   in server.core.subscribed_channels(), what="group subscribed")
     return ws
 
 
@@ -100,10 +101,10 @@ def test_slow_consumer_is_closed_and_does_not_delay_the_others(redis_server: Red
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
             sock.connect(("127.0.0.1", server.port))
             sock.sendall(upgrade_head("stuck"))
-            await wait_for(lambda: f"{prefix}groups-new:stuck".encode() in server.hub.subscribed_channels()
-                           and server.hub.ready, what="stuck subscribed")
+            await wait_for(lambda: f"{prefix}groups-new:stuck".encode() in server.core.subscribed_channels()
+                           and server.core.ready, what="stuck subscribed")
             await r.publish(f"{prefix}groups-new:stuck", '["g"]')
-            await wait_for(lambda: server.hub.ready, what="ready")
+            await wait_for(lambda: server.core.ready, what="ready")
             payload = "y" * 32768
             n = 300  # 9.6 MB: more than the kernel's socket buffers and the 256 KiB bound together
             received = [0] * len(readers)
@@ -118,8 +119,8 @@ def test_slow_consumer_is_closed_and_does_not_delay_the_others(redis_server: Red
                 await r.publish(f"{prefix}group-data:g", payload)
             await within(asyncio.gather(*drains), 20)
             assert received == [n] * len(readers)
-            await wait_for(lambda: server.hub.stats.closes[1008] == 1, what="slow consumer closed")
-            assert "wshub_slow_consumer_closes_total 1" in server.hub.metrics_text()
+            await wait_for(lambda: server.core.stats.closes[1008] == 1, what="slow consumer closed")
+            assert "wshub_slow_consumer_closes_total 1" in server.core.metrics_text()
             sock.close()
         await r.aclose()
 
@@ -148,7 +149,7 @@ def test_connection_limit_answers_503(redis_server: RedisProcess, prefix: str) -
             assert raw.status_line.startswith(b"HTTP/1.1 503")
             assert b"too many connections" in await within(raw.reader.read())
             await first.close()
-            await wait_for(lambda: server.hub.client_count() == 1, what="first gone")
+            await wait_for(lambda: server.core.client_count() == 1, what="first gone")
             third = await websockets.connect(url + "c")  # room again
             await third.close()
             await second.close()
@@ -205,6 +206,6 @@ def test_http10_upgrade_without_host_gets_400_not_an_exception(redis_server: Red
             raw = await raw_websocket(server.port, None, head=head)
             assert raw.status_line.startswith(b"HTTP/1.1 400"), raw.head
             assert b"Host" in await within(raw.reader.read())  # the reason names the missing header, then EOF
-            assert server.hub.client_count() == 0
+            assert server.core.client_count() == 0
 
     asyncio.run(scenario())

@@ -100,8 +100,8 @@ def test_answer_and_close(redis_server: RedisProcess, prefix: str, what: str, re
             assert int(answer.headers["content-length"]) == len(answer.body)
             for name, value in headers.items():
                 assert answer.headers.get(name) == value, (name, answer.raw)
-            await wait_for(lambda: server.hub.client_count() == 0, what="socket forgotten")
-            assert server.hub.is_empty()
+            await wait_for(lambda: server.core.client_count() == 0, what="socket forgotten")
+            assert server.core.is_empty()
 
     asyncio.run(scenario())
 
@@ -181,7 +181,7 @@ def test_one_answer_per_connection_even_if_requests_are_pipelined(redis_server: 
             answer = await http_exchange(server.port, two)
             assert answer.status == 200
             assert answer.raw.count(b"HTTP/1.1 ") == 1
-            assert server.hub.stats.connects == 0
+            assert server.core.stats.connects == 0
 
     asyncio.run(scenario())
 
@@ -206,7 +206,7 @@ def test_metrics_count_each_answer_under_its_own_status(redis_server: RedisProce
             no_key = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
                            "Connection: Upgrade", "Sec-WebSocket-Version: 13")
             assert (await http_exchange(server.port, no_key)).status == 400
-            metrics = server.hub.metrics_text()
+            metrics = server.core.metrics_text()
             assert 'wshub_http_responses_total{status="404"} 1' in metrics
             assert 'wshub_http_responses_total{status="426"} 1' in metrics, metrics
             assert 'wshub_http_responses_total{status="400"} 1' in metrics, metrics
@@ -398,6 +398,6 @@ def test_a_key_that_is_not_utf8_is_refused(redis_server: RedisProcess, prefix: s
                                                                 "Host: x", *UPGRADE), timeout=2)
                 assert answer.status == 400, answer.raw
                 assert answer.body == b"query parameter session_key is not valid UTF-8\n"
-            assert server.hub.stats.connects == 0
+            assert server.core.stats.connects == 0
 
     asyncio.run(scenario())

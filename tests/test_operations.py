@@ -16,8 +16,8 @@ import websockets
 import yaml
 
 from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, wait_for, within
-from wshub_asyncio import HubServer
-from wshub_core import KEYS, env_name, load_config
+from wshub_asyncio import Server
+from wshub_core import KEYS, Hub, env_name, load_config
 
 
 async def http_get(port: int, path: str, *, tls: ssl.SSLContext | None = None) -> tuple[int, str]:
@@ -44,12 +44,12 @@ def test_readyz_follows_redis_and_healthz_does_not(own_redis: RedisProcess, pref
         async with running_hub(hub_config(own_redis.port, prefix)) as server:
             assert await http_get(server.port, "/readyz") == (200, "ready\n")
             own_redis.kill()
-            await wait_for(lambda: not server.hub.ready, what="hub saw Redis go")
+            await wait_for(lambda: not server.core.ready, what="hub saw Redis go")
             status, body = await http_get(server.port, "/readyz")
             assert status == 503 and "redis" in body
             assert await http_get(server.port, "/healthz") == (200, "ok\n")  # the process is alive
             own_redis.start()
-            await wait_for(lambda: server.hub.ready, timeout=10, what="hub back")
+            await wait_for(lambda: server.core.ready, timeout=10, what="hub back")
             assert await http_get(server.port, "/readyz") == (200, "ready\n")
 
     asyncio.run(scenario())
@@ -63,16 +63,16 @@ def test_metrics_count_what_happened(redis_server: RedisProcess, prefix: str) ->
             a, b = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             for key in ("a", "b"):
                 await wait_for(lambda k=key: f"{prefix}groups-new:{k}".encode()  # type: ignore[misc]
-                               in server.hub.subscribed_channels(), what="subscribed")
+                               in server.core.subscribed_channels(), what="subscribed")
                 await r.publish(f"{prefix}groups-new:{key}", '["g"]')
-            await wait_for(lambda: server.hub.ready and f"{prefix}group-data:g".encode()
-                           in server.hub.subscribed_channels(), what="group live")
+            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
+                           in server.core.subscribed_channels(), what="group live")
             await r.publish(f"{prefix}group-data:g", "hello")
             assert await within(a.recv()) == await within(b.recv()) == "hello"
             await a.send("up")
             await b.send("x" * 200)  # over the limit: closed with 1009
             await within(b.wait_closed())
-            await wait_for(lambda: server.hub.client_count() == 1, what="b gone")
+            await wait_for(lambda: server.core.client_count() == 1, what="b gone")
             status, text = await http_get(server.port, "/metrics")
             assert status == 200
             m = parse_metrics(text)
@@ -96,7 +96,7 @@ def _non_default(key: Any) -> str:
     """A valid value different from the key's default, as an environment string."""
     special = {"address": "127.0.0.1:9999", "redis.address": "redis://10.0.0.1:7000/2", "logFormat": "json",
                "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
-               "webSocket.allowedOrigins": "https://a.example,https://b.example"}
+               "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis"}
     if key.path in special:
         return special[key.path]
     if key.kind == "str":
@@ -109,6 +109,8 @@ def _non_default(key: Any) -> str:
 @pytest.mark.parametrize("key", KEYS, ids=[k.path for k in KEYS])
 def test_every_key_can_be_overridden_from_the_environment(key: Any) -> None:
     environ = {env_name(key.path): _non_default(key)}
+    if key.path == "workers":
+        environ[env_name("broker")] = "redis"  # more than one worker share a Redis, never a memory broker
     if key.path.startswith("tls."):
         environ = {env_name("tls.certFile"): "/c.pem", env_name("tls.keyFile"): "/k.pem"}
     base = load_config("")
@@ -190,7 +192,7 @@ def test_unreadable_tls_key_is_a_config_error_naming_the_key(tmp_path: Path) -> 
 
     async def scenario() -> None:
         with pytest.raises(ValueError, match=r"tls\.certFile"):
-            await HubServer(config).start()
+            await Server(Hub(config=config), config=config).start()
 
     asyncio.run(scenario())
 
@@ -209,7 +211,7 @@ def test_debug_logs_each_message_only_when_asked(redis_server: RedisProcess, pre
         async with running_hub(hub_config(redis_server.port, prefix)) as server:
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=dbg")
             await ws.send("hi")
-            await wait_for(lambda: server.hub.stats.messages_in == 1, what="message read")
+            await wait_for(lambda: server.core.stats.messages_in == 1, what="message read")
             await ws.close()
 
     with caplog.at_level(logging.INFO, logger="wshub"):

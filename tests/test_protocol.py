@@ -30,10 +30,11 @@ from helpers import (
     ws_frame,
     ws_url,
 )
-from wshub_asyncio import HubServer
+from wshub_asyncio import Server
+from wshub_core import Hub
 
 
-async def connect(server: HubServer, key: str) -> websockets.ClientConnection:
+async def connect(server: Server[Hub], key: str) -> websockets.ClientConnection:
     return await websockets.connect(ws_url(server.port, key), proxy=None, compression=None)
 
 
@@ -363,7 +364,7 @@ def test_two_connections_of_one_key(redis_server: RedisProcess, prefix: str) -> 
             assert await sub.next() == (f"{prefix}client-data:k", b"from second")
 
             await first.close()
-            await wait_for(lambda: server.hub.client_count() == 1, what="first connection forgotten")
+            await wait_for(lambda: server.core.client_count() == 1, what="first connection forgotten")
             # Had the first close published client-gone, it would come before this (one command link, in order).
             await second.send("still here")
             assert await sub.next() == (f"{prefix}client-data:k", b"still here")
@@ -371,7 +372,7 @@ def test_two_connections_of_one_key(redis_server: RedisProcess, prefix: str) -> 
             assert await within(second.recv()) == "only second"
             await second.close()
             assert await sub.next() == (f"{prefix}client-gone", b"k")
-            await wait_for(lambda: server.hub.is_empty(), what="hub empty")
+            await wait_for(lambda: server.core.is_empty(), what="hub empty")
         await sub.close()
         await r.aclose()
 
@@ -396,7 +397,7 @@ def test_client_gone_for_every_way_a_connection_ends(redis_server: RedisProcess,
             broken.send(ws_frame(0x1, b"x", masked=False))
             assert await sub.next() == (f"{prefix}client-gone", b"broken")
             await broken.aclose()
-            await wait_for(lambda: server.hub.is_empty(), what="hub empty")
+            await wait_for(lambda: server.core.is_empty(), what="hub empty")
         await sub.close()
         await r.aclose()
 
@@ -429,7 +430,7 @@ def test_subscriptions_follow_need(redis_server: RedisProcess, prefix: str) -> N
             await redis_sees({"groups-new:b", "group-data:g3"})
             await b.close()
             await redis_sees(set())
-            await wait_for(lambda: not server.hub.subscribed_channels() and server.hub.is_empty(),
+            await wait_for(lambda: not server.core.subscribed_channels() and server.core.is_empty(),
                            what="hub holds nothing")
             # And it comes back: a new connection subscribes again.
             c = await connect(server, "a")

@@ -36,15 +36,14 @@ from helpers import (
     within,
     ws_frame,
 )
-from wshub_asyncio import HubServer
-from wshub_asyncio._server import CoreServer
-from wshub_core import RedisLink
+from wshub_asyncio import Server
+from wshub_core import Hub, RedisLink
 
 ROOT = Path(__file__).resolve().parent.parent
 FAR = {"redis_timeout": 60}  # link keepalive timers 30 s away: they never wake the loop during a test
 
 
-async def assert_armed(server: CoreServer) -> None:
+async def assert_armed(server: Server[Any]) -> None:
     """Once the shell has nothing left to drain, its timer is armed at the core's next deadline."""
     await wait_for(lambda: not server._drain_pending, what="the shell drained")
     assert server._timer_at == server.core.next_deadline(), (
@@ -53,7 +52,7 @@ async def assert_armed(server: CoreServer) -> None:
 
 
 @asynccontextmanager
-async def hub(redis: RedisProcess, prefix: str, **overrides: Any) -> AsyncIterator[HubServer]:
+async def hub(redis: RedisProcess, prefix: str, **overrides: Any) -> AsyncIterator[Server[Hub]]:
     async with running_hub(hub_config(redis.port, prefix, **{**FAR, **overrides})) as server:
         await assert_armed(server)
         yield server
@@ -70,7 +69,7 @@ def test_accept_arms_the_handshake_deadline(redis_server: RedisProcess, prefix: 
         async with hub(redis_server, prefix, webSocket_handshakeTimeout=1) as server:
             started = loop.time()
             reader, writer = await silent_tcp(server.port)
-            await wait_for(lambda: server.hub.client_count() == 1, what="accepted")
+            await wait_for(lambda: server.core.client_count() == 1, what="accepted")
             await assert_armed(server)
             assert await within(reader.read(), 1 + 1.0) == b""  # closed within handshakeTimeout + 1 s
             assert loop.time() - started >= 1 - 0.05  # and not before its deadline
@@ -117,20 +116,20 @@ def test_eof_and_connection_lost_re_arm(redis_server: RedisProcess, prefix: str)
     async def scenario() -> None:
         async with hub(redis_server, prefix, webSocket_handshakeTimeout=60, webSocket_pongWait=20) as server:
             reader, writer = await silent_tcp(server.port)
-            await wait_for(lambda: server.hub.client_count() == 1, what="accepted")
+            await wait_for(lambda: server.core.client_count() == 1, what="accepted")
             await assert_armed(server)
             writer.write_eof()
             assert await within(reader.read()) == b""  # the hub closes too
-            await wait_for(lambda: server.hub.client_count() == 0, what="forgotten")
+            await wait_for(lambda: server.core.client_count() == 0, what="forgotten")
             await assert_armed(server)
             writer.close()
             lost = await raw_websocket(server.port, "k")
-            await wait_for(lambda: server.hub.client_count() == 1, what="upgraded")
+            await wait_for(lambda: server.core.client_count() == 1, what="upgraded")
             await assert_armed(server)
             sock = lost.writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             lost.writer.transport.abort()  # a reset (RST, not FIN): connection_lost without eof_received
-            await wait_for(lambda: server.hub.client_count() == 0, what="forgotten")
+            await wait_for(lambda: server.core.client_count() == 0, what="forgotten")
             await assert_armed(server)
 
     asyncio.run(scenario())
@@ -149,21 +148,21 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
             await within(reader.readuntil(b"\r\n\r\n"))
             writer.transport.pause_reading()  # a client that stops reading
             channel = f"{prefix}groups-new:k".encode()
-            await wait_for(lambda: server.hub.ready and channel in server.hub.subscribed_channels(),
+            await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
                            what="key confirmed")
             await r.publish(f"{prefix}groups-new:k", '["g"]')
-            await wait_for(lambda: server.hub.ready and len(server.hub.needed_channels()) == 2, what="in g")
+            await wait_for(lambda: server.core.ready and len(server.core.needed_channels()) == 2, what="in g")
             payload = "x" * 60_000
             paused = asyncio.get_running_loop().create_future()
             while not paused.done():
                 await r.publish(f"{prefix}group-data:g", payload)
                 conn = next(iter(server.transports))
-                client = server.hub._clients.get(conn)
+                client = server.core._clients.get(conn)
                 if client is not None and client.write_paused_since is not None:
                     paused.set_result(asyncio.get_running_loop().time())
             await assert_armed(server)
             started = paused.result()
-            await wait_for(lambda: server.hub.client_count() == 0, timeout=1 + 1.0, what="aborted at writeWait")
+            await wait_for(lambda: server.core.client_count() == 0, timeout=1 + 1.0, what="aborted at writeWait")
             assert asyncio.get_running_loop().time() - started >= 1 - 0.05
             await assert_armed(server)
             writer.close()
@@ -172,30 +171,37 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
     asyncio.run(scenario())
 
 
-def test_redis_connection_lost_arms_the_reconnect(own_redis: RedisProcess, prefix: str) -> None:
-    """_RedisProtocol.connection_lost: the reconnect (reconnectMin 0.02 s) is armed; the hub is ready again."""
+def test_link_lost_arms_the_reconnect_under_a_new_link_id(own_redis: RedisProcess, prefix: str) -> None:
+    """_LinkProtocol.connection_lost: the reconnect (reconnectMin 0.02 s) is armed; each role is redialled
+    under a new link id, the dead links are gone from the shell, and the hub is ready again."""
     async def scenario() -> None:
         r = own_redis.client()
         async with hub(own_redis, prefix) as server:
+            before = server.core.broker.current_links()
+            assert sorted(server.links) == sorted(before.values()) and not server._dials
             # Both hub links (no client, so the subscriber link subscribes nothing: type normal).
             killed = await r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
             assert killed == 2
-            await wait_for(lambda: not server.hub.ready, what="link lost")
+            await wait_for(lambda: not server.core.ready, what="link lost")
             await assert_armed(server)
-            await wait_for(lambda: server.hub.ready, timeout=0.2 + 1.0, what="reconnected within reconnectMax")
+            await wait_for(lambda: server.core.ready, timeout=0.2 + 1.0, what="reconnected within reconnectMax")
             await assert_armed(server)
+            after = server.core.broker.current_links()
+            assert after.keys() == before.keys()
+            assert min(after.values()) > max(before.values())  # a new id per dial, never one reused
+            assert sorted(server.links) == sorted(after.values()) and not server._dials
         await r.aclose()
 
     asyncio.run(scenario())
 
 
-def test_redis_data_arms_the_next_idle_ping(redis_server: RedisProcess, prefix: str) -> None:
-    """_RedisProtocol.data_received: a PING reply moves the link's deadline from the reply timeout
+def test_link_data_arms_the_next_idle_ping(redis_server: RedisProcess, prefix: str) -> None:
+    """_LinkProtocol.data_received: a PING reply moves the link's deadline from the reply timeout
     (sent + redis.timeout) to the next idle PING (reply + timeout / 2), which is earlier."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         async with hub(redis_server, prefix, redis_timeout=2) as server:
-            cmd = server.hub.broker._sessions[RedisLink.COMMANDS]
+            cmd = server.core.broker._sessions[RedisLink.COMMANDS]
             first = cmd.last_rx
             await wait_for(lambda: cmd.last_rx > first and not cmd.waiting_since, timeout=1 + 1.0,
                            what="an idle PING answered")
@@ -213,11 +219,11 @@ def test_shutdown_arms_the_shutdown_timeout(own_redis: RedisProcess, prefix: str
         loop = asyncio.get_running_loop()
         async with hub(own_redis, prefix, shutdownTimeout=1) as server:
             ws = await raw_websocket(server.port, "k")
-            await wait_for(lambda: server.hub.ready, what="ready")
+            await wait_for(lambda: server.core.ready, what="ready")
             own_redis.pause()
             try:
                 ws.send(ws_frame(0x1, b"stuck behind a frozen Redis"))
-                await wait_for(lambda: server.hub.stats.messages_in == 1, what="message read")
+                await wait_for(lambda: server.core.stats.messages_in == 1, what="message read")
                 started = loop.time()
                 server.shutdown()
                 await assert_armed(server)

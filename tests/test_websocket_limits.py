@@ -27,10 +27,11 @@ from helpers import (
     ws_frame,
     ws_url,
 )
-from wshub_asyncio import HubServer
+from wshub_asyncio import Server
+from wshub_core import Hub
 
 
-async def member(server: HubServer, r: aredis.Redis, prefix: str, key: str,
+async def member(server: Server[Hub], r: aredis.Redis, prefix: str, key: str,
                  **kw: Any) -> websockets.ClientConnection:
     """A websockets client of ``key`` in group "g"."""
     ws = await websockets.connect(ws_url(server.port, key), proxy=None, **kw)
@@ -116,7 +117,7 @@ def test_keepalive_keeps_answering_clients_and_closes_silent_ones_with_1011(redi
             await r.publish(f"{prefix}group-data:g", "after the pings")
             assert await within(good.recv()) == "after the pings"
             await within(await good.ping(b"hub answers pings too"))
-            assert server.hub.stats.closes[1011] == 1
+            assert server.core.stats.closes[1011] == 1
             await good.close()
             await answering.aclose()
             await chatty.aclose()
@@ -158,7 +159,7 @@ def test_oversize_messages_are_closed_with_1009_and_others_are_served(redis_serv
             assert close.close_code == 1009
             assert await frag.at_eof()
             await still_served(r, sub, prefix, good, "good", "after fragments")  # and nothing of "big" came
-            assert server.hub.stats.closes[1009] == 2
+            assert server.core.stats.closes[1009] == 2
             await good.close()
             await frag.aclose()
         await sub.close()
@@ -170,7 +171,7 @@ def test_oversize_messages_are_closed_with_1009_and_others_are_served(redis_serv
 # -- protocol errors (RFC 6455 sections 5.1, 5.6, 8.1) ----------------------------------------------------------------
 
 
-async def _violate(server: HubServer, key: str, data: bytes) -> int:
+async def _violate(server: Server[Hub], key: str, data: bytes) -> int:
     raw: RawWebSocket = await raw_websocket(server.port, key)
     assert raw.status_line == b"HTTP/1.1 101 Switching Protocols"
     raw.send(data)
@@ -205,8 +206,8 @@ def test_protocol_errors_get_their_close_code_and_others_are_unaffected(redis_se
                 assert await _violate(server, f"bad{i}", data) == code, what
                 # Nothing of the broken message was published: the next message on the subscriber is the good one.
                 await still_served(r, sub, prefix, good, "good", f"after {what}")
-            await wait_for(lambda: server.hub.client_count() == 1, what="bad clients forgotten")
-            assert server.hub.stats.closes[1002] == 3 and server.hub.stats.closes[1007] == 4
+            await wait_for(lambda: server.core.client_count() == 1, what="bad clients forgotten")
+            assert server.core.stats.closes[1002] == 3 and server.core.stats.closes[1007] == 4
             await good.close()
         await sub.close()
         await r.aclose()

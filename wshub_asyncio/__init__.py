@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ._server import HubServer, run
+from ._server import Server, run
 
-__all__ = ["HubServer", "run"]
+__all__ = ["Server", "run"]

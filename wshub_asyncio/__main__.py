@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import resource
+import secrets
 import signal
 import sys
 import time
@@ -24,6 +27,8 @@ from ._logging import set_worker, setup_logging
 from ._server import reuseport_socket, run, server_tls_context
 
 __all__ = ["main"]
+
+log = logging.getLogger("wshub")
 
 EPILOG = """\
 Every config key can also be set from the environment, which wins over the
@@ -108,6 +113,20 @@ def check_output(config: Config) -> str:
     return text
 
 
+def with_api_key(config: Config) -> Config:
+    """The config with an API key: the configured one, else one generated now and logged once.
+
+    The API is never open without a key. Generated here, before workers fork,
+    so every worker of one start accepts the same key.
+    """
+    if config.api_key:
+        return config
+    key = secrets.token_urlsafe(18)
+    log.warning("HTTP API key (generated at start; set api.key or WSHUB_API_KEY to keep one): %s", key,
+                extra={"event": "api_key_generated"})
+    return dataclasses.replace(config, api_key=key, origins={**config.origins, "api.key": "api.key (generated)"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -123,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     json_lines = args.log_json or config.log_format == "json"
     setup_logging(json_lines=json_lines, debug=args.debug)
+    config = with_api_key(config)
     raise_file_limit()
     config_file = str(path.absolute()) if text is not None else None
     if config.workers > 1:

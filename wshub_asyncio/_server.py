@@ -1,12 +1,19 @@
-"""The asyncio shell: moves bytes and time between the OS and the core.
+"""The asyncio shell: moves bytes and time between the OS and a core.
+
+One ``Server`` class drives any core (``Hub``, ``EchoHub``: the ``Core``
+protocol) and executes every action kind; what a link is for (a Redis role, a
+shard) is the core's business, not the shell's.
 
 Rules:
 1. It decides nothing. Every byte and every connection event goes to the
-   ``Hub``; every action the hub returns is executed here, in order.
+   core; every action the core returns is executed here, in order.
 2. No task and no timer per client: clients are ``asyncio.Protocol`` callbacks
-   and the whole hub has one ``TimerHandle``, armed at the core's next deadline.
-3. A Redis connection's callbacks count only while it is the current one for
-   its link; a connection the core has dropped is detached first.
+   and the whole core has one ``TimerHandle``, armed at its next deadline. The
+   only tasks are dials, one per ``OpenLink``.
+3. A link is known by the id of the ``OpenLink`` that dialled it, and its
+   callbacks count only while that id is open here: ``CloseLink`` detaches
+   the link (or cancels its dial) first, and the core never reuses an id, so a
+   late callback can never be taken for a newer link's.
 """
 
 from __future__ import annotations
@@ -17,29 +24,29 @@ import os
 import signal
 import socket
 import ssl
-from typing import cast
+from typing import Any, Generic, TypeVar, cast
 
 from wshub_core import (
     Action,
     CloseClient,
-    CloseRedis,
+    CloseLink,
     Config,
     ConfigError,
-    ConnectRedis,
     Core,
     Hub,
+    OpenLink,
     PauseClient,
-    RedisLink,
     ResumeClient,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     StopListening,
     Stopped,
 )
+from wshub_core._logs import host_port
 
 from ._logging import worker_name
 
-__all__ = ["ClientProtocol", "CoreServer", "HubServer", "reuseport_socket", "run", "server_tls_context"]
+__all__ = ["ClientProtocol", "Server", "reuseport_socket", "run", "server_tls_context"]
 
 log = logging.getLogger("wshub")
 
@@ -47,27 +54,29 @@ log = logging.getLogger("wshub")
 # further frames itself (bounded by webSocket.maxOutboundBuffer).
 WRITE_HIGH_WATER = 64 * 1024
 
+CoreT = TypeVar("CoreT", bound=Core)
+
 
 class ClientProtocol(asyncio.Protocol):
-    __slots__ = ("_server", "_hub", "_loop", "conn")
+    __slots__ = ("_server", "_core", "_loop", "conn")
 
-    def __init__(self, server: CoreServer) -> None:
+    def __init__(self, server: Server[Any]) -> None:
         self._server = server
-        self._hub = server.core
+        self._core: Core = server.core
         self._loop = server.loop
         self.conn = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.conn = self._hub.client_opened(self._loop.time())
+        self.conn = self._core.client_opened(self._loop.time())
         self._server.transports[self.conn] = transport
         self._server.drain_soon()  # re-arms the timer: the handshake deadline may be the next one
 
     def data_received(self, data: bytes) -> None:
-        hub = self._hub
-        hub.client_data(self.conn, data, self._loop.time())
-        if hub.pause_pending:
+        core = self._core
+        core.client_data(self.conn, data, self._loop.time())
+        if core.pause_pending:
             # The Redis buffer is full: pause the clients now, before the loop reads the next socket
             # (uvloop reads on in this iteration until told to stop).
             self._server.drain()
@@ -75,32 +84,35 @@ class ClientProtocol(asyncio.Protocol):
             self._server.drain_soon()
 
     def eof_received(self) -> bool:
-        self._hub.client_eof(self.conn, self._loop.time())
+        self._core.client_eof(self.conn, self._loop.time())
         self._server.drain()
         return True  # the core decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.transports.pop(self.conn, None)
-        self._hub.client_lost(self.conn, self._loop.time())
+        self._core.client_lost(self.conn, self._loop.time())
         self._server.drain()
 
     def pause_writing(self) -> None:
-        self._hub.client_write_paused(self.conn, self._loop.time())
+        self._core.client_write_paused(self.conn, self._loop.time())
         self._server.drain()
 
     def resume_writing(self) -> None:
-        self._hub.client_write_resumed(self.conn, self._loop.time())
+        self._core.client_write_resumed(self.conn, self._loop.time())
         self._server.drain()
 
 
-class _RedisProtocol(asyncio.Protocol):
-    def __init__(self, server: HubServer, link: RedisLink) -> None:
+class _LinkProtocol(asyncio.Protocol):
+    """One link's connection; its callbacks reach the core only while it is the shell's link ``link``."""
+
+    def __init__(self, server: Server[Any], link: int) -> None:
         self._server = server
+        self._core: Core = server.core
         self._link = link
         self.transport: asyncio.Transport | None = None
 
     def _current(self) -> bool:
-        return self._server.redis.get(self._link) is self
+        return self._server.links.get(self._link) is self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -111,13 +123,13 @@ class _RedisProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._current():
-            self._server.hub.redis_data(self._link, data, self._server.loop.time())
+            self._core.link_data(self._link, data, self._server.loop.time())
             self._server.drain_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._current():
-            del self._server.redis[self._link]
-            self._server.hub.redis_lost(self._link, self._server.loop.time(), os_reason(exc) if exc else "")
+            del self._server.links[self._link]
+            self._core.link_lost(self._link, self._server.loop.time(), os_reason(exc) if exc else "")
             self._server.drain()
 
 
@@ -149,18 +161,35 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-class CoreServer:
-    """A listening socket, a core, and the glue between them: what every shell server shares."""
+class Server(Generic[CoreT]):
+    """A listening socket, a core, and the glue between them: every action kind is executed here.
 
-    def __init__(self, core: Core) -> None:
+    ``config`` (a hub's) gives the listening address and the wss:// context;
+    without it ``start`` takes them as arguments (the echo).
+    """
+
+    def __init__(self, core: CoreT, *, config: Config | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.core = core
-        self.transports: dict[int, asyncio.Transport] = {}
+        self.config = config
+        self.transports: dict[int, asyncio.Transport] = {}  # client sockets by conn id
+        self.links: dict[int, _LinkProtocol] = {}  # open links by link id
+        self._dials: dict[int, asyncio.Task[None]] = {}  # dials in progress by link id
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._drain_pending = False
         self.stopped = asyncio.Event()
+
+    async def start(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None) -> None:
+        """Listen (on ``config``'s address and TLS if there is one), then start the core and execute its actions."""
+        cfg = self.config
+        if cfg is not None:
+            await self.listen(host=cfg.host, port=cfg.port, sock=sock, tls=server_tls_context(cfg))
+        else:
+            await self.listen(host=host, port=port, sock=sock)
+        self.core.start(self.loop.time())
+        self.drain()
 
     async def listen(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None,
                      tls: ssl.SSLContext | None = None) -> None:
@@ -220,12 +249,9 @@ class CoreServer:
         self._timer = None
         self._timer_at = None
         now = self.loop.time()
-        self._timer_late(max(0.0, now - deadline))
+        self.core.loop_lag(max(0.0, now - deadline))  # how late the loop ran the timer
         self.core.handle_timer(now)
         self.drain()
-
-    def _timer_late(self, lag: float) -> None:
-        """How late the loop ran the timer (event-loop lag)."""
 
     def _execute(self, action: Action) -> None:
         kind = type(action)
@@ -234,6 +260,11 @@ class CoreServer:
             transport = self.transports.get(action.conn)
             if transport is not None:
                 transport.write(action.data)
+        elif kind is SendToLink:
+            assert isinstance(action, SendToLink)
+            proto = self.links.get(action.link)
+            if proto is not None and proto.transport is not None:
+                proto.transport.write(action.data)
         elif kind is CloseClient:
             assert isinstance(action, CloseClient)
             if action.abort:
@@ -256,16 +287,45 @@ class CoreServer:
             transport = self.transports.get(action.conn)
             if transport is not None and not transport.is_closing():
                 transport.resume_reading()
+        elif kind is OpenLink:
+            assert isinstance(action, OpenLink)
+            self._dials[action.link] = self.loop.create_task(self._open_link(action))
+        elif kind is CloseLink:
+            assert isinstance(action, CloseLink)
+            task = self._dials.pop(action.link, None)
+            if task is not None:
+                task.cancel()
+            proto = self.links.pop(action.link, None)  # detached first: its connection_lost reaches nobody
+            if proto is not None and proto.transport is not None:
+                proto.transport.abort()
         elif kind is StopListening:
             if self._server is not None:
                 self._server.close()
         elif kind is Stopped:
             self.stopped.set()
         else:
-            self._execute_other(action)
+            raise AssertionError(f"{type(self).__name__} cannot execute {action!r}")
 
-    def _execute_other(self, action: Action) -> None:
-        raise AssertionError(f"{type(self).__name__} cannot execute {action!r}")
+    async def _open_link(self, action: OpenLink) -> None:
+        """Dial one link: the only coroutine in the shell, one per dial."""
+        link = action.link
+        context = ssl.create_default_context() if action.tls else None
+        try:
+            _, proto = await self.loop.create_connection(
+                lambda: _LinkProtocol(self, link), action.host, action.port, ssl=context,
+                server_hostname=action.host if context else None,
+            )
+        except asyncio.CancelledError:
+            return  # CloseLink: the core gave up on this dial
+        except OSError as exc:
+            self._dials.pop(link, None)
+            self.core.link_lost(link, self.loop.time(), os_reason(exc))
+            self.drain()
+            return
+        self._dials.pop(link, None)
+        self.links[link] = proto
+        self.core.link_opened(link, self.loop.time())
+        self.drain()
 
     async def close(self) -> None:
         """Tear down without the shutdown protocol (tests, errors)."""
@@ -273,77 +333,16 @@ class CoreServer:
             self._timer.cancel()
         if self._server is not None:
             self._server.close()
+        for task in self._dials.values():
+            task.cancel()
+        self._dials.clear()
+        for proto in self.links.values():
+            if proto.transport is not None:
+                proto.transport.abort()
+        self.links.clear()
         for transport in list(self.transports.values()):
             transport.abort()
         self.transports.clear()
-
-
-class HubServer(CoreServer):
-    """One hub process: ``CoreServer`` plus the two Redis connections."""
-
-    def __init__(self, config: Config, *, seed: int | None = None) -> None:
-        self.hub = Hub(config=config, seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"),
-                       log_name=worker_name())
-        super().__init__(self.hub)
-        self.config = config
-        self.redis: dict[RedisLink, _RedisProtocol] = {}
-        self._connecting: dict[RedisLink, asyncio.Task[None]] = {}
-
-    async def start(self, *, sock: socket.socket | None = None) -> None:
-        cfg = self.config
-        await self.listen(host=cfg.host, port=cfg.port, sock=sock, tls=server_tls_context(cfg))
-        self.hub.start(self.loop.time())
-        self.drain()
-
-    def _timer_late(self, lag: float) -> None:
-        self.hub.stats.loop_lag = lag
-
-    def _execute_other(self, action: Action) -> None:
-        if isinstance(action, SendToRedis):
-            proto = self.redis.get(action.link)
-            if proto is not None and proto.transport is not None:
-                proto.transport.write(action.data)
-        elif isinstance(action, ConnectRedis):
-            self._connecting[action.link] = self.loop.create_task(self._connect_redis(action))
-        elif isinstance(action, CloseRedis):
-            task = self._connecting.pop(action.link, None)
-            if task is not None:
-                task.cancel()
-            proto = self.redis.pop(action.link, None)
-            if proto is not None and proto.transport is not None:
-                proto.transport.abort()
-        else:
-            super()._execute_other(action)
-
-    async def _connect_redis(self, action: ConnectRedis) -> None:
-        """Dial Redis; the only coroutine in the shell, one per link at a time."""
-        link = action.link
-        context = ssl.create_default_context() if self.config.redis_tls else None
-        try:
-            _, proto = await self.loop.create_connection(
-                lambda: _RedisProtocol(self, link), action.host, action.port, ssl=context,
-                server_hostname=action.host if context else None,
-            )
-        except asyncio.CancelledError:
-            return
-        except OSError as exc:
-            self._connecting.pop(link, None)
-            self.hub.redis_lost(link, self.loop.time(), os_reason(exc))
-            self.drain()
-            return
-        self._connecting.pop(link, None)
-        self.redis[link] = proto
-        self.hub.redis_connected(link, self.loop.time())
-        self.drain()
-
-    async def close(self) -> None:
-        for task in self._connecting.values():
-            task.cancel()
-        for proto in self.redis.values():
-            if proto.transport is not None:
-                proto.transport.abort()
-        self.redis.clear()
-        await super().close()
 
 
 def reuseport_socket(config: Config) -> socket.socket:
@@ -368,15 +367,18 @@ async def run(config: Config, *, config_file: str | None, sock: socket.socket | 
     environment only): the start line says so, and whether TLS is on, so a
     log answers "which settings is this running with".
     """
-    server = HubServer(config)
+    hub = Hub(config=config, seed=int.from_bytes(os.urandom(4), "big"), log_name=worker_name())
+    server = Server(hub, config=config)
     await server.start(sock=sock)
     server.install_signal_handlers()
     host = config.host or "*"
     if ":" in host:
         host = f"[{host}]"  # "::1:8080" would be ambiguous
-    log.info("listening on %s:%d%s (%s event loop), %s, %s", host, server.port, config.server_url,
+    broker = ("memory broker (in this process)" if config.broker == "memory"
+              else f"redis broker at {host_port(config.redis_host, config.redis_port)}")
+    log.info("listening on %s:%d%s (%s event loop), %s, %s, %s", host, server.port, config.server_url,
              type(server.loop).__module__.split(".")[0], "TLS on (wss://)" if config.tls_cert_file else "TLS off (ws://)",
-             f"config file {config_file}" if config_file else "no config file")
+             broker, f"config file {config_file}" if config_file else "no config file")
     await server.stopped.wait()
     await server.close()
     return 0

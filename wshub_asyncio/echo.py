@@ -1,12 +1,9 @@
 """The echo application: ``python -m wshub_asyncio.echo --address 127.0.0.1:9001``.
 
 A conformance target (Autobahn|Testsuite, see docs/conformance.md): the real
-core's ``ClientConnection`` behind an ``EchoHub``, driven the way ``HubServer``
-drives a ``Hub`` -- ``asyncio.Protocol`` callbacks, actions executed in order,
-one loop timer at the core's next deadline. It decides nothing itself.
-
-It is ``CoreServer`` -- the part of ``HubServer`` without Redis -- around an
-``EchoHub``.
+core's ``ClientConnection`` behind an ``EchoHub``, driven by the very ``Server``
+that drives a ``Hub`` -- ``asyncio.Protocol`` callbacks, actions executed in
+order, one loop timer at the core's next deadline. It decides nothing itself.
 """
 
 from __future__ import annotations
@@ -20,22 +17,11 @@ import sys
 from wshub_core import EchoHub
 from wshub_core._echo import MiB
 
-from ._server import CoreServer
+from ._server import Server
 
-__all__ = ["EchoServer", "main", "parse_address", "serve"]
+__all__ = ["main", "parse_address", "serve"]
 
 log = logging.getLogger("wshub.echo")
-
-
-class EchoServer(CoreServer):
-    """``CoreServer`` around an ``EchoHub``: no Redis, nothing else to execute."""
-
-    def __init__(self, hub: EchoHub) -> None:
-        super().__init__(hub)
-        self.hub = hub
-
-    async def start(self, host: str, port: int) -> None:
-        await self.listen(host=host, port=port)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -48,8 +34,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 async def serve(host: str, port: int, hub: EchoHub) -> int:
     """Serve until SIGINT/SIGTERM; the exit status."""
-    server = EchoServer(hub)
-    await server.start(host, port)
+    server = Server(hub)
+    await server.start(host=host, port=port)
     for sig in (signal.SIGINT, signal.SIGTERM):
         server.loop.add_signal_handler(sig, server.shutdown)
     # Printed, not only logged: a parent that asked for port 0 reads the real one here.

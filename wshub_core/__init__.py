@@ -9,13 +9,12 @@ from __future__ import annotations
 from ._actions import (
     Action,
     CloseClient,
-    CloseRedis,
-    ConnectRedis,
+    CloseLink,
+    OpenLink,
     PauseClient,
-    RedisLink,
     ResumeClient,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     StopListening,
     Stopped,
 )
@@ -25,6 +24,7 @@ from ._core import Core
 from ._echo import EchoHub
 from ._hub import Hub, encode_message
 from ._redis import RedisState
+from ._redis_broker import RedisLink
 from ._routing import parse_groups
 
 __all__ = [
@@ -34,19 +34,19 @@ __all__ = [
     "ClientState",
     "CloseClient",
     "CloseCode",
-    "CloseRedis",
+    "CloseLink",
     "Config",
     "ConfigError",
-    "ConnectRedis",
     "Core",
     "EchoHub",
     "Hub",
+    "OpenLink",
     "PauseClient",
     "RedisLink",
     "RedisState",
     "ResumeClient",
     "SendToClient",
-    "SendToRedis",
+    "SendToLink",
     "StopListening",
     "Stopped",
     "encode_message",

@@ -2,33 +2,30 @@
 
 The shell executes them in the order they were returned. They are plain data;
 nothing here has behaviour, so any event loop can interpret them.
+
+A client socket is named by the ``conn`` id ``client_opened`` returned; an
+outgoing connection (a *link*, e.g. to Redis) by the ``link`` id of the
+``OpenLink`` that dialled it. Link ids are opaque: the core picks a new one for
+every dial and never reuses it, so a broker can open links at run time and the
+shell needs no notion of what a link is for.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 __all__ = [
     "Action",
     "CloseClient",
-    "CloseRedis",
-    "ConnectRedis",
+    "CloseLink",
+    "OpenLink",
     "PauseClient",
-    "RedisLink",
     "ResumeClient",
     "SendToClient",
-    "SendToRedis",
+    "SendToLink",
     "StopListening",
     "Stopped",
 ]
-
-
-class RedisLink(enum.Enum):
-    """Which of the hub's two Redis connections an action is about."""
-
-    SUBSCRIBER = "subscriber"
-    COMMANDS = "commands"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,25 +55,28 @@ class ResumeClient:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectRedis:
-    """Open a TCP connection; report ``redis_connected`` or ``redis_lost``."""
+class OpenLink:
+    """Dial ``host:port`` (TLS if ``tls``) as ``link``, a fresh id: no late callback of an older dial passes for it."""
 
-    link: RedisLink
+    link: int
     host: str
     port: int
+    tls: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SendToRedis:
-    link: RedisLink
+class SendToLink:
+    """Write on an open link: everything the core queued for it since the last drain, so one write per link."""
+
+    link: int
     data: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CloseRedis:
-    """Drop the connection; the core has already scheduled its reconnect."""
+class CloseLink:
+    """Drop the link, or abandon its dial, and forget its id: the core has already scheduled what follows."""
 
-    link: RedisLink
+    link: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,9 +94,9 @@ Action = (
     | CloseClient
     | PauseClient
     | ResumeClient
-    | ConnectRedis
-    | SendToRedis
-    | CloseRedis
+    | OpenLink
+    | SendToLink
+    | CloseLink
     | StopListening
     | Stopped
 )

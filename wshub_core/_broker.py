@@ -13,7 +13,10 @@ Rules:
 2. A broker owns its links (dial, prelude, reply deadline, idle ping,
    backoff) and their deadlines; the hub's next deadline is the minimum of
    the broker's, the client table's and its own.
-3. Events reach the hub through the callbacks it gave at construction, in the
+3. A link is an opaque id the broker picks for each dial (``OpenLink``) and
+   never reuses. Link input for an id that is not one of its current links
+   (a dial it abandoned, a link it closed) is stale and ignored.
+4. Events reach the hub through the callbacks it gave at construction, in the
    call that caused them; actions go to the hub's action list (``sink``).
 """
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ._actions import RedisLink
 from ._metrics import Sample
 
 __all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublisherBack", "Sample"]
@@ -52,13 +54,13 @@ class Broker(Protocol):
     def publish(self, channel: bytes, payload: bytes, *, resend: bool = True) -> None:
         """Send ``payload`` on ``channel``; ``resend=False``: drop it, not resend it, after an outage."""
 
-    def link_connected(self, link: RedisLink, now: float) -> None:
-        """The shell opened the link the broker asked for."""
+    def link_opened(self, link: int, now: float) -> None:
+        """The shell opened the link the broker asked for (``OpenLink``)."""
 
-    def link_data(self, link: RedisLink, data: bytes, now: float) -> None:
+    def link_data(self, link: int, data: bytes, now: float) -> None:
         """Bytes arrived on a link."""
 
-    def link_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+    def link_lost(self, link: int, now: float, error: str = "") -> None:
         """A link dropped or could not be opened (idempotent); ``error`` in the OS's words."""
 
     def handle_timer(self, now: float) -> None:

@@ -98,6 +98,13 @@ KEYS: tuple[Key, ...] = (
         minimum=0, doc="on SIGTERM, how long to wait for clients to close and buffered messages to flush"),
     Key(path="logFormat", attr="log_format", kind="str", default="text",
         doc="'text' (human-readable) or 'json' (one JSON object per line)"),
+    Key(path="broker", attr="broker", kind="str", default="",
+        doc="'memory' (in this process, nothing else to run; one worker) or 'redis'; when unset: 'redis' "
+            "if the file or the environment sets any redis.* key, else 'memory'"),
+    Key(path="api.key", attr="api_key", kind="str", default="",
+        doc="Bearer token every /api/ request must carry; empty: one is generated at start and logged once"),
+    Key(path="api.maxBodySize", attr="api_max_body_size", kind="bytes", default=1024 * 1024, minimum=1,
+        doc="largest /api/ request body; larger is answered 413 before it is read"),
     Key(path="tls.certFile", attr="tls_cert_file", kind="str", default="",
         doc="PEM certificate (chain) for wss://; empty: plain ws://"),
     Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
@@ -153,6 +160,9 @@ class Config:
     workers: int = 1
     shutdown_timeout: float = 10.0
     log_format: str = "text"
+    broker: str = "redis"  # load_config decides; a Config built by hand keeps the Redis broker it always had
+    api_key: str = ""
+    api_max_body_size: int = 1024 * 1024
     tls_cert_file: str = ""
     tls_key_file: str = ""
     redis_address: str = "localhost:6379"
@@ -192,6 +202,8 @@ class Config:
     def hidden_keys(self) -> list[str]:
         """The keys ``as_dict`` masks: a password, also inside a ``redis.address`` URL."""
         out = []
+        if self.api_key:
+            out.append("api.key")
         if self.redis_password and "@" in self.redis_address and "://" in self.redis_address:
             out.append("redis.address")
         if self.redis_password:
@@ -206,7 +218,7 @@ class Config:
             value = getattr(self, key.attr)
             if isinstance(value, tuple):
                 value = list(value)
-            if key.path == "redis.password" and key.path in hidden:
+            if key.path in ("redis.password", "api.key") and key.path in hidden:
                 value = "***"
             elif key.path == "redis.address" and key.path in hidden:
                 scheme, _, rest = value.partition("://")
@@ -385,6 +397,17 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
     check(bool(values["client_key"]), "clientKey", "must not be empty")
     check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")
+    check(values["broker"] in ("", "memory", "redis"), "broker", "must be 'memory' or 'redis'")
+    if not values["broker"]:
+        # A Go hub's config.yaml names redis.address: it still means Redis. Nothing about Redis: the first run
+        # needs nothing installed.
+        named = [k.path for k in KEYS if k.path.startswith("redis.") and "(default" not in origins[k.path]]
+        values["broker"] = "redis" if named else "memory"
+        origins["broker"] = (f"broker (default 'redis', because {origins[named[0]]} is set)" if named
+                             else "broker (default 'memory': no redis.* key is set)")
+    check(values["broker"] == "redis" or values["workers"] == 1, "workers",
+          f"must be 1 with {origins['broker']}: each worker would be an island with its own memory broker; "
+          "use broker: redis to share one Redis between workers")
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         empty, given = ("tls.keyFile", "tls.certFile") if values["tls_cert_file"] else ("tls.certFile", "tls.keyFile")
         check(False, empty, f"empty, but {origins[given]} is set: tls.certFile and tls.keyFile go together")

@@ -4,6 +4,11 @@ A shell moves bytes, connection events and time into these methods, executes
 ``actions()`` in order after its inputs, and arms one timer at
 ``next_deadline()``. It is a typing protocol, not a base class: each core
 composes a ``ClientTable`` and forwards to it, so no behaviour is inherited.
+
+The protocol is the whole shell API, links included, so one shell server
+executes every action kind for any core; a core that opens no link (never
+emits ``OpenLink``) still takes the link inputs, and ignores them as it would
+any stale link id.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ __all__ = ["Core"]
 
 
 class Core(Protocol):
-    """The client half of the shell API, shared by every core."""
+    """The shell API shared by every core: lifecycle, clients, links, time and output."""
+
+    def start(self, now: float) -> None: ...
 
     def client_opened(self, now: float) -> int: ...
 
@@ -30,7 +37,15 @@ class Core(Protocol):
 
     def client_write_resumed(self, conn: int, now: float) -> None: ...
 
+    def link_opened(self, link: int, now: float) -> None: ...
+
+    def link_data(self, link: int, data: bytes, now: float) -> None: ...
+
+    def link_lost(self, link: int, now: float, error: str = "") -> None: ...
+
     def handle_timer(self, now: float) -> None: ...
+
+    def loop_lag(self, lag: float) -> None: ...
 
     def next_deadline(self) -> float | None: ...
 

@@ -4,8 +4,8 @@ It exists so that a conformance suite (Autobahn|Testsuite) can exercise the
 real ``ClientConnection`` -- HTTP head, upgrade, ping/pong, fragmentation,
 UTF-8, close handshake, size limit -- through the real asyncio shell, without
 Redis. It owns a ``ClientTable`` and nothing else, and exposes the same
-client half of the shell API as ``Hub`` (the ``Core`` protocol), so one shell
-server class drives either.
+shell API as ``Hub`` (the ``Core`` protocol), so one shell server class drives
+either. It never opens a link, so its link inputs have nothing to act on.
 
 Rules:
 1. Like ``Hub``: every method takes ``now`` and changes state; ``actions()``
@@ -77,6 +77,21 @@ class EchoHub:
         self._stopped = False
 
     # -- shell API (the Core protocol): the client inputs, timer and deadline are the table's -----
+
+    def start(self, now: float) -> None:
+        """Nothing to open: the echo needs no link."""
+
+    def link_opened(self, link: int, now: float) -> None:
+        """Ignored: the echo emits no ``OpenLink``, so every link id is stale to it (as to ``Hub``)."""
+
+    def link_data(self, link: int, data: bytes, now: float) -> None:
+        """Ignored, as ``link_opened``."""
+
+    def link_lost(self, link: int, now: float, error: str = "") -> None:
+        """Ignored, as ``link_opened``."""
+
+    def loop_lag(self, lag: float) -> None:
+        """Ignored: the echo keeps no metrics."""
 
     def shutdown(self, now: float) -> None:
         """Stop accepting and close every client with 1001; ``Stopped`` once they are gone."""

@@ -10,7 +10,7 @@ Rules:
    ``actions()`` and arms one timer at ``next_deadline()``.
 2. Output is coalesced (see ``ClientTable``): bytes for one socket since the
    last ``actions()`` go out as one ``SendToClient``, Redis commands as one
-   ``SendToRedis`` per link (pipelined).
+   ``SendToLink`` per link (pipelined).
 3. A group message is encoded into a frame once; the same bytes object is
    queued to every member.
 4. Nothing a client or Redis sends raises out of here.
@@ -24,19 +24,20 @@ from wsproto.frame_protocol import FrameProtocol
 
 from ._actions import (
     Action,
-    RedisLink,
     StopListening,
     Stopped,
 )
+from ._broker import Broker
 from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
 from ._http import Admin, Answer, RouteContext, admin_answer, route
 from ._logs import fingerprint
+from ._memory_broker import MemoryBroker
 from ._metrics import Stats, render
 from ._redis import RedisState
-from ._redis_broker import RedisBroker
+from ._redis_broker import RedisBroker, RedisLink
 from ._routing import Routing, parse_groups
 from ._timers import Timers
 
@@ -106,12 +107,16 @@ class Hub:
         self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
         self._channels = Channels(config.channel_prefix)
         self._routing = Routing(channels=self._channels)
-        self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
-                                  on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
-        # The shell's Redis link inputs go straight to the broker.
-        self.redis_connected = self.broker.link_connected
-        self.redis_data = self.broker.link_data
-        self.redis_lost = self.broker.link_lost
+        self.broker: Broker
+        if config.broker == "memory":
+            self.broker = MemoryBroker(on_message=self._on_pubsub)
+        else:
+            self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
+                                      on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again)
+        # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
+        self.link_opened = self.broker.link_opened
+        self.link_data = self.broker.link_data
+        self.link_lost = self.broker.link_lost
 
     # -- shell API: lifecycle ---------------------------------------------------
 
@@ -166,6 +171,10 @@ class Hub:
                 self._actions.append(Stopped())
         self._now = now
 
+    def loop_lag(self, lag: float) -> None:
+        """How late the shell's timer fired: wshub_event_loop_lag_seconds."""
+        self.stats.loop_lag = lag
+
     def next_deadline(self) -> float | None:
         """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""
         deadlines = [d for d in (self._timers.next_deadline(), self._clients.next_deadline(),
@@ -201,7 +210,7 @@ class Hub:
 
     def link_states(self) -> dict[RedisLink, RedisState]:
         """Where each Redis link is in its lifecycle (READY means the prelude was answered)."""
-        return self.broker.link_states()
+        return self.broker.link_states() if isinstance(self.broker, RedisBroker) else {}
 
     def subscribed_channels(self) -> set[bytes]:
         """Channels the broker has asked the server for."""

@@ -33,7 +33,7 @@ class Stats:
         self.messages_out = 0  # WebSocket messages delivered to clients (one per member)
         self.bytes_out = 0  # frame bytes queued to clients
         self.group_messages = 0  # group-data messages received from Redis
-        self.loop_lag = 0.0  # set by the shell
+        self.loop_lag = 0.0  # reported by the shell (Hub.loop_lag)
 
 
 def render(samples: list[Sample]) -> str:

@@ -43,7 +43,7 @@ _PING = pack(b"PING")
 
 class RedisState(enum.Enum):
     DOWN = "down"  # waiting for the reconnect deadline
-    CONNECTING = "connecting"  # ConnectRedis issued, TCP not up yet
+    CONNECTING = "connecting"  # OpenLink issued, TCP not up yet
     HANDSHAKE = "handshake"  # TCP up, prelude (AUTH/SELECT/PING) sent, not every reply back yet
     READY = "ready"  # every prelude reply was a success: a Redis that takes our commands
 

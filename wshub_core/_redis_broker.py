@@ -13,13 +13,17 @@ Rules:
    failed; the backoff spaces them.
 3. Nothing Redis sends raises out of here: a broken link is closed and
    redialled.
+4. Every dial is a new link id (``OpenLink``); each role (``RedisLink``) has
+   at most one current id, from its dial until it is lost or closed. Input for
+   any other id is stale and changes nothing.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 
-from ._actions import Action, CloseRedis, ConnectRedis, RedisLink, SendToRedis
+from ._actions import Action, CloseLink, OpenLink, SendToLink
 from ._broker import OnConfirmed, OnMessage, OnPublisherBack
 from ._config import Config
 from ._logs import host_port
@@ -27,9 +31,20 @@ from ._metrics import Sample
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
 from ._timers import Timers
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "RedisLink"]
 
 log = logging.getLogger("wshub")
+
+
+class RedisLink(enum.Enum):
+    """A link's role in this broker: its name in logs, ``link_states()`` and the ``link`` metric label.
+
+    Actions never carry it: the shell knows a link only by its id, so another
+    broker (a shard per link, say) needs no new action type.
+    """
+
+    SUBSCRIBER = "subscriber"
+    COMMANDS = "commands"
 
 
 class RedisBroker:
@@ -62,9 +77,12 @@ class RedisBroker:
             RedisLink.SUBSCRIBER: self._sub,
             RedisLink.COMMANDS: self._cmd,
         }
+        self._last_link = 0  # the latest link id handed out: every dial takes the next one
+        self._link_of: dict[RedisLink, int] = {}  # each role's current link (dialling or open)
+        self._role_of: dict[int, RedisLink] = {}  # the same, inverted: link input for any other id is stale
         self._needed: set[bytes] = set()  # resubscribed after every reconnect
         self._address = host_port(config.redis_host, config.redis_port)
-        self._link_errors: dict[RedisLink, str] = {}  # why each link that is not up went down
+        self._link_errors: dict[RedisLink, str] = {}  # why each role's link that is not up went down
         self._timers = Timers()
         self._buffered_peak = 0  # highest buffered_bytes seen: wshub_redis_buffered_bytes_max
         self.now = 0.0  # time of the latest link input: the hub builds its output at the latest of its parts
@@ -75,8 +93,8 @@ class RedisBroker:
 
     def start(self, now: float) -> None:
         """Dial both links."""
-        for link in self._sessions:
-            self._dial(link, now)
+        for role in self._sessions:
+            self._dial(role, now)
 
     def need(self, channel: bytes) -> None:
         """Subscribe ``channel`` (now, or when the subscriber link is back)."""
@@ -98,40 +116,47 @@ class RedisBroker:
 
     # -- link inputs (from the shell, through the hub) ---------------------------------
 
-    def link_connected(self, link: RedisLink, now: float) -> None:
+    def link_opened(self, link: int, now: float) -> None:
         """TCP is up: send the prelude; the link is READY once Redis answered it."""
+        role = self._role_of.get(link)
+        if role is None:
+            return  # stale: a dial abandoned at its connect timeout completed after all
         self.now = now
-        session = self._sessions[link]
+        session = self._sessions[role]
         if session.state is not RedisState.CONNECTING:
-            return  # a late connect after a connect timeout
-        self._sink.append(SendToRedis(link=link, data=session.connected(now)))
+            return  # reported twice
+        self._sink.append(SendToLink(link=link, data=session.connected(now)))
         if session is self._sub:
             for channel in sorted(self._needed):
                 self._sub.want(channel)
-        self._timers.schedule(link, session.deadline(self._timeout))
+        self._timers.schedule(role, session.deadline(self._timeout))
 
-    def link_lost(self, link: RedisLink, now: float, error: str = "") -> None:
+    def link_lost(self, link: int, now: float, error: str = "") -> None:
         """The link dropped or could not be opened (idempotent); ``error`` is the OS's reason, if any."""
+        role = self._role_of.get(link)
+        if role is None:
+            return  # stale, or reported already: the role's link is down or has a newer id
         self.now = now
-        session = self._sessions[link]
+        session = self._sessions[role]
         state = session.state
-        if state is RedisState.DOWN:
-            return
         if state is RedisState.CONNECTING:
             why = f"connect failed: {error or 'refused'}"
         elif state is RedisState.HANDSHAKE:
             why = f"closed before answering the handshake{': ' + error if error else ''}"
         else:
             why = f"connection lost: {error or 'closed by the server'}"
-        self._drop_link(link, session, now, why, close=False)
+        self._drop_link(role, session, now, why, close=False)
 
-    def link_data(self, link: RedisLink, data: bytes, now: float) -> None:
+    def link_data(self, link: int, data: bytes, now: float) -> None:
         """Replies and pushes: confirmations and messages go to the hub's callbacks."""
+        role = self._role_of.get(link)
+        if role is None:
+            return  # stale: bytes still buffered from a link the broker closed
         self.now = now
-        session = self._sessions[link]
+        session = self._sessions[role]
         state = session.state
         if state is not RedisState.READY and state is not RedisState.HANDSHAKE:
-            return
+            return  # bytes before link_opened
         if session is self._sub:
             for event in self._sub.feed(data, now):
                 if isinstance(event, Confirmed):
@@ -143,21 +168,21 @@ class RedisBroker:
                 self.publish_errors += 1
                 log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
         if session.broken:
-            self._drop_link(link, session, now, session.broken, close=True)
+            self._drop_link(role, session, now, session.broken, close=True)
             return
         if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
-            self._link_errors.pop(link, None)
-            log.info("redis %s link up (%s)", link.value, self._address,
-                     extra={"event": "link_up", "link": link.value})
+            self._link_errors.pop(role, None)
+            log.info("redis %s link up (%s)", role.value, self._address,
+                     extra={"event": "link_up", "link": role.value})
             if session is self._cmd:
                 self._on_publisher_back()
-        self._timers.schedule(link, session.deadline(self._timeout))  # idle ping from the last reply
+        self._timers.schedule(role, session.deadline(self._timeout))  # idle ping from the last reply
 
     def handle_timer(self, now: float) -> None:
         """Redial, connect and reply timeouts, idle pings."""
-        for link in self._timers.pop_due(now):
-            assert isinstance(link, RedisLink)
-            self._link_timer(link, now)
+        for role in self._timers.pop_due(now):
+            assert isinstance(role, RedisLink)
+            self._link_timer(role, now)
 
     def next_deadline(self) -> float | None:
         """The links' earliest deadline."""
@@ -167,11 +192,11 @@ class RedisBroker:
         """SUBSCRIBE/UNSUBSCRIBE and PUBLISH queued since the last flush, one write per link."""
         if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
             self._buffered_peak = self._cmd.buffered_bytes
-        for link, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
+        for role, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
                            (RedisLink.COMMANDS, self._cmd.take_commands(now))):
-            if data:
-                self._sink.append(SendToRedis(link=link, data=data))
-                self._timers.schedule(link, self._sessions[link].deadline(self._timeout))
+            if data:  # only a READY session has commands to take: the role has a current link
+                self._sink.append(SendToLink(link=self._link_of[role], data=data))
+                self._timers.schedule(role, self._sessions[role].deadline(self._timeout))
 
     # -- queries ---------------------------------------------------------------------
 
@@ -186,10 +211,10 @@ class RedisBroker:
 
     def not_ready_reason(self) -> str:
         """The first link that is not up, and its last error; else the unconfirmed subscriptions."""
-        for link, session in self._sessions.items():
+        for role, session in self._sessions.items():
             if session.state is not RedisState.READY:
-                error = self._link_errors.get(link)
-                return f"redis {link.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
+                error = self._link_errors.get(role)
+                return f"redis {role.value} link {session.state.value}" + (f" (last error: {error})" if error else "")
         return "subscriptions not confirmed yet"
 
     @property
@@ -212,7 +237,11 @@ class RedisBroker:
 
     def link_states(self) -> dict[RedisLink, RedisState]:
         """Where each link is in its lifecycle (READY means the prelude was answered)."""
-        return {link: session.state for link, session in self._sessions.items()}
+        return {role: session.state for role, session in self._sessions.items()}
+
+    def current_links(self) -> dict[RedisLink, int]:
+        """The id of each role's current link, dialling or open; a role whose link is down has none."""
+        return dict(self._link_of)
 
     def samples(self) -> list[Sample]:
         """The Redis metrics (wshub_redis_*, wshub_subscriptions)."""
@@ -220,8 +249,8 @@ class RedisBroker:
             ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
              [("", len(self._sub.subscribed_channels()))]),
             ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
-             [(f'{{link="{link.value}"}}', int(sess.state is RedisState.READY))
-              for link, sess in self._sessions.items()]),
+             [(f'{{link="{role.value}"}}', int(sess.state is RedisState.READY))
+              for role, sess in self._sessions.items()]),
             ("wshub_redis_reconnects_total", "counter", "Redis links lost after being ready.",
              [("", self.reconnects)]),
             ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
@@ -233,45 +262,52 @@ class RedisBroker:
 
     # -- internals -------------------------------------------------------------------
 
-    def _dial(self, link: RedisLink, now: float) -> None:
-        session = self._sessions[link]
+    def _dial(self, role: RedisLink, now: float) -> None:
+        session = self._sessions[role]
         session.connecting(now)
-        self._sink.append(ConnectRedis(link=link, host=self._config.redis_host, port=self._config.redis_port))
-        self._timers.schedule(link, session.deadline(self._timeout))
+        self._last_link += 1
+        link = self._last_link
+        self._link_of[role] = link
+        self._role_of[link] = role
+        self._sink.append(OpenLink(link=link, host=self._config.redis_host, port=self._config.redis_port,
+                                   tls=self._config.redis_tls))
+        self._timers.schedule(role, session.deadline(self._timeout))
 
-    def _drop_link(self, link: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
+    def _drop_link(self, role: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
+        link = self._link_of.pop(role)
+        del self._role_of[link]  # from here on, input for this id is stale
         was_ready = session.state is RedisState.READY
         if close:
-            self._sink.append(CloseRedis(link=link))
+            self._sink.append(CloseLink(link=link))
         session.lost(now)
         if was_ready:
             self.reconnects += 1
-        self._link_errors[link] = why
+        self._link_errors[role] = why
         # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
-        log.warning("redis %s link to %s: %s; retrying in %.2fs", link.value, self._address, why,
-                    session.connect_at - now, extra={"event": "link_down", "link": link.value, "reason": why})
-        self._timers.schedule(link, session.connect_at)
+        log.warning("redis %s link to %s: %s; retrying in %.2fs", role.value, self._address, why,
+                    session.connect_at - now, extra={"event": "link_down", "link": role.value, "reason": why})
+        self._timers.schedule(role, session.connect_at)
 
-    def _link_timer(self, link: RedisLink, now: float) -> None:
-        session = self._sessions[link]
+    def _link_timer(self, role: RedisLink, now: float) -> None:
+        session = self._sessions[role]
         timeout = self._timeout
         if session.state is RedisState.DOWN:
             if now >= session.connect_at:
-                self._dial(link, now)
+                self._dial(role, now)
                 return
         elif session.state is RedisState.CONNECTING:
             if now >= session.connecting_since + timeout:
-                self._drop_link(link, session, now, f"connect timed out after {timeout:g}s", close=True)
+                self._drop_link(role, session, now, f"connect timed out after {timeout:g}s", close=True)
                 return
         elif session.waiting_since is not None:
             if now >= session.waiting_since + timeout:
                 what = "no answer to the handshake" if session.state is RedisState.HANDSHAKE else "no reply"
-                self._drop_link(link, session, now, f"{what} for {timeout:g}s", close=True)
+                self._drop_link(role, session, now, f"{what} for {timeout:g}s", close=True)
                 return
         elif now >= session.last_rx + timeout / 2:
             if session is self._sub:
-                self._sink.append(SendToRedis(link=link, data=self._sub.ping(now)))
+                self._sink.append(SendToLink(link=self._link_of[role], data=self._sub.ping(now)))
             else:
                 self._cmd.ping(now)
                 return  # flush() sends it and re-arms this link's timer with the reply deadline
-        self._timers.schedule(link, session.deadline(timeout))
+        self._timers.schedule(role, session.deadline(timeout))

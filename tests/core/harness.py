@@ -14,8 +14,13 @@ What it is responsible for:
 What it must never do: open a socket, read a clock, or let a hub action go
 unchecked. Every action is checked against the contract in
 docs/architecture.md (no bytes after CloseClient, no bytes to a Redis link that
-is down, close codes from the documented set, ...); a violation raises
-``ContractError`` in the test that caused it.
+is down, no link id used twice, close codes from the documented set, ...); a
+violation raises ``ContractError`` in the test that caused it.
+
+Links: the hub names each dial by a new id (``OpenLink``). Tests talk about
+roles (``SUB``, ``CMD``); the harness learns which role each new id plays from
+``hub.broker.current_links()`` when it executes the ``OpenLink``, and keeps the
+role's latest id (``h.link(role)``) to report that link's input.
 """
 
 from __future__ import annotations
@@ -46,16 +51,16 @@ from wsproto.events import (
 from wshub_core import (
     Action,
     CloseClient,
-    CloseRedis,
+    CloseLink,
     Config,
-    ConnectRedis,
     Hub,
+    OpenLink,
     PauseClient,
     RedisLink,
     RedisState,
     ResumeClient,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     StopListening,
     Stopped,
     load_config,
@@ -121,8 +126,10 @@ class ContractError(AssertionError):
 
 
 def make_config(text: str | None = None, **overrides: object) -> Config:
-    """A config from YAML text (through the real loader), then attribute overrides."""
+    """A config from YAML text (through the real loader), then attribute overrides; the Redis broker by default."""
     config = load_config(text)
+    if "broker" not in (text or "") and "broker" not in overrides:
+        overrides["broker"] = "redis"  # the harness drives the Redis broker's links
     return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
 
 
@@ -245,11 +252,11 @@ class Reply:
 
 @dataclass
 class FakeLink:
-    """The server side of one of the hub's two connections."""
+    """The server side of one of the hub's two connections (by role: each reconnect is a new link id)."""
 
     link: RedisLink
     up: bool = False
-    dialing: bool = False  # ConnectRedis seen, not answered yet (only when auto_connect is off)
+    dialing: bool = False  # OpenLink seen, not answered yet (only when auto_connect is off)
     subscribed: set[bytes] = field(default_factory=set)  # server-side view (subscriber link)
     pending: list[Reply] = field(default_factory=list)  # replies not yet delivered to the hub
     partial: int = 0  # bytes of pending[0] already delivered
@@ -258,8 +265,8 @@ class FakeLink:
     commands: list[list[bytes]] = field(default_factory=list)  # every command received, all sessions
     session_commands: list[list[bytes]] = field(default_factory=list)  # since the last connect
     sessions: list[list[list[bytes]]] = field(default_factory=list)  # commands of each connection, in order
-    connects: int = 0  # ConnectRedis actions seen
-    closes: int = 0  # CloseRedis actions seen
+    connects: int = 0  # OpenLink actions seen for this role
+    closes: int = 0  # CloseLink actions seen for this role
     db: int = 0
     authed: bool = False
     _reader: hiredis.Reader = field(default_factory=hiredis.Reader)
@@ -310,7 +317,7 @@ class FakeRedis:
         """Commands from the hub; ``handshake``: sent while the hub's link waited for its prelude replies."""
         fake = self.links[link]
         if not fake.up:
-            raise ContractError(f"SendToRedis on {link.value} while that link is down")
+            raise ContractError(f"SendToLink on {link.value} while that link is down")
         fake._reader.feed(data)
         if handshake:
             fake.handshakes.append([])
@@ -521,6 +528,8 @@ class Harness:
         # as a real Redis does, so a test holds back only the replies it is about.
         self.auto_handshake = auto_handshake
         self.refuse: set[RedisLink] = set()  # links whose dials fail (connection refused)
+        self.link_ids: dict[RedisLink, int] = {}  # each role's latest link id (current while up or dialling)
+        self.link_roles: dict[int, RedisLink] = {}  # every link id the hub ever dialled, and its role
         self.clients: dict[int, Client] = {}
         self.log: list[tuple[float, Action]] = []  # every action, with the time it was emitted
         self.pending_inputs: list[tuple[Client, bytes]] = []  # auto pongs, fed after the current batch
@@ -591,24 +600,32 @@ class Harness:
             if not client.reading_paused:
                 raise ContractError(f"conn {action.conn} resumed without a pause")
             client.reading_paused = False
-        elif isinstance(action, ConnectRedis):
-            fake = self.redis.links[action.link]
+        elif isinstance(action, OpenLink):
+            if action.link in self.link_roles:
+                raise ContractError(f"OpenLink reuses link id {action.link}")
+            role = self._role_of_dial(action.link)
+            fake = self.redis.links[role]
             if fake.up or fake.dialing:
-                raise ContractError(f"ConnectRedis on {action.link.value} while a connection exists")
+                raise ContractError(f"OpenLink on {role.value} while a connection exists")
             fake.connects += 1
             if (action.host, action.port) != (self.config.redis_host, self.config.redis_port):
-                raise ContractError(f"ConnectRedis to {action.host}:{action.port}")
+                raise ContractError(f"OpenLink to {action.host}:{action.port}")
+            if action.tls is not self.config.redis_tls:
+                raise ContractError(f"OpenLink with tls={action.tls}, the config says {self.config.redis_tls}")
+            self.link_roles[action.link] = role
+            self.link_ids[role] = action.link
             fake.dialing = True
             if self.auto_connect:
-                self.answer_dial(action.link)
-        elif isinstance(action, SendToRedis):
-            self.redis.receive(action.link, action.data,
-                               handshake=self.hub.link_states()[action.link] is RedisState.HANDSHAKE)
-        elif isinstance(action, CloseRedis):
-            fake = self.redis.links[action.link]
+                self.answer_dial(role)
+        elif isinstance(action, SendToLink):
+            role = self._current_role(action)
+            self.redis.receive(role, action.data, handshake=self.hub.link_states()[role] is RedisState.HANDSHAKE)
+        elif isinstance(action, CloseLink):
+            role = self._current_role(action)
+            fake = self.redis.links[role]
             if not (fake.up or fake.dialing):
-                raise ContractError(f"CloseRedis on {action.link.value} while it is down")
-            self.redis.drop(action.link)
+                raise ContractError(f"CloseLink on {role.value} while it is down")
+            self.redis.drop(role)
             fake.closes += 1
         elif isinstance(action, StopListening):
             self.listening = False
@@ -627,16 +644,40 @@ class Harness:
             raise ContractError(f"{type(action).__name__} for conn {conn} after CloseClient/client_lost")
         return client
 
+    def _role_of_dial(self, link: int) -> RedisLink:
+        """The role a new link id plays: the hub holds it as that role's current link."""
+        for role, current in self.hub.broker.current_links().items():
+            if current == link:
+                return role
+        raise ContractError(f"OpenLink for link {link}, which the hub does not hold as any role's link")
+
+    def _current_role(self, action: SendToLink | CloseLink) -> RedisLink:
+        """The role of the link an action names; only the role's latest link may be named."""
+        role = self.link_roles.get(action.link)
+        if role is None:
+            raise ContractError(f"{action!r} names a link id never opened")
+        if self.link_ids[role] != action.link:
+            raise ContractError(f"{action!r} names an old {role.value} link (the latest is {self.link_ids[role]})")
+        return role
+
+    def link(self, role: RedisLink) -> int:
+        """The id of the role's latest dial: the one its input is reported for."""
+        return self.link_ids[role]
+
+    def role_of(self, link: int) -> RedisLink:
+        """The role a link id (current or old) was dialled for."""
+        return self.link_roles[link]
+
     def answer_dial(self, link: RedisLink) -> None:
-        """Report the outcome of a ConnectRedis: up, or refused if the link is in ``refuse``."""
+        """Report the outcome of an OpenLink: up, or refused if the link is in ``refuse``."""
         fake = self.redis.links[link]
         assert fake.dialing
         fake.dialing = False
         if link in self.refuse:
-            self.hub.redis_lost(link, self.now)
+            self.hub.link_lost(self.link(link), self.now)
         else:
             self.redis.connect(link)
-            self.hub.redis_connected(link, self.now)
+            self.hub.link_opened(self.link(link), self.now)
 
     # -- clock --------------------------------------------------------------------
 
@@ -715,14 +756,14 @@ class Harness:
             return
         step = chunk or len(data)
         for i in range(0, len(data), step):
-            self.hub.redis_data(link, data[i: i + step], self.now)
+            self.hub.link_data(self.link(link), data[i: i + step], self.now)
             if run:
                 self.run()
 
     def drop_redis(self, link: RedisLink, *, lost_in_transit: bool = False) -> list[Action]:
         """The Redis connection died under the hub."""
         self.redis.drop(link, lost_in_transit=lost_in_transit)
-        self.hub.redis_lost(link, self.now)
+        self.hub.link_lost(self.link(link), self.now)
         return self.run()
 
     def commands(self, link: RedisLink) -> list[list[bytes]]:

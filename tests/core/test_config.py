@@ -146,3 +146,46 @@ class TestTheFileAndTheEnvironmentAlike:
             load_config(None, environ={"WSHUB_WEBSOCKET_PONGWAIT": "5"})
         # Other variables are not the hub's business.
         assert load_config(None, environ={"PATH": "/bin", "wshub_pong_wait": "x", "XWSHUB_A": "1"}) == load_config(None)
+
+
+class TestBrokerChoice:
+    """``broker`` unset: Redis exactly when some redis.* key is set, so a Go hub's file keeps meaning Redis."""
+
+    def test_nothing_about_redis_means_the_memory_broker(self) -> None:
+        config = load_config(None, environ={})
+        assert config.broker == "memory"
+        assert config.where("broker") == "broker (default 'memory': no redis.* key is set)"
+
+    @pytest.mark.parametrize(("text", "environ", "named"), [
+        ('redis:\n  address: "10.0.0.1:6379"\n', {}, "redis.address in hub.yaml"),
+        ('redis:\n  channelPrefix: "app:"\n', {}, "redis.channelPrefix in hub.yaml"),
+        (None, {"WSHUB_REDIS_ADDRESS": "redis://r:6379"}, "redis.address in environment variable WSHUB_REDIS_ADDRESS"),
+    ])
+    def test_any_redis_key_means_redis_and_says_which(self, text: str | None, environ: dict[str, str],
+                                                      named: str) -> None:
+        config = load_config(text, source="hub.yaml", environ=environ)
+        assert config.broker == "redis"
+        assert config.where("broker") == f"broker (default 'redis', because {named} is set)"
+
+    def test_an_explicit_broker_wins(self) -> None:
+        assert load_config('broker: memory\nredis:\n  address: "r:6379"\n').broker == "memory"
+        assert load_config(None, environ={"WSHUB_BROKER": "redis"}).broker == "redis"
+
+    def test_an_unknown_broker_is_named(self) -> None:
+        message = r"^broker in environment variable WSHUB_BROKER: must be 'memory' or 'redis'"
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, environ={"WSHUB_BROKER": "kafka"})
+
+    def test_workers_with_the_memory_broker_name_both_keys(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_config("workers: 2\naddress: ':8080'\n", source="hub.yaml")
+        assert str(info.value).startswith(
+            "workers in hub.yaml: must be 1 with broker (default 'memory': no redis.* key is set): "
+            "each worker would be an island")
+        assert load_config("workers: 2\nbroker: redis\n").workers == 2
+
+    def test_the_api_key_is_hidden_from_check_config(self) -> None:
+        config = load_config(None, environ={"WSHUB_API_KEY": "s3cret-api"})
+        assert config.api_key == "s3cret-api"
+        assert "api.key" in config.hidden_keys()
+        assert config.as_dict()["api"]["key"] == "***"

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from wshub_core import CloseRedis, RedisLink
+from wshub_core import CloseLink, RedisLink
 
 from .harness import CMD, SUB, Client, Harness, Reply, make_config, ws_frame
 
@@ -130,7 +130,7 @@ class HubMachine(RuleBasedStateMachine):
                         self.expected[client.conn].append(reply.payload.decode())
 
     def _count_failures(self, mark: int) -> None:
-        self.failures += sum(isinstance(a, CloseRedis) for a in self.h.actions_since(mark))
+        self.failures += sum(isinstance(a, CloseLink) for a in self.h.actions_since(mark))
 
     def _pick(self, index: int) -> Client:
         live = self.open_clients()

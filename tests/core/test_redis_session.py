@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from wshub_core import CloseRedis, ConnectRedis, PauseClient, RedisLink, RedisState, ResumeClient, SendToRedis
+from wshub_core import CloseLink, OpenLink, PauseClient, RedisLink, RedisState, ResumeClient, SendToLink
 
 from .harness import (
     CMD,
@@ -47,12 +47,12 @@ def assert_subscriptions_settled(h: Harness) -> None:
     assert h.hub.subscribed_channels() == needed
 
 
-def closes(h: Harness, link: RedisLink, mark: int = 0) -> int:
-    return sum(1 for a in h.actions_since(mark) if a == CloseRedis(link=link))
+def closes(h: Harness, role: RedisLink, mark: int = 0) -> int:
+    return sum(1 for a in h.actions_since(mark) if isinstance(a, CloseLink) and h.role_of(a.link) is role)
 
 
-def dials(h: Harness, link: RedisLink, mark: int = 0) -> list[float]:
-    return [t for t, a in h.log[mark:] if isinstance(a, ConnectRedis) and a.link is link]
+def dials(h: Harness, role: RedisLink, mark: int = 0) -> list[float]:
+    return [t for t, a in h.log[mark:] if isinstance(a, OpenLink) and h.role_of(a.link) is role]
 
 
 class TestClientNewAfterConfirmation:
@@ -267,7 +267,7 @@ class TestSubscribeRaces:
 
 
 class TestReconnect:
-    """After redis_lost and a reconnect, the hub rebuilds what the dead connection held."""
+    """After link_lost and a reconnect, the hub rebuilds what the dead connection held."""
 
     def test_every_needed_channel_is_resubscribed(self) -> None:
         h = Harness(make_config(reconnect_max=1.0))
@@ -372,30 +372,120 @@ class TestReconnect:
         h.advance(0.5)
         assert h.published(h.channel("client-data:k")) == [b"m0", b"m1", b"m2"]
 
-    def test_late_redis_connected_after_a_connect_timeout_is_ignored(self) -> None:
+    def test_late_link_opened_after_a_connect_timeout_is_ignored(self) -> None:
         h = Harness(make_config(redis_timeout=2.0), auto_connect=False)
         h.advance(2.0)
         assert closes(h, SUB) == 1 and closes(h, CMD) == 1  # connect timeout
         mark = h.mark()
-        h.hub.redis_connected(SUB, h.now)  # the old attempt completes too late
+        h.hub.link_opened(h.link(SUB), h.now)  # the old attempt completes too late
         assert h.run() == [] and h.actions_since(mark) == []
 
-    def test_redis_lost_is_idempotent(self) -> None:
+    def test_link_lost_is_idempotent(self) -> None:
         h = Harness(make_config(reconnect_max=1.0))
         h.drop_redis(SUB)
         mark = h.mark()
-        h.hub.redis_lost(SUB, h.now)
-        h.hub.redis_lost(SUB, h.now)
+        h.hub.link_lost(h.link(SUB), h.now)
+        h.hub.link_lost(h.link(SUB), h.now)
         assert h.run() == []
         h.advance(1.0)
         assert len(dials(h, SUB, mark)) == 1
 
-    def test_redis_data_on_a_link_that_is_down_is_ignored(self) -> None:
+    def test_link_data_on_a_link_that_is_down_is_ignored(self) -> None:
         h = Harness(make_config(reconnect_max=1.0))
         h.drop_redis(SUB)
         mark = h.mark()
-        h.hub.redis_data(SUB, b"?garbage", h.now)
+        h.hub.link_data(h.link(SUB), b"?garbage", h.now)
         assert h.run() == [] and h.actions_since(mark) == []
+
+
+class TestLinkIds:
+    """Links are opaque ids (docs/architecture.md, "Actions"): a new one per dial, and input for an old one is stale."""
+
+    @staticmethod
+    def snapshot(h: Harness) -> tuple[object, ...]:
+        """What stale input must not change."""
+        return (h.hub.link_states(), h.hub.broker.current_links(), h.hub.next_deadline(), h.hub.ready,
+                h.hub.subscribed_channels(), h.hub.metrics_text())
+
+    def test_every_dial_gets_a_fresh_id(self) -> None:
+        """Drops, refusals and connect timeouts: each redial is a new id, never one used before."""
+        h = Harness(make_config(redis_timeout=2.0, reconnect_max=1.0), auto_connect=False)
+        h.advance(2.5)  # both connects time out (CloseLink), then they are dialled again
+        for role in (SUB, CMD):
+            h.answer_dial(role)
+        h.run()
+        h.refuse.add(SUB)
+        h.drop_redis(SUB)
+        h.advance(1.0)
+        h.answer_dial(SUB)  # a refused redial...
+        h.refuse.clear()
+        h.advance(1.0)
+        h.answer_dial(SUB)  # ...and one that works
+        h.run()
+        h.drop_redis(CMD)
+        h.advance(1.0)
+        h.answer_dial(CMD)
+        h.run()
+        ids = [a.link for _, a in h.log if isinstance(a, OpenLink)]
+        assert len(ids) >= 7 and ids == sorted(set(ids))  # increasing: none reused
+        assert h.hub.ready and h.hub.broker.current_links() == {SUB: ids[-2], CMD: ids[-1]}
+        assert [a.link for _, a in h.log if isinstance(a, CloseLink)] == ids[:2]  # the timed-out dials
+
+    def test_a_late_open_of_an_abandoned_dial_is_not_taken_for_the_redial(self) -> None:
+        """With roles, an old attempt completing while the redial is in flight looked like the redial."""
+        h = Harness(make_config(redis_timeout=2.0, reconnect_max=1.0), auto_connect=False)
+        old = h.link(SUB)
+        h.advance(2.0)  # connect timeout: CloseLink(old)
+        h.advance(1.0)
+        assert h.link(SUB) != old and h.hub.link_states()[SUB] is RedisState.CONNECTING
+        before, mark = self.snapshot(h), h.mark()
+        h.hub.link_opened(old, h.now)
+        h.hub.link_data(old, b"+PONG\r\n", h.now)
+        h.hub.link_lost(old, h.now, "Connection reset by peer")
+        assert h.run() == [] and h.actions_since(mark) == []
+        assert self.snapshot(h) == before
+        h.answer_dial(SUB)  # the redial itself still works
+        h.run()  # its prelude is answered
+        assert h.hub.link_states()[SUB] is RedisState.READY
+
+    def test_input_for_the_link_before_a_reconnect_changes_nothing(self) -> None:
+        h = Harness(make_config(reconnect_max=1.0))
+        client = h.connect("k")
+        h.set_groups("k", ["g"])
+        old = h.link(SUB)
+        h.drop_redis(SUB)
+        h.advance(1.0)
+        assert h.link(SUB) != old and h.hub.ready
+        before, mark = self.snapshot(h), h.mark()
+        h.hub.link_data(old, resp_message(h.channel("group-data:g"), b"from the dead link"), h.now)
+        h.hub.link_lost(old, h.now)  # must not drop the new link
+        h.hub.link_opened(old, h.now)
+        assert h.run() == [] and h.actions_since(mark) == []
+        assert self.snapshot(h) == before and client.messages == []
+        h.group_data("g", b"live")
+        assert client.messages == ["live"]
+
+    def test_input_for_a_link_closed_for_a_protocol_error_is_ignored(self) -> None:
+        h = Harness(make_config(reconnect_max=1.0))
+        old = h.link(CMD)
+        mark = h.mark()
+        h.redis_data(CMD, b"?garbage\r\n")
+        assert CloseLink(link=old) in h.actions_since(mark)
+        before, mark = self.snapshot(h), h.mark()
+        h.hub.link_data(old, b"+PONG\r\n", h.now)  # bytes that were still in the socket buffer
+        h.hub.link_lost(old, h.now)  # the aborted transport reports its loss
+        assert h.run() == [] and h.actions_since(mark) == [] and self.snapshot(h) == before
+
+    @pytest.mark.parametrize("address, tls", [("rediss://cache.example:6380", True),
+                                              ("redis://cache.example:6380", False),
+                                              ("cache.example:6380", False)])
+    def test_open_link_says_whether_to_use_tls(self, address: str, tls: bool) -> None:
+        h = Harness(make_config(f"redis:\n  address: {address}\n"))
+        opens = [a for _, a in h.log if isinstance(a, OpenLink)]
+        assert [(a.host, a.port, a.tls) for a in opens] == [("cache.example", 6380, tls)] * 2
+        h.drop_redis(SUB)
+        h.advance(10.0)
+        assert [a.tls for _, a in h.log if isinstance(a, OpenLink)] == [tls] * 3  # the redial too
 
 
 class TestBackoff:
@@ -763,5 +853,5 @@ def test_every_redis_action_names_a_link() -> None:
     h = Harness()
     h.connect("k").text("x")
     for _, action in h.log:
-        if isinstance(action, SendToRedis | ConnectRedis | CloseRedis):
-            assert action.link in (SUB, CMD)
+        if isinstance(action, SendToLink | OpenLink | CloseLink):
+            assert h.role_of(action.link) in (SUB, CMD)

@@ -10,7 +10,7 @@ run in any process, whatever ``PYTHONHASHSEED`` (``python -m tests.sim --seed N`
 What is simulated
 -----------------
 * **Clock, events, shell.** A heap of ``(time, seq, callback)``. After every hub
-  input the actions are executed in order (as ``HubServer.drain``), then the
+  input the actions are executed in order (as ``Server.drain``), then the
   single timer is re-armed at ``hub.next_deadline()``; ``hub.handle_timer(now)``
   runs exactly at that time (at once if the deadline is already past).
 * **Links.** Every TCP direction is a ``Pipe``: in order, base latency (0 for
@@ -27,7 +27,7 @@ What is simulated
   publishers PUBLISH ``group-data:G`` payloads ``G|seq|padding`` (text, or
   binary when not UTF-8).
 * **Redis faults.** Drop the subscriber link, the command link or both (Redis
-  forgets the connection at once; the hub hears ``redis_lost`` up to 50 ms
+  forgets the connection at once; the hub hears ``link_lost`` up to 50 ms
   later); a restart (both dropped, connects refused for a while); a stall
   (Redis answers nothing for up to twice ``redis.timeout``; what the hub sent
   meanwhile is executed afterwards unless the hub closed that connection: a
@@ -163,15 +163,15 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from wshub_core import (
     CloseClient,
-    CloseRedis,
+    CloseLink,
     Config,
-    ConnectRedis,
     Hub,
+    OpenLink,
     PauseClient,
     RedisLink,
     ResumeClient,
     SendToClient,
-    SendToRedis,
+    SendToLink,
     StopListening,
     Stopped,
 )
@@ -330,13 +330,14 @@ class RedisConn:
     """One TCP connection between the hub and Redis: both ends' bookkeeping."""
 
     __slots__ = (
-        "id", "link", "alive", "up", "down", "reader", "authed", "subs",
+        "id", "link", "link_id", "alive", "up", "down", "reader", "authed", "subs",
         "sent", "delivered", "records", "out_reader", "pending", "last_rx", "wait_rx", "prelude_left",
     )
 
-    def __init__(self, world: World, cid: int, link: RedisLink, prelude: int) -> None:
+    def __init__(self, world: World, cid: int, link: RedisLink, link_id: int, prelude: int) -> None:
         self.id = cid
-        self.link = link
+        self.link = link  # the role
+        self.link_id = link_id  # the hub's name for it (its OpenLink)
         self.alive = True
         lat = world.redis_latency
         self.up = Pipe(world, lat, lat / 2, lambda data: world.redis.feed(self, data))
@@ -381,12 +382,12 @@ class SimRedis:
         for fn, args in queue:
             fn(*args)
 
-    def accept(self, link: RedisLink) -> RedisConn:
+    def accept(self, link: RedisLink, link_id: int) -> RedisConn:
         self.next_id += 1
         cfg = self.world.cfg
         # AUTH, SELECT (command link), or a lone PING when there is neither: the link is up once answered.
         prelude = int(bool(cfg.redis_password)) + int(link is CMD and cfg.redis_db != 0) or 1
-        return RedisConn(self.world, self.next_id, link, prelude)
+        return RedisConn(self.world, self.next_id, link, link_id, prelude)
 
     def close(self, c: RedisConn) -> None:
         """The connection is gone on the server: subscriptions dropped, unread bytes discarded."""
@@ -790,10 +791,11 @@ class World:
         # state
         self.hub = Hub(config=cfg, seed=seed)
         self.redis = SimRedis(self)
-        self.redis_conn: dict[RedisLink, RedisConn] = {}  # what the shell holds per link
-        self.connecting: dict[RedisLink, tuple[int, float]] = {}  # link -> (attempt, since)
+        # The shell's side, by role: the hub names links by ids (one per dial), the invariants by role.
+        self.redis_conn: dict[RedisLink, RedisConn] = {}  # the open link of each role
+        self.connecting: dict[RedisLink, tuple[int, float]] = {}  # role -> (link id of the dial, since)
+        self.link_roles: dict[int, RedisLink] = {}  # every link id the hub dialled, and its role
         self.down_since: dict[RedisLink, float] = {}
-        self.attempt = 0
         self.phase = "active"  # active | settle | ending | done
         self.stopping = False
         self.stopped_at: float | None = None
@@ -954,7 +956,7 @@ class World:
         kind = type(a)
         if kind is SendToClient:
             self._send_to_client(a.conn, a.data)
-        elif kind is SendToRedis:
+        elif kind is SendToLink:
             self._send_to_redis(a.link, a.data)
         elif kind is CloseClient:
             self._close_client(a.conn, a.abort)
@@ -972,9 +974,9 @@ class World:
                 c.hub_rx = self.now  # the hub restarts the silence clock of a client it stopped reading
                 if c.held:
                     self.at(self.now, self._deliver_held, c)
-        elif kind is ConnectRedis:
+        elif kind is OpenLink:
             self._connect_redis(a)
-        elif kind is CloseRedis:
+        elif kind is CloseLink:
             self._close_redis(a.link)
         elif kind is StopListening:
             self.log("action StopListening")
@@ -987,36 +989,57 @@ class World:
 
     # -- Redis links (hub side) ----------------------------------------------------------
 
-    def _connect_redis(self, a: ConnectRedis) -> None:
-        link = a.link
-        self.log("action ConnectRedis %s", link.value)
+    def _connect_redis(self, a: OpenLink) -> None:
+        roles = [role for role, current in self.hub.broker.current_links().items() if current == a.link]
+        if not roles or a.link in self.link_roles:
+            self.fail(f"OpenLink #{a.link}: an id the hub does not hold as a link, or one it used before")
+        link = roles[0]
+        self.log("action OpenLink %s #%d", link.value, a.link)
         if link in self.redis_conn or link in self.connecting:
             self.fail(f"the hub dialled its {link.value} link while the previous connection is still open")
-        if (a.host, a.port) != (self.cfg.redis_host, self.cfg.redis_port):
-            self.fail(f"ConnectRedis to {a.host}:{a.port}")
+        if (a.host, a.port, a.tls) != (self.cfg.redis_host, self.cfg.redis_port, self.cfg.redis_tls):
+            self.fail(f"OpenLink to {a.host}:{a.port} tls={a.tls}")
+        self.link_roles[a.link] = link
         self.down_since.pop(link, None)
-        self.attempt += 1
-        self.connecting[link] = (self.attempt, self.now)
-        self.at(self.now + 2 * self.redis_latency + 0.0002, self._connect_done, link, self.attempt)
+        self.connecting[link] = (a.link, self.now)
+        self.at(self.now + 2 * self.redis_latency + 0.0002, self._connect_done, link, a.link)
 
-    def _connect_done(self, link: RedisLink, attempt: int) -> None:
+    def _connect_done(self, link: RedisLink, link_id: int) -> None:
         entry = self.connecting.get(link)
-        if entry is None or entry[0] != attempt or self.redis.mode == "blackhole":
-            return  # cancelled by CloseRedis, or the SYN went into a black hole
+        if entry is None or entry[0] != link_id or self.redis.mode == "blackhole":
+            return  # cancelled by CloseLink, or the SYN went into a black hole
         del self.connecting[link]
         if self.redis.mode == "refuse":
             self.down_since[link] = self.now
-            self.call(f"redis_lost({link.value}) [connection refused]", self.hub.redis_lost, link, self.now)
+            self.call(f"link_lost({link.value} #{link_id}) [connection refused]", self.hub.link_lost, link_id,
+                      self.now)
             return
-        c = self.redis.accept(link)
+        c = self.redis.accept(link, link_id)
         self.redis_conn[link] = c
-        self.call(f"redis_connected({link.value}) #{c.id}", self.hub.redis_connected, link, self.now)
+        self.call(f"link_opened({link.value} #{link_id}) #{c.id}", self.hub.link_opened, link_id, self.now)
 
-    def _send_to_redis(self, link: RedisLink, data: bytes) -> None:
+    def _role(self, link_id: int, action: str) -> RedisLink:
+        """The role of the link an action names, which must be one the shell holds (dialling or open).
+
+        The shell gives up a link only when the hub closed it or was told it was lost, and
+        the hub names no link after that: an action naming it is a hub bug (an old id).
+        """
+        link = self.link_roles.get(link_id)
+        c = None if link is None else self.redis_conn.get(link)
+        entry = None if link is None else self.connecting.get(link)
+        held = (c is not None and c.link_id == link_id) or (entry is not None and entry[0] == link_id)
+        if link is None or not held:
+            self.fail(f"{action} #{link_id}: a link the hub closed or heard was lost (or never dialled)")
+        assert link is not None
+        return link
+
+    def _send_to_redis(self, link_id: int, data: bytes) -> None:
+        link = self._role(link_id, "SendToLink")
+        self.log("action SendToLink %s #%d %r", link.value, link_id, data[:80])
         c = self.redis_conn.get(link)
-        self.log("action SendToRedis %s %r", link.value, data[:80])
         if c is None:
-            return  # as the shell: no connection, nothing written
+            self.fail(f"SendToLink on the {link.value} link #{link_id} before it was opened")
+            return
         if not c.pending and self.now > c.last_rx + self.cfg.redis_timeout / 2 + EPS:
             self.notes["late_idle_pings"] += 1  # idle for more than timeout/2 before sending anything
         c.out_reader.feed(data)
@@ -1024,8 +1047,9 @@ class World:
             c.pending.append((self.now, cmd[0].upper() if isinstance(cmd, list) and cmd else b"?"))
         c.up.send(data)
 
-    def _close_redis(self, link: RedisLink) -> None:
-        self.log("action CloseRedis %s", link.value)
+    def _close_redis(self, link_id: int) -> None:
+        link = self._role(link_id, "CloseLink")
+        self.log("action CloseLink %s #%d", link.value, link_id)
         timeout = self.cfg.redis_timeout
         entry = self.connecting.pop(link, None)
         if entry is not None and self.now < entry[1] + timeout - EPS:
@@ -1048,7 +1072,8 @@ class World:
         if self.redis_conn.get(c.link) is not c:
             return  # the shell detached this connection
         c.last_rx = self.now
-        self.call(f"redis_data({c.link.value}, {len(data)}B)", self.hub.redis_data, c.link, data, self.now,
+        self.call(f"link_data({c.link.value} #{c.link_id}, {len(data)}B)", self.hub.link_data, c.link_id, data,
+                  self.now,
                   post=lambda: self._redis_records(c, len(data)))
 
     def _redis_records(self, c: RedisConn, n: int) -> None:
@@ -1084,7 +1109,7 @@ class World:
             return  # the hub closed it first
         del self.redis_conn[link]
         self.down_since[link] = self.now
-        self.call(f"redis_lost({link.value})", self.hub.redis_lost, link, self.now)
+        self.call(f"link_lost({link.value} #{c.link_id})", self.hub.link_lost, c.link_id, self.now)
 
     # -- client transports (hub side) -----------------------------------------------------
 
@@ -1664,7 +1689,7 @@ class World:
         self.stopped_at = self.now
         if self.now < self.shutdown_at + self.cfg.shutdown_timeout - EPS:
             self._check_all_published("at Stopped")
-        # The shell exits: HubServer.close() aborts every transport it still has.
+        # The shell exits: Server.close() aborts every transport it still has.
         for cid in sorted(self.clients):
             c = self.clients[cid]
             if c.t_open:
