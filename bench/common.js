@@ -256,16 +256,23 @@ function httpRequest(method, path, host, apiKey, body) {
 }
 
 // One connection: requests written as they come (pipelined up to the pool's
-// depth), answers matched to their callbacks in order.
+// depth), answers matched to their callbacks in order. The hub closes a
+// keep-alive connection left idle for webSocket.handshakeTimeout: the pool then
+// dials a new one; a connection closed with requests unanswered is an error.
 class Pipe {
   constructor(host, port, parser, onError) {
     this.callbacks = [];
     this.head = 0;
     this.inflight = 0;
+    this.closed = false;
     this.parser = parser;
     this.sock = net.createConnection({ host, port });
     this.sock.setNoDelay(true);
     this.sock.on('error', onError);
+    this.sock.on('close', () => {
+      this.closed = true;
+      if (this.inflight > 0) onError(new Error(`connection closed with ${this.inflight} request(s) unanswered`));
+    });
     this.sock.on('data', (chunk) => {
       for (const answer of this.parser.feed(chunk)) {
         const cb = this.callbacks[this.head];
@@ -288,15 +295,19 @@ class Pipe {
 }
 
 // A fixed number of connections (Redis or HTTP keep-alive), at most `depth`
-// requests in flight on each (1: no pipelining); requests beyond that queue here.
-// `onAnswer(answer)` of each request is called with its answer.
+// requests in flight on each (1: no pipelining); each request goes to the
+// connection with the fewest in flight, and requests beyond conns x depth wait
+// here. `onAnswer(answer)` of each request is called with its answer.
 class Pool {
   constructor({ host, port, conns, depth, makeParser, onError }) {
     this.depth = Math.max(1, depth);
+    this.dial = () => new Pipe(host, port, makeParser(), onError);
     this.queue = [];
     this.qhead = 0;
     this.pipes = [];
-    for (let i = 0; i < Math.max(1, conns); i++) this.pipes.push(new Pipe(host, port, makeParser(), onError));
+    this.reconnects = 0;
+    this.corked = new Set();
+    for (let i = 0; i < Math.max(1, conns); i++) this.pipes.push(this.dial());
   }
 
   submit(request, onAnswer) {
@@ -304,29 +315,43 @@ class Pool {
     this.dispatch();
   }
 
+  // The open connection with the fewest requests in flight, if one has room.
+  free() {
+    let best = null;
+    for (let i = 0; i < this.pipes.length; i++) {
+      if (this.pipes[i].closed && this.pipes[i].inflight === 0) {
+        this.pipes[i] = this.dial(); // idle and closed by the hub: dial again, as a backend's pool does
+        this.reconnects++;
+      }
+      const pipe = this.pipes[i];
+      if (!pipe.closed && pipe.inflight < this.depth && (best === null || pipe.inflight < best.inflight)) best = pipe;
+    }
+    return best;
+  }
+
   dispatch() {
-    for (const pipe of this.pipes) {
-      if (this.qhead >= this.queue.length) break;
-      if (pipe.inflight >= this.depth) continue;
-      pipe.sock.cork();
-      while (pipe.inflight < this.depth && this.qhead < this.queue.length) {
-        const [request, onAnswer] = this.queue[this.qhead];
-        this.queue[this.qhead++] = undefined;
-        pipe.send(request, (answer) => {
-          onAnswer(answer);
-          this.dispatch();
+    while (this.qhead < this.queue.length) {
+      const pipe = this.free();
+      if (pipe === null) break;
+      const [request, onAnswer] = this.queue[this.qhead];
+      this.queue[this.qhead++] = undefined;
+      if (!this.corked.has(pipe)) { // one write per connection for all that is sent in this tick
+        this.corked.add(pipe);
+        pipe.sock.cork();
+        process.nextTick(() => {
+          this.corked.delete(pipe);
+          pipe.sock.uncork();
         });
       }
-      process.nextTick(() => pipe.sock.uncork());
+      pipe.send(request, (answer) => {
+        onAnswer(answer);
+        this.dispatch();
+      });
     }
     if (this.qhead > 4096 && this.qhead * 2 > this.queue.length) {
       this.queue.splice(0, this.qhead);
       this.qhead = 0;
     }
-  }
-
-  get pending() {
-    return this.queue.length - this.qhead + this.pipes.reduce((n, p) => n + p.inflight, 0);
   }
 
   close() {

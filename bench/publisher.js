@@ -136,7 +136,7 @@ function report(c, extra) {
   emit({
     event: 'done', step: c.step, published: c.published, ok: c.replies - c.errors,
     receivers: redis ? c.receivers : null, zero: redis ? c.zero : null,
-    errors: c.errors, t0: c.t0, t1: c.t1, cpu: cpuUs(), ...extra,
+    errors: c.errors, t0: c.t0, t1: c.t1, cpu: cpuUs(), reconnects: pool === null ? 0 : pool.reconnects, ...extra,
   });
 }
 
@@ -225,7 +225,10 @@ function flood(cmd) {
     c.rtt = rtt;
   }).then((c) => {
     c.pool.close();
-    report(c, { via: cmd.via, conns: cmd.conns, depth: cmd.depth, t1: c.rtt.last, rtt: c.rtt.toJSON() });
+    report(c, {
+      via: cmd.via, conns: cmd.conns, depth: cmd.depth, t1: c.rtt.last, rtt: c.rtt.toJSON(),
+      reconnects: c.pool.reconnects,
+    });
   });
 }
 

@@ -728,7 +728,7 @@ async def scenario_fanout(a: argparse.Namespace, opts: Options) -> Json:
                                            / max(0.01, h1["loadgen"] - h0["loadgen"]), 2),
                 "loadgen_cpu_us_per_delivery": round((h1["loadgen"] - h0["loadgen"]) * 1e6 / max(1, count), 3),
                 "redis_cpu_util": redis_util(h0, h1, span),
-                "no_subscriber": done["zero"],
+                "no_subscriber": done["zero"], "publisher_reconnects": done["reconnects"],
             }
             steps.append(step)
             saturated = not complete or count < 0.8 * offered * a.seconds
@@ -778,7 +778,7 @@ async def scenario_api_publish(a: argparse.Namespace, opts: Options) -> Json:
                 "publishes_per_s": round(ok / seconds), "answer": rtt.summary_ms(),
                 "deliveries": count, "expected_deliveries": ok * c["opened"], "lost": ok * c["opened"] - count,
                 "complete": complete, "delivery": hist.summary_ms(),
-                "redis_receivers": done["receivers"],
+                "redis_receivers": done["receivers"], "reconnects": done["reconnects"],
                 "server_cpu_s": round(cpu1 - cpu0, 3),
                 "cpu_us_per_publish": round((cpu1 - cpu0) * 1e6 / max(1, ok), 3),
                 "cpu_us_per_delivery": round((cpu1 - cpu0) * 1e6 / max(1, count), 3),
