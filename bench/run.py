@@ -18,7 +18,7 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py broadcast --server both --clients 10000 --reps 30
     python bench/run.py upstream  --server both --clients 1000 --rate 20 --seconds 10
     python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
-    python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4
+    python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
 
 ``api_publish``: a closed loop of publishes to one group of ``--clients`` members,
 ``--api-conns`` connections with ``--api-depth`` requests in flight on each: first
@@ -785,6 +785,7 @@ async def scenario_api_publish(a: argparse.Namespace, opts: Options) -> Json:
                 "server_cpu_util": round((cpu1 - cpu0) / span, 3),
                 "server_sys_share": round((h1["server_sys"] - h0["server_sys"]) / max(0.01, cpu1 - cpu0), 2),
                 "publisher_cpu_us_per_publish": round((h1["publisher"] - h0["publisher"]) * 1e6 / max(1, ok), 3),
+                "loadgen_cpu_us_per_delivery": round((h1["loadgen"] - h0["loadgen"]) * 1e6 / max(1, count), 3),
                 "redis_cpu_util": redis_util(h0, h1, span),
             }
             out[f"{via}_publishes_per_s"] = out[via]["publishes_per_s"]
@@ -940,9 +941,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--api-conns", type=int, default=4,
                    help="keep-alive connections of an HTTP API publisher (NAME-memory, api_publish); api_publish's "
                    "PUBLISH client to Redis opens as many")
-    p.add_argument("--api-depth", type=int, default=1,
+    p.add_argument("--api-depth", type=int, default=None,
                    help="requests in flight on each of those connections (1: no pipelining, a request waits for "
-                   "the answer to the one before)")
+                   "the answer to the one before); default: api_publish 1, else 64 (a paced publisher that waits "
+                   "for each answer would be the limit, where the Redis one pipelines without bound)")
     p.add_argument("--label", default="", help="free text copied into the result")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     a = p.parse_args(argv)
@@ -950,6 +952,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     clients, groups = defaults.get(a.scenario, (1000, 1))
     a.clients = a.clients or clients
     a.groups = a.groups or groups
+    a.api_depth = a.api_depth or (1 if a.scenario == "api_publish" else 64)
 
     servers = ["wshub", "peer"] if a.server == "both" else a.server.split(",")
     for server in servers:
