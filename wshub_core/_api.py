@@ -10,7 +10,8 @@ every ``client-data:KEY``, and writes each as one event to every stream.
 Rules:
 1. A publishing call is answered once the broker took the message (Redis:
    the PUBLISH was acknowledged), never before: a 200 means it was sent.
-   A broker that is not ready or is over its bound gets 503 at once, not a
+   A broker that cannot publish now (Redis: the command link is not up) or is
+   over its bound gets 503 at once, not a
    request that hangs.
 2. Nothing here touches bytes on a socket: the client table reads the body,
    answers and streams; ``route`` (``_http.py``) decided auth, path and method.
@@ -118,7 +119,9 @@ class Api:
             channel = channels.client_send_prefix + call.name.encode()
         else:
             channel = channels.client_kick_prefix + call.name.encode()
-        if not self._ready():
+        if not broker.can_publish:
+            # Only whether the broker can take a publish now: a subscription of some key that is still being
+            # confirmed must not refuse everyone's calls.
             _reply(self._clients, conn, api_error(503, f"not ready: {self._not_ready_reason()}",
                                                   (("retry-after", "1"),)))
             return

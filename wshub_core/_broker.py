@@ -86,6 +86,10 @@ class Broker(Protocol):
     def ready(self) -> bool:
         """Every link up and every needed channel confirmed."""
 
+    @property
+    def can_publish(self) -> bool:
+        """A publish made now is taken at once (the HTTP API refuses calls with 503 otherwise)."""
+
     def not_ready_reason(self) -> str:
         """Why ``ready`` is false, for /readyz."""
 

@@ -109,6 +109,11 @@ class MemoryBroker:
         """Always: there is nothing to wait for."""
         return True
 
+    @property
+    def can_publish(self) -> bool:
+        """Always."""
+        return True
+
     def not_ready_reason(self) -> str:
         """Never asked while ready; empty."""
         return ""

@@ -236,6 +236,11 @@ class RedisBroker:
             and self._sub.patterns_confirmed()
         )
 
+    @property
+    def can_publish(self) -> bool:
+        """The command link is up (its prelude answered): a PUBLISH goes out in this flush."""
+        return self._cmd.state is RedisState.READY
+
     def not_ready_reason(self) -> str:
         """The first link that is not up, and its last error; else the unconfirmed subscriptions."""
         for role, session in self._sessions.items():

@@ -94,6 +94,16 @@ class TestPublishIsAnsweredWhenTheBrokerTookIt:
         [(status, body)] = answers(api)
         assert status == 502 and "Readonly replica" in json.loads(body)["error"]
 
+    def test_a_subscription_being_confirmed_does_not_refuse_calls(self) -> None:
+        """Another key connecting (its SUBSCRIBE unanswered) makes the hub not ready, but publishing works."""
+        h = Harness(api_config(), auto_reply=False)
+        h.connect("someone")
+        assert not h.hub.ready
+        api = h.open()
+        api.send_raw(api_request(b"POST", b"/api/groups/news", b"still taken"))
+        h.deliver(CMD)
+        assert answers(api) == [(200, b'{"ok": true}\n')]
+
     def test_the_memory_broker_answers_at_once(self) -> None:
         h = Harness(api_config("memory"))
         member = h.connect("alice")
