@@ -59,6 +59,7 @@ _HTML = r"""<!DOCTYPE html>
   ul.log li { padding: 2px 0; border-bottom: 1px solid #f4f4f4; word-break: break-word; white-space: pre-wrap; }
   .actions form { margin-bottom: 8px; } .actions input { width: 130px; } .actions input.wide { width: 190px; }
   #presence { border-style: dashed; color: var(--muted); }
+  section.span2 { grid-column: span 2; } @media (max-width: 700px) { section.span2 { grid-column: auto; } }
 </style>
 </head>
 <body>
@@ -86,8 +87,8 @@ _HTML = r"""<!DOCTYPE html>
         <h2>Counters</h2><table id="counters"></table></section>
       <section><h2>Groups with the most members</h2><div class="sub" id="groupCount"></div>
         <table id="groups"></table></section>
-      <section><h2>Last closes</h2><table id="closes"></table></section>
-      <section class="actions"><h2>Act (through the HTTP API)</h2>
+      <section class="span2"><h2>Last closes</h2><table id="closes"></table></section>
+      <section class="actions span2"><h2>Act (through the HTTP API)</h2>
         <form id="publish"><input id="pubGroup" placeholder="group"><input id="pubBody" class="wide"
           placeholder="message"><button type="submit">Publish to group</button></form>
         <form id="send"><input id="sendKey" placeholder="key"><input id="sendBody" class="wide"
