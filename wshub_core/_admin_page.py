@@ -173,7 +173,7 @@ function lock(why) {
   $("auth").className = why ? "bad" : "";
 }
 
-function open(newKey) {
+function unlock(newKey) {
   lock("");
   key = newKey;
   sessionStorage.setItem(STORE, key);
@@ -339,10 +339,10 @@ $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   const entered = $("apikey").value.trim();
   $("apikey").value = "";
-  if (entered) open(entered); else lock("Enter the hub's API key.");
+  if (entered) unlock(entered); else lock("Enter the hub's API key.");
 });
 $("forget").addEventListener("click", () => lock("Key forgotten."));
-if (key) open(key);
+if (key) unlock(key);
 </script>
 </body>
 </html>
