@@ -1,9 +1,12 @@
 'use strict';
 // Shared helpers of the Node benchmark processes: a monotonic clock in
 // microseconds (the same CLOCK_MONOTONIC as Python's time.monotonic_ns()),
-// a log-linear latency histogram, JSON-line I/O with the orchestrator, and a
-// minimal RESP encoder/parser (no Redis client library: cheaper per message).
+// a log-linear latency histogram, JSON-line I/O with the orchestrator, a
+// minimal RESP encoder/parser (no Redis client library: cheaper per message),
+// a minimal HTTP/1.1 response parser for the hub's API answers, and a pool of
+// keep-alive connections with a bounded number of requests in flight on each.
 
+const net = require('net');
 const readline = require('readline');
 
 // process.hrtime is CLOCK_MONOTONIC on Linux, like Python's time.monotonic_ns().
@@ -215,7 +218,148 @@ function splitHostPort(addr) {
   return { host: addr.slice(0, i) || '127.0.0.1', port: Number(addr.slice(i + 1)) };
 }
 
+// -- HTTP/1.1 (the hub's API) ----------------------------------------------------
+
+// Streaming parser of HTTP/1.1 answers that carry Content-Length (every API
+// answer but the event stream does); each answer comes back as {status, body}.
+class HttpResponseParser {
+  constructor() {
+    this.buf = Buffer.alloc(0);
+  }
+
+  feed(chunk) {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const answers = [];
+    for (;;) {
+      const end = this.buf.indexOf('\r\n\r\n');
+      if (end < 0) break;
+      const head = this.buf.toString('latin1', 0, end);
+      const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+      if (m === null) throw new Error(`HTTP answer without content-length: ${head.split('\r\n')[0]}`);
+      const total = end + 4 + Number(m[1]);
+      if (this.buf.length < total) break;
+      answers.push({ status: Number(head.slice(9, 12)), body: this.buf.toString('utf8', end + 4, total) });
+      this.buf = this.buf.subarray(total);
+    }
+    return answers;
+  }
+}
+
+// 'http://host:port' -> {host, port}
+function splitUrl(url) {
+  return splitHostPort(new URL(url).host);
+}
+
+function httpRequest(method, path, host, apiKey, body) {
+  return `${method} ${path} HTTP/1.1\r\nhost: ${host}\r\nauthorization: Bearer ${apiKey}\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
+// One connection: requests written as they come (pipelined up to the pool's
+// depth), answers matched to their callbacks in order. The hub closes a
+// keep-alive connection left idle for webSocket.handshakeTimeout: the pool then
+// dials a new one; a connection closed with requests unanswered is an error.
+class Pipe {
+  constructor(host, port, parser, onError) {
+    this.callbacks = [];
+    this.head = 0;
+    this.inflight = 0;
+    this.closed = false;
+    this.parser = parser;
+    this.sock = net.createConnection({ host, port });
+    this.sock.setNoDelay(true);
+    this.sock.on('error', onError);
+    this.sock.on('close', () => {
+      this.closed = true;
+      if (this.inflight > 0) onError(new Error(`connection closed with ${this.inflight} request(s) unanswered`));
+    });
+    this.sock.on('data', (chunk) => {
+      for (const answer of this.parser.feed(chunk)) {
+        const cb = this.callbacks[this.head];
+        this.callbacks[this.head++] = undefined;
+        if (this.head > 4096) {
+          this.callbacks.splice(0, this.head);
+          this.head = 0;
+        }
+        this.inflight--;
+        cb(answer);
+      }
+    });
+  }
+
+  send(request, cb) {
+    this.inflight++;
+    this.callbacks.push(cb);
+    this.sock.write(request);
+  }
+}
+
+// A fixed number of connections (Redis or HTTP keep-alive), at most `depth`
+// requests in flight on each (1: no pipelining); each request goes to the
+// connection with the fewest in flight, and requests beyond conns x depth wait
+// here. `onAnswer(answer)` of each request is called with its answer.
+class Pool {
+  constructor({ host, port, conns, depth, makeParser, onError }) {
+    this.depth = Math.max(1, depth);
+    this.dial = () => new Pipe(host, port, makeParser(), onError);
+    this.queue = [];
+    this.qhead = 0;
+    this.pipes = [];
+    this.reconnects = 0;
+    this.corked = new Set();
+    for (let i = 0; i < Math.max(1, conns); i++) this.pipes.push(this.dial());
+  }
+
+  submit(request, onAnswer) {
+    this.queue.push([request, onAnswer]);
+    this.dispatch();
+  }
+
+  // The open connection with the fewest requests in flight, if one has room.
+  free() {
+    let best = null;
+    for (let i = 0; i < this.pipes.length; i++) {
+      if (this.pipes[i].closed && this.pipes[i].inflight === 0) {
+        this.pipes[i] = this.dial(); // idle and closed by the hub: dial again, as a backend's pool does
+        this.reconnects++;
+      }
+      const pipe = this.pipes[i];
+      if (!pipe.closed && pipe.inflight < this.depth && (best === null || pipe.inflight < best.inflight)) best = pipe;
+    }
+    return best;
+  }
+
+  dispatch() {
+    while (this.qhead < this.queue.length) {
+      const pipe = this.free();
+      if (pipe === null) break;
+      const [request, onAnswer] = this.queue[this.qhead];
+      this.queue[this.qhead++] = undefined;
+      if (!this.corked.has(pipe)) { // one write per connection for all that is sent in this tick
+        this.corked.add(pipe);
+        pipe.sock.cork();
+        process.nextTick(() => {
+          this.corked.delete(pipe);
+          pipe.sock.uncork();
+        });
+      }
+      pipe.send(request, (answer) => {
+        onAnswer(answer);
+        this.dispatch();
+      });
+    }
+    if (this.qhead > 4096 && this.qhead * 2 > this.queue.length) {
+      this.queue.splice(0, this.qhead);
+      this.qhead = 0;
+    }
+  }
+
+  close() {
+    for (const pipe of this.pipes) pipe.sock.end();
+  }
+}
+
 module.exports = {
   nowUs, bucketOf, Step, Steps, makePayload, parseHead, emit, onCommands, cpuUs, parseArgs,
-  encodeCommand, RespParser, splitHostPort, NBUCKETS, LINEAR, SUB,
+  encodeCommand, RespParser, splitHostPort, splitUrl, HttpResponseParser, httpRequest, Pool, NBUCKETS, LINEAR, SUB,
 };

@@ -4,7 +4,11 @@
 Every run starts its own redis-server on a free port, the server under test
 (WS-Hub: ``python -m wshub_asyncio``; the reference peer: ``bench/peer_websockets.py``),
 the benchmark listener, the publisher (and, for ``upstream``, a Redis subscriber)
-and the Node load generator(s); it measures the server's CPU from
+and the Node load generator(s). ``--server wshub-memory`` runs WS-Hub on its
+memory broker instead: no redis-server, the listener (``bench/api_listener.js``)
+reads ``GET /api/events`` and answers with ``PUT /api/keys/KEY/groups``, and the
+publisher POSTs to ``/api/groups/GROUP`` over ``--api-conns`` keep-alive
+connections. It measures the server's CPU from
 /proc/PID/stat (utime+stime) and RSS from /proc/PID/status, and stops every
 process it started, by PID. With ``--server both`` the two servers run one after
 the other in the same invocation, so their numbers can be compared as ratios.
@@ -13,6 +17,13 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py fanout    --server both --clients 1000 --groups 1 --size 64 --rates 100,200,400 --seconds 5
     python bench/run.py broadcast --server both --clients 10000 --reps 30
     python bench/run.py upstream  --server both --clients 1000 --rate 20 --seconds 10
+    python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
+    python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
+
+``api_publish``: a closed loop of publishes to one group of ``--clients`` members,
+``--api-conns`` connections with ``--api-depth`` requests in flight on each: first
+``POST /api/groups/g0`` (keep-alive), then, on the Redis broker, PUBLISH straight to
+the hub's Redis on as many connections, the same depth (1: not pipelined).
 
 A/B runs of a patched copy of WS-Hub: ``--server wshub,proto --hub-pythonpath /tmp/copy``;
 uvloop: ``--server wshub+uv,peer+uv --uvloop DIR`` (DIR from ``pip install --target DIR uvloop``);
@@ -33,6 +44,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -331,6 +343,14 @@ class Options:
     workers: int = 1
     profile: str = ""
     logdir: Path = Path("/tmp")
+    broker: str = "redis"  # WS-Hub's broker: redis, or memory (no redis-server; the helpers use the HTTP API)
+    api: bool = False  # give WS-Hub an api.key (the memory broker always has one)
+    api_conns: int = 4  # keep-alive connections of an HTTP API publisher
+    api_depth: int = 1  # requests in flight on each of them (1: no pipelining)
+
+    @property
+    def memory(self) -> bool:
+        return self.broker == "memory"
 
 
 class Rig:
@@ -347,10 +367,35 @@ class Rig:
         self.port = 0
         self.opened = 0
         self.pid = 0
+        self.api_key = secrets.token_hex(16) if opts.api or opts.memory else ""
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     # lifecycle
 
     async def start(self) -> None:
+        o = self.o
+        self.port = free_port()
+        if o.memory:  # no Redis at all: the listener and the publisher speak the hub's HTTP API
+            await self._start_server("")
+            self.listener = await NodeProc.start(
+                "listener", "api_listener.js",
+                ["--api", self.api_url, "--api-key", self.api_key, "--groups", str(o.groups)], o.logdir)
+            await self.listener.wait("ready", 10)
+            self.publisher = await NodeProc.start("publisher", "publisher.js", self._api_args(), o.logdir)
+            await self.publisher.wait("ready", 10)
+        else:
+            await self._start_redis_side()
+        await self._start_loadgens()
+
+    def _api_args(self) -> list[str]:
+        return ["--api", self.api_url, "--api-key", self.api_key, "--conns", str(self.o.api_conns),
+                "--depth", str(self.o.api_depth)]
+
+    async def _start_redis_side(self) -> None:
+        """redis-server, the Redis listener, publisher (and subscriber), then the server."""
         o = self.o
         self.redis_port = free_port()
         self.redis = await asyncio.create_subprocess_exec(
@@ -368,14 +413,20 @@ class Rig:
         self.listener = await NodeProc.start(
             "listener", "listener.js", ["--redis", raddr, "--prefix", PREFIX, "--groups", str(o.groups)], o.logdir)
         await self.listener.wait("ready", 10)
-        self.publisher = await NodeProc.start("publisher", "publisher.js", ["--redis", raddr, "--prefix", PREFIX],
-                                              o.logdir)
+        # With an api.key the publisher can flood through the API too (api_publish); its paced
+        # messages and probes still go through Redis (--via redis).
+        api = [*self._api_args(), "--via", "redis"] if self.api_key else []
+        self.publisher = await NodeProc.start("publisher", "publisher.js",
+                                              ["--redis", raddr, "--prefix", PREFIX, *api], o.logdir)
         await self.publisher.wait("ready", 10)
         if o.subscriber:
             self.subscriber = await NodeProc.start("subscriber", "subscriber.js", ["--redis", raddr, "--prefix",
                                                                                    PREFIX], o.logdir)
             await self.subscriber.wait("ready", 10)
         await self._start_server(raddr)
+
+    async def _start_loadgens(self) -> None:
+        o = self.o
         procs = o.procs or max(1, math.ceil(o.clients / MAX_CLIENTS_PER_PROC))
         # Up to --per-address clients come from 127.0.0.1 with kernel-chosen ports (plain connect());
         # beyond that, clients rotate over 127.0.0.1, .2, ... (Node binds the source address first,
@@ -396,19 +447,21 @@ class Rig:
             offset += n
 
     async def _start_server(self, raddr: str) -> None:
+        """The server under test on ``self.port``; ``raddr`` empty: WS-Hub on the memory broker."""
         o = self.o
-        self.port = free_port()
         err = open(o.logdir / f"{o.server}.err", "wb")  # noqa: SIM115 - closed right after the spawn
-        env = dict(os.environ)
-        paths = [p for p in (o.hub_pythonpath, o.uvloop) if p]  # a prototype tree; uvloop (NAME+uv servers)
-        if paths:
-            env["PYTHONPATH"] = os.pathsep.join(paths)
+        env = server_env(o)
         if o.server == "wshub":
+            # The Redis broker's file is the one every earlier figure used (a tree from before the
+            # broker and api keys, e.g. an A/B's old copy, reads it unchanged); the other keys are
+            # written only when asked for.
+            broker = ('broker: memory\n' if o.memory else
+                      f'redis:\n  address: "{raddr}"\n  channelPrefix: "{PREFIX}"\n')
+            api = f'api:\n  key: "{self.api_key}"\n' if self.api_key else ""
             cfg = o.logdir / "wshub.yaml"
             cfg.write_text(
                 f'address: "127.0.0.1:{self.port}"\nclientKey: "session_key"\nserverUrl: "/ws"\n'
-                f"workers: {o.workers}\n"
-                f'redis:\n  address: "{raddr}"\n  channelPrefix: "{PREFIX}"\n'
+                f"workers: {o.workers}\n{broker}{api}"
                 "webSocket:\n  pongWait: 60\n  maxMessageSize: 65536\n"
             )
             self.server = await asyncio.create_subprocess_exec(
@@ -550,6 +603,21 @@ class Rig:
         return ok
 
 
+def server_env(o: Options) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [p for p in (o.hub_pythonpath, o.uvloop) if p]  # a prototype tree; uvloop (NAME+uv servers)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def hub_source(o: Options) -> str:
+    """The directory WS-Hub's server imports ``wshub_core`` from (an A/B shows which tree each side ran)."""
+    proc = subprocess.run([PYTHON, "-c", "import wshub_core; print(wshub_core.__file__)"], capture_output=True,
+                          text=True, env=server_env(o), cwd=o.logdir, timeout=30, check=False)
+    return str(Path(proc.stdout.strip()).parent.parent) if proc.returncode == 0 else f"? {proc.stderr.strip()}"
+
+
 @contextlib.asynccontextmanager
 async def rig(opts: Options) -> AsyncIterator[Rig]:
     r = Rig(opts)
@@ -659,8 +727,8 @@ async def scenario_fanout(a: argparse.Namespace, opts: Options) -> Json:
                 "loadgen_sys_share": round((h1["loadgen_sys"] - h0["loadgen_sys"])
                                            / max(0.01, h1["loadgen"] - h0["loadgen"]), 2),
                 "loadgen_cpu_us_per_delivery": round((h1["loadgen"] - h0["loadgen"]) * 1e6 / max(1, count), 3),
-                "redis_cpu_util": round((h1["redis"] - h0["redis"]) / span, 3),
-                "no_subscriber": done["zero"],
+                "redis_cpu_util": redis_util(h0, h1, span),
+                "no_subscriber": done["zero"], "publisher_reconnects": done["reconnects"],
             }
             steps.append(step)
             saturated = not complete or count < 0.8 * offered * a.seconds
@@ -668,6 +736,61 @@ async def scenario_fanout(a: argparse.Namespace, opts: Options) -> Json:
                 break
     best = max(steps, key=lambda s: s["deliveries_per_s"])
     return {"max_deliveries_per_s": best["deliveries_per_s"], "steps": steps, "clients": c["opened"]}
+
+
+def redis_util(h0: Json, h1: Json, span: float) -> float | None:
+    """redis-server's CPU share over ``span`` seconds (None on the memory broker: no Redis)."""
+    return round((h1["redis"] - h0["redis"]) / span, 3) if "redis" in h1 else None
+
+
+async def scenario_api_publish(a: argparse.Namespace, opts: Options) -> Json:
+    """Closed-loop publishes to one group: through the HTTP API, then (Redis broker) PUBLISH to its Redis."""
+    opts.groups = 1
+    opts.api = True
+    out: Json = {}
+    async with rig(opts) as r:
+        c = await r.connect_all()
+        if c["grouped"] < c["opened"]:
+            raise RuntimeError(f"only {c['grouped']} of {c['opened']} clients got a probe: {c}")
+        assert r.publisher is not None
+        out["members"] = c["opened"]
+        ways = ["api"] if opts.memory else ["api", "redis"]
+        for idx, via in enumerate(ways, start=1):
+            await asyncio.sleep(0.5)
+            await r.reset_reports()
+            cpu0, h0 = r.server_cpu(), r.helper_cpu()
+            spy = await start_profile(r.pid, f"{opts.profile}.{via}" if opts.profile else "")
+            done = await r.publisher.call(
+                {"cmd": "flood", "step": idx, "via": via, "seconds": a.seconds, "conns": opts.api_conns,
+                 "depth": opts.api_depth, "group": 0, "size": opts.size}, "done", a.seconds + 60)
+            complete = await r.expect(idx, [done["ok"]], a.drain)
+            cpu1, h1 = r.server_cpu(), r.helper_cpu()
+            await stop_profile(spy)
+            hist, count, _first, last = await r.collect(idx)
+            rtt = Histogram()
+            rtt.merge(done["rtt"])
+            ok = done["ok"]
+            seconds = max(1, done["t1"] - done["t0"]) / 1e6
+            span = max(1, last - done["t0"]) / 1e6
+            out[via] = {
+                "conns": opts.api_conns, "depth": opts.api_depth, "published": done["published"], "ok": ok,
+                "errors": done["errors"], "seconds": round(seconds, 3),
+                "publishes_per_s": round(ok / seconds), "answer": rtt.summary_ms(),
+                "deliveries": count, "expected_deliveries": ok * c["opened"], "lost": ok * c["opened"] - count,
+                "complete": complete, "delivery": hist.summary_ms(),
+                "redis_receivers": done["receivers"], "reconnects": done["reconnects"],
+                "server_cpu_s": round(cpu1 - cpu0, 3),
+                "cpu_us_per_publish": round((cpu1 - cpu0) * 1e6 / max(1, ok), 3),
+                "cpu_us_per_delivery": round((cpu1 - cpu0) * 1e6 / max(1, count), 3),
+                "server_cpu_util": round((cpu1 - cpu0) / span, 3),
+                "server_sys_share": round((h1["server_sys"] - h0["server_sys"]) / max(0.01, cpu1 - cpu0), 2),
+                "publisher_cpu_us_per_publish": round((h1["publisher"] - h0["publisher"]) * 1e6 / max(1, ok), 3),
+                "loadgen_cpu_us_per_delivery": round((h1["loadgen"] - h0["loadgen"]) * 1e6 / max(1, count), 3),
+                "redis_cpu_util": redis_util(h0, h1, span),
+            }
+            out[f"{via}_publishes_per_s"] = out[via]["publishes_per_s"]
+            out[f"{via}_cpu_us_per_publish"] = out[via]["cpu_us_per_publish"]
+    return out
 
 
 async def scenario_broadcast(a: argparse.Namespace, opts: Options) -> Json:
@@ -755,6 +878,7 @@ SCENARIOS = {
     "fanout": scenario_fanout,
     "broadcast": scenario_broadcast,
     "upstream": scenario_upstream,
+    "api_publish": scenario_api_publish,
 }
 
 # Metrics compared as WS-Hub / peer in the "ratio" field.
@@ -763,6 +887,7 @@ RATIO_KEYS = {
     "fanout": ["max_deliveries_per_s"],
     "broadcast": ["last_member_p50_ms", "last_member_p99_ms", "cpu_us_per_delivery"],
     "upstream": ["msgs_per_s", "p99_ms", "cpu_us_per_msg"],
+    "api_publish": ["api_publishes_per_s", "api_cpu_us_per_publish"],
 }
 
 
@@ -777,13 +902,21 @@ def machine() -> Json:
             "load1": round(os.getloadavg()[0], 2)}
 
 
+def server_kind(server: str) -> tuple[str, str]:
+    """``--server`` name -> (kind, broker): ``proto-memory+uv`` -> (proto, memory), ``peer`` -> (peer, redis)."""
+    kind, _, broker = server.removesuffix("+uv").partition("-")
+    return kind, broker or "redis"
+
+
 async def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--server", default="both",
                    help="both (= wshub,peer), or a comma list of wshub, peer, proto (WS-Hub from --hub-pythonpath); "
-                   "NAME+uv runs that server on uvloop from --uvloop DIR")
-    p.add_argument("--clients", type=int, default=None, help="default: connect 15000, broadcast 10000, else 1000")
+                   "NAME-memory runs WS-Hub (wshub, proto) on the memory broker, with no redis-server: the listener "
+                   "and publisher use its HTTP API; NAME+uv runs that server on uvloop from --uvloop DIR")
+    p.add_argument("--clients", type=int, default=None,
+                   help="default: connect 15000, broadcast 10000, api_publish 20, else 1000")
     p.add_argument("--groups", type=int, default=None, help="default: connect 100, others 1")
     p.add_argument("--size", type=int, default=64, help="payload bytes")
     p.add_argument("--rates", default="100,200,400,800", help="fanout: published messages/s per step")
@@ -805,20 +938,35 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="WS-Hub's workers setting (processes on one port)")
     p.add_argument("--uvloop", default="", help="a directory holding uvloop (pip install --target DIR uvloop), "
                    "put on PYTHONPATH of the servers named NAME+uv")
+    p.add_argument("--api-conns", type=int, default=4,
+                   help="keep-alive connections of an HTTP API publisher (NAME-memory, api_publish); api_publish's "
+                   "PUBLISH client to Redis opens as many")
+    p.add_argument("--api-depth", type=int, default=None,
+                   help="requests in flight on each of those connections (1: no pipelining, a request waits for "
+                   "the answer to the one before); default: api_publish 1, else 64 (a paced publisher that waits "
+                   "for each answer would be the limit, where the Redis one pipelines without bound)")
     p.add_argument("--label", default="", help="free text copied into the result")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     a = p.parse_args(argv)
-    defaults = {"connect": (15_000, 100), "broadcast": (10_000, 1)}
+    defaults = {"connect": (15_000, 100), "broadcast": (10_000, 1), "api_publish": (20, 1)}
     clients, groups = defaults.get(a.scenario, (1000, 1))
     a.clients = a.clients or clients
     a.groups = a.groups or groups
+    a.api_depth = a.api_depth or (1 if a.scenario == "api_publish" else 64)
 
     servers = ["wshub", "peer"] if a.server == "both" else a.server.split(",")
     for server in servers:
-        if server.removesuffix("+uv") not in ("wshub", "peer", "proto"):
+        kind, broker = server_kind(server)
+        if kind not in ("wshub", "peer", "proto") or broker not in ("redis", "memory") or server.count("-") > 1:
             p.error(f"unknown server {server!r}")
         if server.endswith("+uv") and not a.uvloop:
             p.error(f"--server {server} needs --uvloop DIR")
+        if kind == "peer" and (broker == "memory" or a.scenario == "api_publish"):
+            p.error(f"the websockets peer has no memory broker nor HTTP API: --server {server}")
+        if broker == "memory" and a.scenario == "upstream":
+            p.error("upstream reads the client messages from Redis: it needs the Redis broker")
+        if broker == "memory" and a.workers > 1:
+            p.error("workers > 1 needs the Redis broker")
     if any(s.startswith("proto") for s in servers) and not a.hub_pythonpath:
         p.error("--server proto needs --hub-pythonpath")
     results: Json = {}
@@ -826,14 +974,17 @@ async def main(argv: Sequence[str] | None = None) -> int:
     for server in servers:
         logdir = logroot / server
         logdir.mkdir()
-        kind = server.removesuffix("+uv")
-        opts = Options(server="peer" if kind == "peer" else "wshub", clients=a.clients, groups=a.groups,
+        kind, broker = server_kind(server)
+        opts = Options(server="peer" if kind == "peer" else "wshub", broker=broker, clients=a.clients, groups=a.groups,
                        size=a.size, procs=a.procs, per_address=a.per_address, concurrency=a.concurrency,
                        receiver=a.receiver, hub_pythonpath=a.hub_pythonpath if kind == "proto" else "",
                        uvloop=a.uvloop if server.endswith("+uv") else "", workers=a.workers,
-                       profile=f"{a.profile}.{server}" if a.profile and kind != "peer" else "", logdir=logdir)
+                       profile=f"{a.profile}.{server}" if a.profile and kind != "peer" else "", logdir=logdir,
+                       api_conns=a.api_conns, api_depth=a.api_depth)
         try:
             results[server] = await SCENARIOS[a.scenario](a, opts)
+            if kind != "peer":
+                results[server]["hub_source"] = hub_source(opts)
         except Exception as exc:  # one server failing must not hide the other's numbers
             results[server] = {"error": f"{type(exc).__name__}: {exc}", "logs": str(logdir)}
             a.keep = True
@@ -843,7 +994,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(), "results": results,
     }
     for num, den in (("wshub", "peer"), ("proto", "wshub"), ("wshub+uv", "peer+uv"), ("proto+uv", "peer+uv"),
-                     ("proto+uv", "proto")):
+                     ("proto+uv", "proto"), ("wshub-memory", "wshub"), ("proto-memory", "wshub-memory")):
         if num in results and den in results and "error" not in results[num] and "error" not in results[den]:
             out[f"ratio_{num}_over_{den}"] = {
                 k: round(results[num][k] / results[den][k], 3)

@@ -11,11 +11,13 @@ import base64
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -576,3 +578,74 @@ async def chromium_page(url: str) -> AsyncIterator[ChromiumPage]:
         if drain is not None:
             drain.cancel()
         shutil.rmtree(profile, ignore_errors=True)
+
+# -- Processes as their users run them: the hub (``python -m wshub_asyncio``) and the example listeners --------
+
+
+class HubProcess:
+    """``python -m wshub_asyncio`` configured by WSHUB_* variables; its stderr read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.log: list[str] = []
+
+    async def line_matching(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str]:
+        """The first line (read so far or next) matching ``pattern``."""
+        return (await self.lines_matching(pattern, 1, timeout=timeout))[0]
+
+    async def lines_matching(self, pattern: str, count: int, *, timeout: float = 10.0) -> list[re.Match[str]]:
+        """The first ``count`` lines matching ``pattern``, read within ``timeout`` in all."""
+        regex = re.compile(pattern)
+
+        async def scan() -> list[re.Match[str]]:
+            while True:
+                found = [m for line in self.log if (m := regex.search(line)) is not None]
+                if len(found) >= count:
+                    return found[:count]
+                assert self.proc.stderr is not None
+                line = await self.proc.stderr.readline()
+                assert line, f"the hub exited: {self.log}"
+                self.log.append(line.decode(errors="replace"))
+
+        return await within(scan(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def hub_process(*, port: int | None = None, **env: str) -> AsyncIterator[HubProcess]:
+    """A hub process on ``port`` (default: a free one), up once it logged ``listening on``; SIGTERM at the end.
+
+    It runs in an empty folder of its own, configured by WSHUB_* variables
+    alone: the checkout's ./config.yaml names the Redis at localhost:6379.
+    """
+    port = port or free_port()
+    environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", **env)
+    with tempfile.TemporaryDirectory(prefix="wshub-hub-") as cwd:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", env=environ, cwd=cwd,
+                                                    stdin=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        hub = HubProcess(proc, port)
+        try:
+            await hub.line_matching(r"listening on")
+            yield hub
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            assert proc.stderr is not None
+            await within(proc.stderr.read(), 15)  # drain, so the process is not blocked on a full pipe
+            await within(proc.wait(), 15)
+
+
+async def next_line(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> str:
+    """The next line a process printed on stdout (fails if it exits first)."""
+    assert proc.stdout is not None
+    line = await within(proc.stdout.readline(), timeout)
+    assert line, f"the process exited ({await proc.wait()})"
+    return line.decode().rstrip("\n")
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM (unless it already exited) and its exit status."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    return await within(proc.wait(), 10)

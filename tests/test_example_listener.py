@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 import websockets
 
-from helpers import RedisProcess, hub_config, running_hub, wait_groups, within, ws_url
+from helpers import RedisProcess, hub_config, next_line, running_hub, stop_process, wait_groups, within, ws_url
 
 LISTENER = Path(__file__).resolve().parent.parent / "example" / "listener.py"
 
@@ -20,19 +19,6 @@ async def start_listener(*args: str) -> asyncio.subprocess.Process:
                                                 stdout=asyncio.subprocess.PIPE)
     assert await next_line(proc, 15) == "ready"  # subscribed: nothing announced from now on is missed
     return proc
-
-
-async def next_line(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> str:
-    assert proc.stdout is not None
-    line = await within(proc.stdout.readline(), timeout)
-    assert line, f"the listener exited ({await proc.wait()})"
-    return line.decode().rstrip("\n")
-
-
-async def stop(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    return await within(proc.wait(), 10)
 
 
 @pytest.mark.parametrize("address_form", ["host:port", "url"])
@@ -63,7 +49,7 @@ def test_listener_answers_each_client_with_its_groups(redis_server: RedisProcess
                 assert await next_line(listener) == "gone alice"
                 await bob.close()
                 assert await next_line(listener) == "gone bob"
-            assert await stop(listener) == 0
+            assert await stop_process(listener) == 0
             assert await next_line(listener) == "stopped"
         finally:
             if listener.returncode is None:
@@ -87,7 +73,7 @@ def test_listener_key_group_templates(redis_server: RedisProcess, prefix: str) -
                 assert await r.publish(f"{prefix}group-data:room-7", "hi room 7") == 1
                 assert await within(ws.recv()) == "hi room 7"
                 await ws.close()
-            assert await stop(listener) == 0
+            assert await stop_process(listener) == 0
         finally:
             if listener.returncode is None:
                 listener.kill()

@@ -9,63 +9,13 @@ address and the reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aredis
 
-from helpers import RedisProcess, free_port, http_exchange, hub_env, within
-
-
-class HubProcess:
-    """``python -m wshub_asyncio`` configured by WSHUB_* variables; its stderr read line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.log: list[str] = []
-
-    async def line_matching(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str]:
-        """The first line (read so far or next) matching ``pattern``."""
-        return (await self.lines_matching(pattern, 1, timeout=timeout))[0]
-
-    async def lines_matching(self, pattern: str, count: int, *, timeout: float = 10.0) -> list[re.Match[str]]:
-        """The first ``count`` lines matching ``pattern``, read within ``timeout`` in all."""
-        regex = re.compile(pattern)
-
-        async def scan() -> list[re.Match[str]]:
-            while True:
-                found = [m for line in self.log if (m := regex.search(line)) is not None]
-                if len(found) >= count:
-                    return found[:count]
-                assert self.proc.stderr is not None
-                line = await self.proc.stderr.readline()
-                assert line, f"the hub exited: {self.log}"
-                self.log.append(line.decode(errors="replace"))
-
-        return await within(scan(), timeout)
-
-
-@contextlib.asynccontextmanager
-async def hub_process(**env: str) -> AsyncIterator[HubProcess]:
-    port = free_port()
-    environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", **env)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", env=environ,
-                                                stdin=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    hub = HubProcess(proc, port)
-    try:
-        await hub.line_matching(r"listening on")
-        yield hub
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        assert proc.stderr is not None
-        await within(proc.stderr.read(), 15)  # drain, so the process is not blocked on a full pipe
-        await within(proc.wait(), 15)
+from helpers import RedisProcess, free_port, http_exchange, hub_process
 
 
 async def readyz(port: int) -> tuple[int, bytes]:

@@ -107,6 +107,7 @@ class HttpRequest:
     headers: tuple[tuple[bytes, bytes], ...]
 
     def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case, as h11 gives names), or None."""
         for k, v in self.headers:
             if k == name:
                 return v
@@ -131,6 +132,7 @@ class HttpBody:
 Outcome = HttpRequest | MessageReceived | HttpBody
 
 _HEADER_STATUS = {400: "malformed request", 431: "request head too large", 501: "not implemented"}
+_OPEN = ClientState.OPEN  # feed() per read: a module global is a cheap load, a class attribute (3.11) is not
 _LAST_CHUNK = b"0\r\n\r\n"  # RFC 9112 7.1: ends a chunked body (no trailers)
 
 
@@ -214,7 +216,7 @@ class ClientConnection:
         """Take bytes from the socket; return what the hub must act on."""
         self.last_seen = now
         state = self.state
-        if state is ClientState.OPEN:
+        if state is _OPEN:
             assert self._ws is not None
             self._ws.receive_data(data)
             return self._ws_events()

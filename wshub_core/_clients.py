@@ -10,8 +10,10 @@ abort of a graceful close that cannot flush.
 Rules:
 1. The table never knows channels, groups or brokers; a core never reaches
    into its dictionaries. What a core needs to know it asks (``get``,
-   counts) or is told through the two callbacks it gave: ``on_outcomes``
-   (a request head, messages) and ``on_left`` (a client forgotten).
+   counts) or is told through the callbacks it gave: ``on_outcomes``
+   (a request head, a request body, messages), ``on_left`` (a client
+   forgotten) and, optionally, ``on_kept_alive`` (an answer after which the
+   connection stayed open).
    The shell's client inputs go straight to the table's methods (a core
    binds them as its own ``client_*`` methods), so no core repeats them.
 2. Inputs only change state and queue the actions that must follow at once
@@ -53,6 +55,7 @@ from ._timers import Timers
 
 __all__ = ["ClientTable", "Pause"]
 
+_OPEN = ClientState.OPEN  # per input: a module global is a cheap load, a class attribute (3.11) is not
 _PING_CHUNK = b": ping\n\n"  # an SSE comment: readers ignore it; a proxy or a dead peer shows itself
 
 
@@ -132,7 +135,7 @@ class ClientTable:
         self._dirty[conn] = client
         outcomes = client.feed(data, now)
         if outcomes:
-            if client.state is ClientState.OPEN:
+            if client.state is _OPEN:
                 self._on_outcomes(client, outcomes, now)  # messages: the hot path, as it always was
             else:
                 self._deliver(client, outcomes, now)
@@ -197,11 +200,13 @@ class ClientTable:
                     self._timers.schedule(owner, deadline)
 
     def next_deadline(self) -> float | None:
+        """The earliest client deadline (None: none); the shell arms one timer at it."""
         return self._timers.next_deadline()
 
     # -- commands from the owner ------------------------------------------------------
 
     def get(self, conn: int) -> ClientConnection | None:
+        """The connection of ``conn`` while the table has it (read it; command it through the table)."""
         return self._clients.get(conn)
 
     def answer(self, conn: int, status: int, body: str | bytes, *, headers: tuple[tuple[str, str], ...] = (),
@@ -278,6 +283,7 @@ class ClientTable:
         return True
 
     def send_frame(self, conn: int, frame: bytes) -> None:
+        """Queue an encoded WebSocket frame to one client."""
         client = self._clients[conn]
         client.send_frame(frame)
         self._dirty[conn] = client
@@ -317,12 +323,13 @@ class ClientTable:
             self._remove_pause(client, reason, now)
 
     def is_paused(self, conn: int, reason: Pause) -> bool:
+        """Whether ``reason`` is among the reasons ``conn`` is not read."""
         return bool(self._paused.get(conn, Pause.NONE) & reason)
 
     # -- queries -----------------------------------------------------------------------
 
     def count(self) -> int:
-        """Sockets in HTTP or WebSocket; closing ones (a graceful close still flushing) are not counted."""
+        """Sockets in any state but closing (a graceful close still flushing): HTTP, WebSocket, streams."""
         return len(self._clients)
 
     def closing_count(self) -> int:
@@ -330,6 +337,7 @@ class ClientTable:
         return len(self._closing)
 
     def paused_count(self, reason: Pause) -> int:
+        """Sockets not read for ``reason`` (among others)."""
         return sum(1 for reasons in self._paused.values() if reasons & reason)
 
     def is_idle(self) -> bool:
@@ -337,6 +345,7 @@ class ClientTable:
         return not self._clients and not self._closing
 
     def is_empty(self) -> bool:
+        """Idle, and nothing queued or paused left behind (for leak checks)."""
         return self.is_idle() and not self._dirty and not self._paused
 
     def samples(self) -> list[Sample]:
@@ -359,14 +368,10 @@ class ClientTable:
 
     def flush(self, now: float) -> None:
         """Queue one write per socket with what is owed to it, closes after; forget the closed."""
-        while self._reparse:
-            conn, client = self._reparse.popitem()
-            self._dirty[conn] = client
-            self._deliver(client, [], now)
-        if self._stamp:
-            self._stamp_times(now)
         if not self._dirty:
-            return
+            return  # a client to parse on or to stamp is always dirty too
+        if self._reparse or self._stamp:
+            self._decided_outside(now)
         actions = self._sink
         limit = self._max_outbound_buffer
         dirty = self._dirty
@@ -407,6 +412,15 @@ class ClientTable:
                     return
         finally:
             self._feeding = None
+
+    def _decided_outside(self, now: float) -> None:
+        """Before output: parse on where a decision came outside ``on_outcomes``, then stamp the times."""
+        while self._reparse:
+            conn, client = self._reparse.popitem()
+            self._dirty[conn] = client
+            self._deliver(client, [], now)
+        if self._stamp:
+            self._stamp_times(now)
 
     def _stamp_times(self, now: float) -> None:
         """Start kept-alive idle waits and stream output clocks at the owner's latest input time."""

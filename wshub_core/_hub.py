@@ -84,6 +84,7 @@ class Hub:
             sink=self._actions,
             on_outcomes=self._handle_outcomes,
             on_left=self._on_left,
+            on_kept_alive=self._on_kept_alive,
             max_header_size=config.max_header_size,
             max_message_size=config.max_message_size,
             max_outbound_buffer=config.max_outbound_buffer,
@@ -332,6 +333,10 @@ class Hub:
         member = self._members.get(conn)
         if member is not None and not member.has_groups:
             self._clients.close(conn, CloseCode.POLICY, "no groups assigned")
+
+    def _on_kept_alive(self, client: ClientConnection, status: int) -> None:
+        """An answer that kept its connection (the API's): counted as the closing answer is in ``_on_left``."""
+        self.stats.http_answers[status] += 1
 
     def _on_left(self, client: ClientConnection) -> None:
         """The table forgot a client: drop what refers to it (membership, routing, deadlines)."""

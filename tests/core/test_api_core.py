@@ -110,6 +110,9 @@ class TestPublishIsAnsweredWhenTheBrokerTookIt:
         api.send_raw(b"".join(api_request(b"POST", b"/api/groups/g%d" % i, b"x") for i in range(5)))
         assert [status for status, _ in answers(api)] == [200] * 5
         assert not api.closed
+        assert 'wshub_http_responses_total{status="200"} 5' in h.hub.metrics_text()  # each answer counted once
+        h.lose(api)
+        assert 'wshub_http_responses_total{status="200"} 5' in h.hub.metrics_text()
 
 
 class TestBodies:

@@ -578,6 +578,9 @@ class TestEof:
         (request(b"POST", b"/defer", body=b"x"), ClientState.WAITING),
         (request(), ClientState.HTTP),  # kept alive
         (request(b"GET", b"/stream"), ClientState.STREAM),
+        (request(b"GET", b"/ws", headers=[(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+                                          (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+                                          (b"Sec-WebSocket-Version", b"13")]), ClientState.OPEN),
     ])
     def test_eof_ends_the_connection_once(self, prefix: bytes, expected: ClientState) -> None:
         d, sock = driver()

@@ -1,0 +1,83 @@
+"""bench/run.py still runs its scenarios end to end: the memory broker's rig, api_publish and the A/B mechanism.
+
+Not a benchmark (nothing is timed or compared): tens of clients, sub-second
+steps, so that a change of the hub's HTTP API, config keys or startup breaks
+this test instead of silently rotting the benchmark. Each run starts its own
+redis-server (when the server uses Redis), the hub, the Node helpers and load
+generator, as a real benchmark does. Needs node and ``npm ci`` in bench/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
+    pytest.mark.skipif(not (ROOT / "bench" / "node_modules" / "ws").is_dir(),
+                       reason="bench/node_modules is missing (cd bench && npm ci)"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+]
+
+
+def run_bench(*args: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    for server, res in result["results"].items():
+        assert "error" not in res, (server, res, proc.stderr)
+    return result
+
+
+def test_fanout_on_both_brokers_and_the_old_tree() -> None:
+    """The memory broker's listener and publisher go through the HTTP API; ``proto`` is the A/B copy."""
+    result = run_bench("fanout", "--server", "wshub,wshub-memory,proto", "--hub-pythonpath", str(ROOT),
+                       "--clients", "20", "--groups", "2", "--rates", "20", "--seconds", "0.5", "--drain", "5")
+    for server in ("wshub", "wshub-memory", "proto"):
+        res = result["results"][server]
+        assert res["clients"] == 20
+        [step] = res["steps"]
+        assert step["published"] == 10
+        assert step["complete"] and step["lost"] == 0
+        assert step["deliveries"] == 10 * 10  # each message reaches its group's 10 members
+        assert step["cpu_us_per_delivery"] >= 0
+        assert res["hub_source"] == str(ROOT)  # proto: the --hub-pythonpath tree (here the same one)
+    memory = result["results"]["wshub-memory"]["steps"][0]
+    assert memory["redis_cpu_util"] is None and memory["no_subscriber"] is None
+    assert result["results"]["wshub"]["steps"][0]["no_subscriber"] == 0
+    assert set(result["ratio_wshub-memory_over_wshub"]) == {"max_deliveries_per_s"}
+    assert set(result["ratio_proto_over_wshub"]) == {"max_deliveries_per_s"}
+
+
+def test_api_publish_counts_every_publish_and_delivery() -> None:
+    result = run_bench("api_publish", "--server", "wshub,wshub-memory", "--clients", "5", "--seconds", "0.3",
+                       "--api-conns", "2", "--api-depth", "2", "--drain", "5")
+    redis, memory = result["results"]["wshub"], result["results"]["wshub-memory"]
+    assert sorted(redis) == ["api", "api_cpu_us_per_publish", "api_publishes_per_s", "hub_source", "members",
+                             "redis", "redis_cpu_us_per_publish", "redis_publishes_per_s"]
+    assert "redis" not in memory  # no Redis to PUBLISH to
+    for way in (redis["api"], redis["redis"], memory["api"]):
+        assert way["published"] > 0 and way["ok"] == way["published"] and way["errors"] == 0
+        assert way["deliveries"] == way["expected_deliveries"] == 5 * way["ok"]
+        assert way["lost"] == 0 and way["complete"]
+        assert (way["conns"], way["depth"]) == (2, 2)
+    assert redis["redis"]["redis_receivers"] == redis["redis"]["ok"]  # the hub's one subscription per message
+    assert redis["api"]["redis_receivers"] is None
+
+
+def test_memory_broker_refuses_what_needs_redis() -> None:
+    for args in (["upstream", "--server", "wshub-memory"], ["fanout", "--server", "peer-memory"],
+                 ["api_publish", "--server", "peer"], ["fanout", "--server", "wshub-memory", "--workers", "2"]):
+        proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
