@@ -102,17 +102,26 @@ def test_the_admin_page_shows_the_hub_and_acts_on_it(broker: str, redis_server: 
                 await until_text(page, "connections", lambda t: t == "1", "the connection counted")
                 # client-new comes once the key's answer channel is subscribed: an answer now is heard
                 await until_text(page, "events", lambda t: "client-new bob" in t, "client-new in the events")
+                # and an API publish is refused (503) until every needed subscription is confirmed
+                await wait_for(lambda: server.core.ready, what="bob's subscriptions confirmed")
                 await submit(page, "setGroups", groupsKey="bob", groupsList="news, lobby")
+                # the page's fetch() is answered later: alice's subscriptions must not make it a 503
+                await until_text(page, "actionLog", lambda t: "PUT /api/keys/bob/groups -> 200" in t, "bob's groups")
                 ws = await websockets.connect(ws_url(server.port, "alice"), proxy=None, compression=None)
                 await until_text(page, "connections", lambda t: t == "2", "the second connection counted")
                 await until_text(page, "events", lambda t: "client-new alice" in t, "client-new alice")
+                await wait_for(lambda: server.core.ready, what="alice's subscriptions confirmed")
 
                 await submit(page, "setGroups", groupsKey="alice", groupsList="news, room-7")
                 alice = max(server.core._members)
                 await wait_for(lambda: server.core.groups_of(alice) == {"news", "room-7"}, what="groups set")
                 # the top groups: the most members first, then by name
-                await until_text(page, "groups", lambda t: t.split("\n") == ["news\t2", "lobby\t1", "room-7\t1"],
-                                 "the top groups")
+                try:
+                    await until_text(page, "groups", lambda t: t.split("\n") == ["news\t2", "lobby\t1", "room-7\t1"],
+                                     "the top groups")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; actions: {await text(page, 'actionLog')!r}; events: "
+                                         f"{await text(page, 'events')!r}; hub: {server.core.status()}") from None
                 await submit(page, "publish", pubGroup="news", pubBody="hello from the page")
                 assert await within(ws.recv()) == "hello from the page"
                 await submit(page, "send", sendKey="alice", sendBody="just you")
