@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest
 import redis.asyncio as aredis
 
 from wshub_asyncio import Server
@@ -507,6 +508,76 @@ class EventStream:
     async def close(self) -> None:
         await self.client.close()
 
+
+# -- Headless Chromium over its DevTools protocol (a WebSocket), for the pages' tests ---------------------------
+#
+# Skipped where Chromium is not installed (Debian: apt-get install chromium).
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+
+class ChromiumPage:
+    """One page of a headless Chromium: ``call`` sends a DevTools command, ``evaluate`` runs JavaScript."""
+
+    def __init__(self, cdp: Any) -> None:
+        self._cdp = cdp
+        self._ids = iter(range(1, 1 << 30))
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        import json
+
+        n = next(self._ids)
+        await self._cdp.send(json.dumps({"id": n, "method": method, "params": params}))
+        while True:
+            answer: dict[str, Any] = json.loads(await within(self._cdp.recv()))
+            if answer.get("id") == n:
+                return answer
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of ``expression`` in the page (awaited if it is a promise); raises if it threw."""
+        answer = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        result = answer["result"]
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(url: str) -> AsyncIterator[ChromiumPage]:
+    """A headless Chromium of the test's own (a fresh profile) with one page navigated to ``url``."""
+    import json
+    import re
+    import urllib.request
+
+    import websockets
+
+    assert CHROMIUM is not None
+    profile = tempfile.mkdtemp(prefix="wshub-chromium-")
+    browser = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+        f"--user-data-dir={profile}", "about:blank", stderr=asyncio.subprocess.PIPE)
+    drain: asyncio.Future[bytes] | None = None
+    try:
+        assert browser.stderr is not None
+        while not (found := re.search(rb"DevTools listening on ws://[^:]+:(\d+)/", await within(
+                browser.stderr.readline(), 20))):
+            pass
+        drain = asyncio.ensure_future(browser.stderr.read())  # keeps the pipe from filling up
+        targets = await asyncio.to_thread(
+            lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{found.group(1).decode()}/json/list",
+                                                      timeout=10).read()))
+        target = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+        async with websockets.connect(target, proxy=None, max_size=None) as cdp:
+            page = ChromiumPage(cdp)
+            await page.call("Page.navigate", url=url)
+            yield page
+    finally:
+        browser.kill()
+        await browser.wait()
+        if drain is not None:
+            drain.cancel()
+        shutil.rmtree(profile, ignore_errors=True)
 
 # -- Processes as their users run them: the hub (``python -m wshub_asyncio``) and the example listeners --------
 

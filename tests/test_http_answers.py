@@ -10,23 +10,19 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import re
-import shutil
-import tempfile
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import websockets
 
 from helpers import (
     RedisProcess,
+    chromium_page,
     free_port,
     http_exchange,
     hub_config,
+    needs_chromium,
     raw_websocket,
     running_hub,
     upgrade_head,
@@ -286,66 +282,30 @@ def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(redis_server: R
 # Headless Chromium, driven over its DevTools protocol (a WebSocket); skipped where Chromium is not installed
 # (Debian: apt-get install chromium). The page is opened from disk, so its origin is "null".
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGE_FILE = Path(__file__).resolve().parent.parent / "example" / "index.html"
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 
 @contextlib.asynccontextmanager
 async def example_page(hub_url: str) -> AsyncIterator[Callable[[Callable[[str], bool]], Awaitable[str]]]:
     """Open the example page on ``hub_url`` with key alice; yields ``until(done)``: the page's log text once
     ``done(text)`` holds (polled; fails after 20 s)."""
-    assert CHROMIUM is not None
-    profile = tempfile.mkdtemp(prefix="wshub-chromium-")
-    browser = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-        f"--user-data-dir={profile}", "about:blank", stderr=asyncio.subprocess.PIPE)
-    drain: asyncio.Future[bytes] | None = None
-    try:
-        assert browser.stderr is not None
-        while not (found := re.search(rb"DevTools listening on ws://[^:]+:(\d+)/", await within(
-                browser.stderr.readline(), 20))):
-            pass
-        drain = asyncio.ensure_future(browser.stderr.read())  # keeps the pipe from filling up
-        targets = await asyncio.to_thread(
-            lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{found.group(1).decode()}/json/list",
-                                                      timeout=10).read()))
-        page = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
-        async with websockets.connect(page, proxy=None, max_size=None) as cdp:
-            ids = iter(range(1, 1 << 30))
+    async with chromium_page(f"{PAGE_FILE.as_uri()}?url={hub_url}&key=alice") as page:
 
-            async def call(method: str, **params: Any) -> dict[str, Any]:
-                n = next(ids)
-                await cdp.send(json.dumps({"id": n, "method": method, "params": params}))
-                while True:
-                    answer: dict[str, Any] = json.loads(await within(cdp.recv()))
-                    if answer.get("id") == n:
-                        return answer
+        async def until(done: Callable[[str], bool]) -> str:
+            text = ""
 
-            await call("Page.navigate", url=f"{PAGE_FILE.as_uri()}?url={hub_url}&key=alice")
+            async def log_done() -> bool:
+                nonlocal text
+                text = str(await page.evaluate("document.getElementById('log')?.innerText ?? ''") or "")
+                return done(text)
 
-            async def until(done: Callable[[str], bool]) -> str:
-                text = ""
+            try:
+                await wait_until(log_done, timeout=20, what="the page's log")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the page's log: {text!r}") from None
+            return text
 
-                async def log_done() -> bool:
-                    nonlocal text
-                    answer = await call("Runtime.evaluate", expression="document.getElementById('log').innerText")
-                    text = str(answer["result"]["result"].get("value", ""))
-                    return done(text)
-
-                try:
-                    await wait_until(log_done, timeout=20, what="the page's log")
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}; the page's log: {text!r}") from None
-                return text
-
-            yield until
-    finally:
-        browser.kill()
-        await browser.wait()
-        if drain is not None:
-            drain.cancel()
-        shutil.rmtree(profile, ignore_errors=True)
+        yield until
 
 
 @needs_chromium

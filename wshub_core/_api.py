@@ -1,4 +1,4 @@
-"""The HTTP API for backends: publish to a group, set a key's groups, send to or kick a key, hear events.
+"""The HTTP API for backends: publish to a group, set a key's groups, send to or kick a key, hear events, status.
 
 Every call becomes a publish on the broker, on the same channels a Redis
 backend would use (docs/protocol.md, HTTP API), so a call reaches every hub
@@ -74,14 +74,17 @@ class Api:
     """The API's calls in flight and its open event streams."""
 
     def __init__(self, *, config: Config, clients: ClientTable, broker: Broker, channels: Channels,
-                 ready: Callable[[], bool], not_ready_reason: Callable[[], str]) -> None:
-        """``ready``/``not_ready_reason``: the hub's readiness (a call made while it is false gets 503)."""
+                 ready: Callable[[], bool], not_ready_reason: Callable[[], str],
+                 status: Callable[[], dict[str, object]]) -> None:
+        """``ready``/``not_ready_reason``: the hub's readiness (a call made while it is false gets 503);
+        ``status``: the hub's ``GET /api/status`` object, built when asked (``_status.py``)."""
         self._config = config
         self._clients = clients
         self._broker = broker
         self._channels = channels
         self._ready = ready
         self._not_ready_reason = not_ready_reason
+        self._status = status
         self._reading: dict[int, ApiCall] = {}  # conn -> the call whose body is being read
         self._tickets: dict[int, int] = {}  # ticket -> conn waiting for the broker to take its publish
         self._next_ticket = 0
@@ -96,6 +99,10 @@ class Api:
         self.calls += 1
         if call.kind is ApiKind.EVENTS:
             self._open_stream(conn)
+            return
+        if call.kind is ApiKind.STATUS:  # read-only, answered at once, whatever the broker's state
+            self._clients.answer(conn, 200, json.dumps(self._status()) + "\n", content_type=JSON,
+                                 headers=(("cache-control", "no-store"),), keep_alive=True)
             return
         self._reading[conn] = call
         self._clients.read_body(conn, self._config.api_max_body_size)

@@ -22,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from ._admin_page import PAGE, PAGE_HEADERS
 from ._client import HttpRequest
 
 __all__ = ["ADMIN_PATHS", "API_PREFIX", "Admin", "Answer", "ApiCall", "ApiKind", "RouteContext", "Upgrade",
            "admin_answer", "api_error", "route"]
 
-ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/admin"})
 API_PREFIX = "/api/"
 JSON = "application/json"
 Headers = tuple[tuple[str, str], ...]
@@ -50,7 +51,7 @@ class Answer:
     """A plain HTTP answer; ``origin_refused``: a 403 for an Origin not allowed (the hub logs it)."""
 
     status: int
-    body: str
+    body: str | bytes
     headers: Headers = ()
     content_type: str = "text/plain; charset=utf-8"
     origin_refused: bool = False
@@ -79,11 +80,12 @@ class ApiKind(enum.Enum):
     KEY_SEND = "POST /api/keys/{key}"
     KEY_KICK = "DELETE /api/keys/{key}"
     EVENTS = "GET /api/events"
+    STATUS = "GET /api/status"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiCall:
-    """An authorised API request: ``name`` is the group or key from the path, decoded (empty for events)."""
+    """An authorised API request: ``name`` is the group or key from the path, decoded (empty for events, status)."""
 
     kind: ApiKind
     name: str = ""
@@ -107,6 +109,8 @@ def _api_route(request: HttpRequest, path: str, ctx: RouteContext) -> Answer | A
     allowed: dict[bytes, ApiKind] = {}
     if parts == ["events"]:
         allowed = {b"GET": ApiKind.EVENTS}
+    elif parts == ["status"]:
+        allowed = {b"GET": ApiKind.STATUS}
     elif len(parts) == 2 and parts[0] == "groups" and parts[1]:
         name, allowed = parts[1], {b"POST": ApiKind.GROUP_PUBLISH}
     elif len(parts) == 2 and parts[0] == "keys" and parts[1]:
@@ -169,9 +173,15 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
 
 def admin_answer(request: HttpRequest, admin: Admin, *, ready: bool, not_ready_reason: Callable[[], str],
                  metrics: Callable[[], str]) -> Answer:
-    """/healthz (the process answers), /readyz (the broker is ready, with the reason if not), /metrics."""
+    """/healthz (the process answers), /readyz (the broker is ready, with the reason if not), /metrics, /admin.
+
+    /admin is the admin page itself, the same bytes for everyone: it holds no data and needs no key (what
+    it shows it fetches from ``/api/`` with the key the user enters).
+    """
     if request.method not in (b"GET", b"HEAD"):
         return Answer(status=405, body="use GET\n", headers=(("allow", "GET"),))
+    if admin.path == "/admin":
+        return Answer(status=200, body=PAGE, headers=PAGE_HEADERS, content_type="text/html; charset=utf-8")
     if admin.path == "/healthz":
         return Answer(status=200, body="ok\n")
     if admin.path == "/readyz":

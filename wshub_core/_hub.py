@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from wsproto.frame_protocol import FrameProtocol
 
@@ -40,6 +41,8 @@ from ._metrics import Stats, render
 from ._redis import RedisState
 from ._redis_broker import RedisBroker, RedisLink
 from ._routing import Routing, parse_groups
+from ._status import LAST_CLOSES, Close
+from ._status import status as build_status
 from ._timers import Timers
 
 __all__ = ["Hub"]
@@ -106,6 +109,7 @@ class Hub:
         self._info = log.isEnabledFor(logging.INFO)  # nor per-connect ones (a fingerprint is a SHA-256)
         self._conn_prefix = f"{log_name}-" if log_name else ""
         self._members: dict[int, _Member] = {}
+        self._closes: deque[Close] = deque(maxlen=LAST_CLOSES)  # the last WebSocket closes, for /api/status
         self._broker_full = False  # over redis.maxBufferedBytes: every member is paused (Pause.BROKER_FULL)
         self._channels = Channels(config.channel_prefix)
         self._routing = Routing(channels=self._channels)
@@ -117,7 +121,7 @@ class Hub:
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
                                       on_published=self._on_published)
         self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
-                        ready=lambda: self.ready, not_ready_reason=self._not_ready_reason)
+                        ready=lambda: self.ready, not_ready_reason=self._not_ready_reason, status=self.status)
         # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
         self.link_opened = self.broker.link_opened
         self.link_data = self.broker.link_data
@@ -193,7 +197,7 @@ class Hub:
         are assembled when the shell asks, so a shell that feeds all of one
         loop iteration's input before asking gets one write per socket.
         """
-        now = max(self._now, self._clients.now, self.broker.now)  # the latest input, whichever part took it
+        now = self._latest()
         self._clients.flush(now)
         self.broker.flush(now)
         self._resume_if_drained(now)
@@ -207,6 +211,10 @@ class Hub:
         return actions
 
     # -- queries ------------------------------------------------------------------
+
+    def _latest(self) -> float:
+        """The time of the latest input, whichever part took it."""
+        return max(self._now, self._clients.now, self.broker.now)
 
     @property
     def ready(self) -> bool:
@@ -341,6 +349,8 @@ class Hub:
             self._api.forget(conn)
             return
         self._timers.cancel(conn)
+        self._closes.append(Close(at=self._latest(), key=f"sha256:{self._fp(member)}", code=client.close_code,
+                                  reason=client.close_reason))
         removed, last = self._routing.remove(conn)
         for channel in removed:
             self.broker.release(channel)
@@ -461,7 +471,20 @@ class Hub:
             for conn in self._members:  # one whose socket is full too resumes when it drains
                 self._clients.resume(conn, Pause.BROKER_FULL, now)
 
-    # -- metrics ------------------------------------------------------------------------
+    # -- metrics and status ---------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """The ``GET /api/status`` object (docs/protocol.md): readiness, links, counts, top groups, last closes."""
+        s = self.stats
+        return build_status(
+            now=self._latest(), broker=self.config.broker, ready=self.ready, not_ready_reason=self._not_ready_reason(),
+            links={role.value: state.value for role, state in self.link_states().items()},
+            connections=len(self._members), sockets=self._clients.count() + self._clients.closing_count(),
+            counters={"connects": s.connects, "messages_in": s.messages_in, "messages_out": s.messages_out,
+                      "group_messages": s.group_messages, "bytes_out": s.bytes_out,
+                      "slow_closes": self._clients.slow_closes, "api_calls": self._api.calls},
+            groups=self._routing.group_sizes(), closes=self._closes,
+        )
 
     def metrics_text(self) -> str:
         """The Prometheus text of the hub's counters, the client table's and the broker's gauges."""

@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from ._channels import Channels
 
@@ -85,6 +86,11 @@ class Routing:
         """Connections of a key's ``client-send`` or ``client-kick`` channel."""
         key_channel = self._by_key_channel.get(channel)
         return None if key_channel is None else self._key_conns[key_channel]
+
+    def group_sizes(self) -> Iterator[tuple[str, int]]:
+        """(name, local members) of every group with a member, in no particular order."""
+        name = self._channels.group_name
+        return ((name(channel), len(conns)) for channel, conns in self._group_conns.items())
 
     def groups_of(self, conn: int) -> frozenset[bytes]:
         return self._groups_of.get(conn, frozenset())

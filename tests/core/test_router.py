@@ -24,6 +24,7 @@ def request(target: bytes, *, method: bytes = b"GET", headers: tuple[tuple[bytes
     (request(b"/ws?session_key=a%20b"), CTX, Upgrade(key="a b")),
     (request(b"/ws?session_key=%C3%A9"), CTX, Upgrade(key="\u00e9")),
     (request(b"/readyz"), CTX, Admin(path="/readyz")),
+    (request(b"/admin", headers=()), CTX, Admin(path="/admin")),  # the page needs no key: it holds no data
     (request(b"/nope"), CTX, Answer(status=404, body="not found: /nope\n")),
     (request(b"/ws?session_key=%FF"), CTX,
      Answer(status=400, body="query parameter session_key is not valid UTF-8\n", headers=ANY)),
@@ -34,7 +35,7 @@ def request(target: bytes, *, method: bytes = b"GET", headers: tuple[tuple[bytes
     (request(b"/ws?session_key=k", headers=(*UPGRADE, (b"origin", b"https://evil.test"))),
      dataclasses.replace(CTX, allowed_origins=("https://app.test",)),
      Answer(status=403, body="origin not allowed\n", headers=(("vary", "origin"),), origin_refused=True)),
-], ids=["upgrade", "utf8-key", "admin", "404", "bad-utf8", "stopping", "no-upgrade", "origin"])
+], ids=["upgrade", "utf8-key", "admin", "admin-page", "404", "bad-utf8", "stopping", "no-upgrade", "origin"])
 def test_each_request_gets_its_documented_decision(req: HttpRequest, ctx: RouteContext, decision: object) -> None:
     assert route(req, ctx) == decision
     assert route(req, ctx) == decision  # pure: the same input, the same answer
@@ -57,6 +58,8 @@ class TestApiRoutes:
         (b"/api/keys/alice", b"POST", ApiKind.KEY_SEND, "alice"),
         (b"/api/keys/alice", b"DELETE", ApiKind.KEY_KICK, "alice"),
         (b"/api/events", b"GET", ApiKind.EVENTS, ""),
+        (b"/api/status", b"GET", ApiKind.STATUS, ""),
+        (b"/api/status?x=1", b"GET", ApiKind.STATUS, ""),
     ])
     def test_every_call(self, target: bytes, method: bytes, kind: ApiKind, name: str) -> None:
         assert self.call(target, method) == ApiCall(kind=kind, name=name)
@@ -64,7 +67,8 @@ class TestApiRoutes:
     @pytest.mark.parametrize("headers", [(), ((b"authorization", b"Bearer wrong"),),
                                          ((b"authorization", b"Basic s3cret"),), ((b"authorization", b"s3cret"),)])
     def test_no_or_a_wrong_key_is_401_before_anything_else(self, headers: tuple[tuple[bytes, bytes], ...]) -> None:
-        for target, method in ((b"/api/groups/g", b"POST"), (b"/api/nothing", b"GET"), (b"/api/events", b"PUT")):
+        for target, method in ((b"/api/groups/g", b"POST"), (b"/api/nothing", b"GET"), (b"/api/events", b"PUT"),
+                               (b"/api/status", b"GET"), (b"/api/status", b"POST")):
             answer = self.call(target, method, headers)
             assert isinstance(answer, Answer) and answer.status == 401, answer
             assert ("www-authenticate", 'Bearer realm="wshub"') in answer.headers
@@ -83,6 +87,8 @@ class TestApiRoutes:
         (b"/api/keys/k", b"PUT", 405, "POST, DELETE"),
         (b"/api/keys/k/groups", b"POST", 405, "PUT"),
         (b"/api/events", b"POST", 405, "GET"),
+        (b"/api/status", b"DELETE", 405, "GET"),
+        (b"/api/status/x", b"GET", 404, None),
         (b"/api/groups/%FF", b"POST", 400, None),
     ])
     def test_bad_paths_and_methods(self, target: bytes, method: bytes, status: int, allow: str | None) -> None:
