@@ -74,15 +74,13 @@ class Api:
     """The API's calls in flight and its open event streams."""
 
     def __init__(self, *, config: Config, clients: ClientTable, broker: Broker, channels: Channels,
-                 ready: Callable[[], bool], not_ready_reason: Callable[[], str],
-                 status: Callable[[], dict[str, object]]) -> None:
-        """``ready``/``not_ready_reason``: the hub's readiness (a call made while it is false gets 503);
+                 not_ready_reason: Callable[[], str], status: Callable[[], dict[str, object]]) -> None:
+        """``not_ready_reason``: why a call the broker cannot take now gets 503 (the hub's /readyz reason);
         ``status``: the hub's ``GET /api/status`` object, built when asked (``_status.py``)."""
         self._config = config
         self._clients = clients
         self._broker = broker
         self._channels = channels
-        self._ready = ready
         self._not_ready_reason = not_ready_reason
         self._status = status
         self._reading: dict[int, ApiCall] = {}  # conn -> the call whose body is being read
@@ -123,9 +121,9 @@ class Api:
         elif call.kind is ApiKind.GROUP_PUBLISH:
             channel = channels.group_data(call.name)
         elif call.kind is ApiKind.KEY_SEND:
-            channel = channels.client_send_prefix + call.name.encode()
+            channel = channels.client_send(call.name)
         else:
-            channel = channels.client_kick_prefix + call.name.encode()
+            channel = channels.client_kick(call.name)
         if not broker.can_publish:
             # Only whether the broker can take a publish now: a subscription of some key that is still being
             # confirmed must not refuse everyone's calls.

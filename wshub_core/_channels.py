@@ -38,10 +38,22 @@ class Channels:
         """Where the hub publishes what a key's clients send."""
         return self._client_data + key.encode()
 
+    def client_send(self, key: str) -> bytes:
+        """A message for every connection of ``key``, on every hub."""
+        return self.client_send_prefix + key.encode()
+
+    def client_kick(self, key: str) -> bytes:
+        """Closes every connection of ``key``, on every hub."""
+        return self.client_kick_prefix + key.encode()
+
     def key_channels(self, key: str) -> tuple[bytes, bytes, bytes]:
         """What a key needs while it has a local connection: its groups answer, its sends and its kicks."""
-        raw = key.encode()
-        return self._groups_new + raw, self.client_send_prefix + raw, self.client_kick_prefix + raw
+        return self.key_channels_of(self.groups_new(key))
+
+    def key_channels_of(self, groups_new: bytes) -> tuple[bytes, bytes, bytes]:
+        """``key_channels`` of the key whose ``groups_new`` channel this is (no decoding)."""
+        raw = groups_new[len(self._groups_new):]
+        return groups_new, self.client_send_prefix + raw, self.client_kick_prefix + raw
 
     def group_name(self, channel: bytes) -> str:
         """The group a ``group_data`` channel is for (for logs: undecodable bytes replaced)."""

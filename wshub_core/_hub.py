@@ -121,7 +121,7 @@ class Hub:
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
                                       on_published=self._on_published)
         self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
-                        ready=lambda: self.ready, not_ready_reason=self._not_ready_reason, status=self.status)
+                        not_ready_reason=self._not_ready_reason, status=self.status)
         # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
         self.link_opened = self.broker.link_opened
         self.link_data = self.broker.link_data
@@ -382,10 +382,7 @@ class Hub:
         members = self._routing.members(channel)
         if members is not None:
             self.stats.group_messages += 1
-            frame = encode_message(payload)
-            self._clients.broadcast(members, frame)
-            self.stats.messages_out += len(members)
-            self.stats.bytes_out += len(frame) * len(members)
+            self._deliver(members, payload)
             if self._debug:
                 log.debug("group %s: %d bytes to %d members", self._routing.group_name(channel), len(payload),
                           len(members), extra={"event": "group_message", "count": len(members)})
@@ -411,16 +408,20 @@ class Hub:
                      fp, len(groups), groups, len(conns),
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
+    def _deliver(self, conns: dict[int, None], payload: bytes) -> None:
+        """One message to every one of ``conns``: encoded once, the same frame queued to each."""
+        frame = encode_message(payload)
+        self._clients.broadcast(conns, frame)
+        self.stats.messages_out += len(conns)
+        self.stats.bytes_out += len(frame) * len(conns)
+
     def _key_message(self, channel: bytes, payload: bytes) -> bool:
         """``client-send:KEY`` (a message for each connection of KEY) or ``client-kick:KEY`` (close them)."""
         conns = self._routing.conns_for_key_channel(channel)
         if conns is None:
             return False
         if channel.startswith(self._channels.client_send_prefix):
-            frame = encode_message(payload)
-            self._clients.broadcast(conns, frame)
-            self.stats.messages_out += len(conns)
-            self.stats.bytes_out += len(frame) * len(conns)
+            self._deliver(conns, payload)
             return True
         reason = payload[:123].decode("utf-8", "ignore") or "closed by the backend"  # a close reason's bound
         for conn in list(conns):

@@ -79,7 +79,7 @@ class MemoryBroker:
         try:
             while self._queue:
                 channel, payload = self._queue.popleft()
-                if channel in self._needed or any(channel.startswith(p) for p in self._prefixes):
+                if channel in self._needed or (self._prefixes and channel.startswith(tuple(self._prefixes))):
                     self.delivered += 1
                     self._on_message(channel, payload)
         finally:

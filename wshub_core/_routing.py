@@ -149,8 +149,7 @@ class Routing:
         if conns:
             return removed, False
         del self._key_conns[channel]
-        key = channel[len(self._channels.groups_new("")):].decode()
-        _, send, kick = self._channels.key_channels(key)
+        _, send, kick = self._channels.key_channels_of(channel)
         del self._by_key_channel[send], self._by_key_channel[kick]
         removed += (channel, send, kick)
         return removed, True
