@@ -10,6 +10,7 @@
 #   REPORTS      where reports go                  (default: /tmp/wshub-autobahn; never inside the repo)
 #   ECHO_SRC     directory the echo app is run from (default: this checkout); point it at a
 #                copy of the tree to try a candidate change to the core
+#   ECHO_ARGS    more arguments for the echo app, e.g. --compression (with cases '12.*' '13.*')
 #
 # Exits 0 when no case is FAILED or NON-STRICT, 1 otherwise, 2 on a setup error.
 set -euo pipefail
@@ -52,7 +53,8 @@ json.dump(spec, open(dst, "w"), indent=2)
 PY
 
 cd "${ECHO_SRC:-$repo}"  # python -m puts the current directory first on sys.path
-"$PYTHON" -m wshub_asyncio.echo --address "127.0.0.1:$port" >"$REPORTS/echo.log" 2>&1 &
+# shellcheck disable=SC2086  # ECHO_ARGS is a list of words
+"$PYTHON" -m wshub_asyncio.echo --address "127.0.0.1:$port" ${ECHO_ARGS:-} >"$REPORTS/echo.log" 2>&1 &
 server_pid=$!
 stop_server() {
     if kill -0 "$server_pid" 2>/dev/null; then

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bytes; a larger message is closed with 1009 (default %(default)s)")
     parser.add_argument("--max-outbound-buffer", type=int, default=32 * MiB,
                         help="bytes held for a client that does not read (default %(default)s)")
+    parser.add_argument("--compression", action="store_true",
+                        help="accept permessage-deflate (RFC 7692) when offered: Autobahn sections 12 and 13")
     parser.add_argument("--debug", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hub = EchoHub(path=args.path, max_message_size=args.max_message_size,
-                  max_outbound_buffer=args.max_outbound_buffer)
+                  max_outbound_buffer=args.max_outbound_buffer, compression=args.compression)
     try:
         return asyncio.run(serve(host, port, hub))
     except OSError as exc:  # e.g. the address is in use
