@@ -130,6 +130,10 @@ def make_config(text: str | None = None, **overrides: object) -> Config:
     config = load_config(text)
     if "broker" not in (text or "") and "broker" not in overrides:
         overrides["broker"] = "redis"  # the harness drives the Redis broker's links
+    if "probeInterval" not in (text or ""):
+        # The stall probe's SUBSCRIBE and PUBLISHes would be in every command list a test checks: off unless
+        # a test asks for it (tests/core/test_probe.py, the fuzz and the simulation do).
+        overrides.setdefault("redis_probe_interval", 0.0)
     return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
 
 
