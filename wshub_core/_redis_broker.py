@@ -244,7 +244,7 @@ class RedisBroker:
                 self._sub.want(self._probe.link_up(link, now))
             elif self._sentinels is not None and session is self._sentinels.session:
                 self._sink.append(SendToLink(link=link, data=self._sentinels.session.ask(now)))
-            self._arm_probe()
+            self._arm_probe(now)
         self._timers.schedule(role, session.deadline(self._timeout))  # idle ping from the last reply
 
     def handle_timer(self, now: float) -> None:
@@ -376,19 +376,21 @@ class RedisBroker:
             self.reconnects += 1
         where = self._where(role)
         self._link_errors[role] = why
-        if self._sentinels is not None:
-            # Name the instance: which sentinel failed, which master address refused.
-            self._link_errors[role] = f"{where}: {why}" if role is RedisLink.SENTINEL else f"master {where}: {why}"
-            if role is RedisLink.SENTINEL:
-                if not self._sentinels.failed():
-                    session.connect_at = now  # the next sentinel at once; the backoff spaces whole rounds
-            else:
-                self._sentinels.went_down(role)
         if session is self._sub:
             self._probe.link_down()
             self._timers.cancel(_PROBE)
         elif session is self._cmd:
             self._probe.abandon()  # its PUBLISH is dropped, not resent: it cannot come back now
+        if self._sentinels is not None:
+            # Name the instance: which sentinel failed, which master address refused.
+            self._link_errors[role] = f"{where}: {why}" if role is RedisLink.SENTINEL else f"master {where}: {why}"
+            if role is not RedisLink.SENTINEL:
+                self._sentinels.went_down(role)
+            elif not self._sentinels.failed():  # the next sentinel at once; the backoff spaces whole rounds
+                log.warning("redis sentinel link to %s: %s; trying the next sentinel, %s", where, why,
+                            self._sentinels.where(), extra={"event": "link_down", "link": role.value, "reason": why})
+                self._dial(role, now)
+                return
         # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
         log.warning("redis %s link to %s: %s; retrying in %.2fs", role.value, where, why,
                     session.connect_at - now, extra={"event": "link_down", "link": role.value, "reason": why})
@@ -478,28 +480,27 @@ class RedisBroker:
             self._probe.confirmed = True
         elif not self._probe.received(event.payload):
             return
-        self._arm_probe()
+        self._arm_probe(now)
 
-    def _arm_probe(self) -> None:
-        """Wake the probe at its deadline, if it can run: both links up and its channel confirmed."""
-        if (self._probe.channel and self._probe.confirmed and self._sub.state is RedisState.READY
+    def _arm_probe(self, now: float) -> None:
+        """If the probe can run (both links up, its channel confirmed): publish the one due, wake at its deadline."""
+        probe = self._probe
+        if not (probe.channel and probe.confirmed and self._sub.state is RedisState.READY
                 and self._cmd.state is RedisState.READY):
-            self._timers.schedule(_PROBE, self._probe.deadline())
+            return  # armed again when they are
+        if probe.sent_at is None and now >= probe.next_at:
+            payload, ticket = probe.send(now)
+            self._cmd.publish(probe.channel, payload, resend=False, ticket=ticket)
+        self._timers.schedule(_PROBE, probe.deadline())
 
     def _probe_timer(self, now: float) -> None:
         probe = self._probe
-        if not (probe.channel and probe.confirmed and self._cmd.state is RedisState.READY):
-            return  # re-armed when they are
-        if now < probe.deadline():
-            self._arm_probe()
-            return
-        if probe.sent_at is None:
-            payload, ticket = probe.send(now)
-            self._cmd.publish(probe.channel, payload, resend=False, ticket=ticket)
-            self._arm_probe()
+        sent_at = probe.sent_at
+        if sent_at is None or now < sent_at + probe.interval or self._cmd.state is not RedisState.READY:
+            self._arm_probe(now)
             return
         self.stalls += 1
-        why = (f"stalled: the probe published {now - probe.sent_at:g}s ago did not come back"
+        why = (f"stalled: the probe published {now - sent_at:g}s ago did not come back"
                + ("" if probe.answered else " (nor did the answer to its PUBLISH)"))
         self._drop_link(RedisLink.SUBSCRIBER, self._sub, now, why, close=True)
 
