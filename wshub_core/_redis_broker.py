@@ -336,7 +336,7 @@ class RedisBroker:
         """The Redis metrics (wshub_redis_*, wshub_subscriptions)."""
         return [
             ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
-             [("", len(self._sub.subscribed_channels()))]),
+             [("", len(self.subscribed_channels()))]),
             ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
              [(f'{{link="{role.value}"}}', int(state is RedisState.READY))
               for role, state in self.link_states().items()]),
@@ -423,7 +423,6 @@ class RedisBroker:
             assert isinstance(session, SubscriberSession | SentinelSession)
             self._sink.append(SendToLink(link=self._link_of[role], data=session.ping(now)))
         self._timers.schedule(role, session.deadline(timeout))
-
 
     # -- sentinel mode ---------------------------------------------------------------
 
