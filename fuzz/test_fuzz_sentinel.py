@@ -78,10 +78,14 @@ def settle(s: SentinelDriver) -> None:
         s.advance(1.0)
         for role in (SENTINEL, SUB, CMD):
             current = s.broker.current_links().get(role)
-            if current is None or s.links[current].open:
+            if current is None:
                 continue
-            if role is SENTINEL:
+            if s.links[current].open:
+                if role is SENTINEL:
+                    s.answer_sentinel(MASTER)  # what it asked since (a data link redialled asks again)
+            elif role is SENTINEL:
                 s.sentinel_answers(MASTER)
+                s.links[s.broker.current_links()[SENTINEL]].answered = 3  # PING, SENTINEL, SUBSCRIBE
             elif s.links[current].address == f"127.0.0.1:{MASTER}":
                 s.opened(role)
                 s.reply(role, ROLE_MASTER)
@@ -121,3 +125,19 @@ class TestSentinelBytesFuzz:
                 break
             s.reply(SENTINEL, chunk)
         assert_recovers(s)
+
+    @FUZZ
+    @given(st.data())
+    def test_hostile_answers_to_role_on_a_data_link(self, data: st.DataObject) -> None:
+        """The ROLE of a sentinel-named address: only ``master`` makes the link READY; nothing raises."""
+        s = SentinelDriver()
+        s.sentinel_answers(MASTER)
+        s.links[s.broker.current_links()[SENTINEL]].answered = 3
+        role = data.draw(st.sampled_from([SUB, CMD]))
+        dialled = s.opened(role)
+        for chunk in data.draw(chunked(data.draw(HOSTILE | RESP_VALUES))):
+            if s.broker.current_links().get(role) != dialled.link:
+                break
+            s.reply(role, chunk)
+        settle(s)
+        assert s.current(SUB).address == s.current(CMD).address == f"127.0.0.1:{MASTER}"

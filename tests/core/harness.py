@@ -1019,6 +1019,8 @@ class SentinelDriver:
 
     def answer_subscribes(self) -> None:
         """Confirm every SUBSCRIBE the subscriber link was sent and not yet answered."""
+        if SUB not in self.broker.current_links():
+            return
         dialled = self.current(SUB)
         if not dialled.open or self.broker.link_states()[SUB] is not RedisState.READY:
             return
@@ -1026,6 +1028,26 @@ class SentinelDriver:
         for channel in owed[dialled.answered:]:
             self.reply(SUB, resp_push(b"subscribe", channel, 1))
         dialled.answered = len(owed)
+
+    def answer_sentinel(self, port: int) -> None:
+        """Answer, as a sentinel naming the master at ``port``, every command the current sentinel link was sent."""
+        dialled = self.current(SENTINEL)
+        if not dialled.open:
+            return
+        replies = {b"PING": resp_simple(b"PONG"), b"SENTINEL": address_reply(port),
+                   b"SUBSCRIBE": resp_push(b"subscribe", b"+switch-master", 1),
+                   b"UNSUBSCRIBE": resp_push(b"unsubscribe", b"+switch-master", 0)}
+        owed = dialled.commands[dialled.answered:]
+        dialled.answered = len(dialled.commands)
+        subscribed = any(c[0] == b"SUBSCRIBE" for c in dialled.commands[:len(dialled.commands) - len(owed)])
+        for cmd in owed:
+            reply = replies[cmd[0]]
+            if cmd[0] == b"PING" and subscribed:
+                reply = resp_array(resp_bulk(b"pong"), resp_bulk(b""))
+            subscribed = {b"SUBSCRIBE": True, b"UNSUBSCRIBE": False}.get(cmd[0], subscribed)
+            self.reply(SENTINEL, reply)
+            if self.broker.current_links().get(SENTINEL) != dialled.link:
+                return  # dropped on the way
 
     def dials(self) -> list[str]:
         """Addresses dialled so far, in order."""
