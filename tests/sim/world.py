@@ -105,7 +105,7 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
     ``hub.stats.messages_in`` always equals the count of received messages.
 (c) No leak: at the end every client is gone, ``hub.is_empty()``, no needed and
     no subscribed channel in the hub, no subscription left in Redis, no
-    command but a keepalive PING awaiting a reply, and a ``client-gone`` was
+    command but a keepalive (PING, the stall probe) awaiting a reply, and a ``client-gone`` was
     published for every key after its last connection closed (not checked if
     ``Stopped`` came by the shutdown timeout: the process exits).
 (d) Timers fire when due. The simulation knows the time of every input, so it
@@ -1146,7 +1146,10 @@ class World:
             self.notes["late_idle_pings"] += 1  # idle for more than timeout/2 before sending anything
         c.out_reader.feed(data)
         while (cmd := c.out_reader.gets()) is not _NOT_ENOUGH:
-            c.pending.append((self.now, cmd[0].upper() if isinstance(cmd, list) and cmd else b"?"))
+            name = cmd[0].upper() if isinstance(cmd, list) and cmd else b"?"
+            if name == b"PUBLISH" and len(cmd) > 1 and cmd[1].startswith(self.pfx_probe):
+                name = b"PROBE"  # the stall probe: a keepalive of the subscriber link, not a client's message
+            c.pending.append((self.now, name))
         c.up.send(data)
 
     def _close_redis(self, link_id: int) -> None:
@@ -1875,7 +1878,7 @@ class World:
             left = sorted(ch for ch in c.subs if not ch.startswith(self.pfx_probe))  # the probe's: while up
             if left:
                 self.fail(f"(c) Redis still has the hub subscribed to {left}")
-            waiting = [name for _, name in c.pending if name != b"PING"]  # an idle PING may be in flight
+            waiting = [name for _, name in c.pending if name not in (b"PING", b"PROBE")]  # keepalives may be owed
             if waiting:
                 self.fail(f"(c) the {link.value} link still waits for replies to {waiting}")
         for ch in self.redis.subs:
