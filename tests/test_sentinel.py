@@ -48,7 +48,7 @@ from helpers import (
     within,
 )
 from wshub_asyncio import Server
-from wshub_core import Hub, load_config
+from wshub_core import Config, Hub, load_config
 
 MASTER_NAME = "mymaster"
 HUB_USER = ("--user", "hub", "on", ">hubpw", "~*", "&*", "+@all")
@@ -167,7 +167,7 @@ def topology() -> Iterator[Topology]:
 # -- the hub and its clients ---------------------------------------------------------------------------------
 
 
-def sentinel_hub_config(topo: Topology, prefix: str) -> object:
+def sentinel_hub_config(topo: Topology, prefix: str) -> Config:
     tree = {
         "address": "127.0.0.1:0",
         "redis": {"mode": "sentinel", "masterName": MASTER_NAME,
@@ -185,7 +185,7 @@ async def hub_with_members(topo: Topology, prefix: str) -> AsyncIterator[tuple[S
     listener = Subscriber(master)
     await listener.subscribe(f"{prefix}client-new")
     config = sentinel_hub_config(topo, prefix)
-    async with running_hub(config) as server:  # type: ignore[arg-type]
+    async with running_hub(config) as server:
         clients = []
         for key, groups in (("a", '["g1"]'), ("b", '["g1", "g2"]')):
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
