@@ -23,6 +23,9 @@ import random
 
 __all__ = ["Probe"]
 
+# The probe's PUBLISH tickets: negative like presence's (``_redis_presence.py``, from -1 down), far below them.
+_TICKETS = -(1 << 62)
+
 
 class Probe:
     """The probe of one broker: its channel for the current subscriber link, and the probe in flight."""
@@ -68,15 +71,20 @@ class Probe:
         self.sent_at = None
 
     def send(self, now: float) -> tuple[bytes, int]:
-        """The probe to publish now: its payload and the (negative) ticket its PUBLISH reply comes back with."""
+        """The probe to publish now: its payload and the ticket its PUBLISH reply comes back with."""
         self._seq += 1
         self.sent_at = now
         self.answered = False
-        return b"%d" % self._seq, -self._seq
+        return b"%d" % self._seq, _TICKETS - self._seq
+
+    @staticmethod
+    def owns(ticket: int) -> bool:
+        """``ticket`` is a probe's (``send``), not the API's or presence's."""
+        return ticket < _TICKETS
 
     def acknowledged(self, ticket: int) -> None:
         """Redis answered a probe's PUBLISH (``ticket`` as ``send`` gave it)."""
-        if -ticket == self._seq:
+        if ticket == _TICKETS - self._seq:
             self.answered = True
 
     def received(self, payload: bytes) -> bool:
