@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from wshub_core import CloseLink, RedisState, SendToLink
+from wshub_core._probe import Probe
 
 from .harness import CMD, SUB, Harness, make_config
 
@@ -148,3 +149,24 @@ class TestStalls:
         closed = [h.role_of(a.link) for a in h.actions_since(mark) if isinstance(a, CloseLink)]
         assert closed == [SUB]
         assert any(isinstance(a, SendToLink) for a in h.actions_since(mark))
+
+
+class TestTickets:
+    """The probe's PUBLISHes carry tickets like the API's (positive) and presence's (negative, from -1 down)."""
+
+    def test_the_probes_tickets_are_nobody_elses(self) -> None:
+        probe = Probe(prefix=b"p:", interval=1.0)
+        tickets = [probe.send(float(i))[1] for i in range(1000)]
+        assert all(Probe.owns(t) for t in tickets) and len(set(tickets)) == 1000
+        assert not any(Probe.owns(t) for t in [*range(-100_000, 0), *range(1, 1000)])
+
+    def test_probes_go_round_between_presence_calls(self) -> None:
+        """Presence's EVALSHAs (refused by the fake Redis) share the command link with the probe: no stall."""
+        h = Harness(make_config("broker: redis\npresence:\n  enabled: true\n  grace: 0\n  timeout: 3\n",
+                                redis_probe_interval=INTERVAL, pong_wait=1e6), start=False)
+        h.hub.clock(h.now, 1_800_000_000.0)
+        h.hub.start(h.now)
+        h.run()
+        h.advance(10 * INTERVAL)
+        assert any(c[0] == b"EVALSHA" for c in h.commands(CMD))
+        assert len(probes(h, probe_channel(h))) == 11 and stalls(h) == 0 and sub_closes(h) == 0
