@@ -81,3 +81,26 @@ def test_memory_broker_refuses_what_needs_redis() -> None:
         proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=30,
                               check=False)
         assert proc.returncode == 2, (args, proc.stderr)
+
+
+def test_a_compressed_json_broadcast_is_smaller_on_the_wire_for_both_servers() -> None:
+    """--compression and --fill json: the load generators inflate every frame, and count what came on the wire."""
+    result = run_bench("broadcast", "--server", "wshub,peer", "--clients", "20", "--reps", "2", "--gap", "0.05",
+                       "--size", "4096", "--fill", "json", "--compression", "--drain", "5")
+    for server in ("wshub", "peer"):
+        res = result["results"][server]
+        assert res["members"] == 20 and res["incomplete_reps"] == 0
+        assert 0 < res["wire_bytes_per_broadcast"] < 20 * 4096 / 2  # JSON records deflate to under a quarter
+
+
+def test_presence_bench_counts_one_call_per_group_per_refresh() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "presence.py"), "--clients", "40", "--groups", "4",
+                           "--timeout", "1.5", "--intervals", "3"], capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    off, on = json.loads(proc.stdout)["results"]
+    assert (off["presence"], on["presence"]) == (False, True)
+    assert "evalsha" not in off["redis_during_connects"] and on["redis_during_connects"]["evalsha"]["calls"] > 0
+    # four groups and the heartbeat: five calls per interval, whatever the 40 connections (give or take one
+    # refresh that falls on the window's edge)
+    assert 4 <= on["per_refresh_interval"]["commands"]["evalsha"] <= 6
