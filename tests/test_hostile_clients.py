@@ -85,9 +85,10 @@ class TestRFC6455Section7ClosingCodes:
         asyncio.run(scenario())
 
 
-def test_slow_consumer_is_closed_and_does_not_delay_the_others(broker: str, redis_port: int, prefix: str) -> None:
+def test_slow_consumer_is_closed_and_does_not_delay_the_others(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_maxOutboundBuffer=256 * 1024,
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxOutboundBuffer=256 * 1024,
                                    webSocket_writeWait=30) as (server, backend):
             readers = [await good_client(server, backend, f"ok{i}") for i in range(5)]
             # A client that completes the upgrade, joins the group, and then never reads.
@@ -119,9 +120,9 @@ def test_slow_consumer_is_closed_and_does_not_delay_the_others(broker: str, redi
     asyncio.run(scenario())
 
 
-def test_slowloris_is_closed_after_handshake_timeout(broker: str, redis_port: int, prefix: str) -> None:
+def test_slowloris_is_closed_after_handshake_timeout(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_handshakeTimeout=0.3) as (server, _):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_handshakeTimeout=0.3) as (server, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET /ws?session_key=slow HTTP/1.1\r\nHost: x\r\n")  # and never the rest
             started = asyncio.get_running_loop().time()
@@ -132,9 +133,9 @@ def test_slowloris_is_closed_after_handshake_timeout(broker: str, redis_port: in
     asyncio.run(scenario())
 
 
-def test_connection_limit_answers_503(broker: str, redis_port: int, prefix: str) -> None:
+def test_connection_limit_answers_503(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_maxConnections=2) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxConnections=2) as (server, backend):
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             first, second = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             raw = await raw_upgrade(server.port, "c")
@@ -149,9 +150,9 @@ def test_connection_limit_answers_503(broker: str, redis_port: int, prefix: str)
     asyncio.run(scenario())
 
 
-def test_allowed_origins_rejects_cross_site_with_403(broker: str, redis_port: int, prefix: str) -> None:
+def test_allowed_origins_rejects_cross_site_with_403(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix,
+        async with hub_and_backend(broker, redis_port, prefix, shell,
                                    webSocket_allowedOrigins=["https://app.example"]) as (server, _):
             raw = await raw_upgrade(server.port, "a", origin="https://evil.example")
             assert raw.status_line.startswith(b"HTTP/1.1 403")
@@ -166,9 +167,10 @@ def test_allowed_origins_rejects_cross_site_with_403(broker: str, redis_port: in
     asyncio.run(scenario())
 
 
-def test_groups_timeout_closes_an_unanswered_client_with_1008(broker: str, redis_port: int, prefix: str) -> None:
+def test_groups_timeout_closes_an_unanswered_client_with_1008(shell: str,
+                                                              broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_groupsTimeout=0.3) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_groupsTimeout=0.3) as (server, backend):
             await backend.listen("client-new")
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             ignored = await websockets.connect(url + "ignored")
@@ -185,10 +187,11 @@ def test_groups_timeout_closes_an_unanswered_client_with_1008(broker: str, redis
     asyncio.run(scenario())
 
 
-def test_http10_upgrade_without_host_gets_400_not_an_exception(broker: str, redis_port: int, prefix: str) -> None:
+def test_http10_upgrade_without_host_gets_400_not_an_exception(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     """An upgrade without Host (HTTP/1.0 allows it, WebSocket does not) gets 400, never an exception."""
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             head = (b"GET /ws?session_key=k HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
             raw = await raw_websocket(server.port, None, head=head)

@@ -39,9 +39,9 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def test_readyz_follows_redis_and_healthz_does_not(own_redis: RedisProcess, prefix: str) -> None:
+def test_readyz_follows_redis_and_healthz_does_not(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
             assert await http_get(server.port, "/readyz") == (200, "ready\n")
             own_redis.kill()
             await wait_for(lambda: not server.core.ready, what="hub saw Redis go")
@@ -55,10 +55,10 @@ def test_readyz_follows_redis_and_healthz_does_not(own_redis: RedisProcess, pref
     asyncio.run(scenario())
 
 
-def test_metrics_count_what_happened(redis_server: RedisProcess, prefix: str) -> None:
+def test_metrics_count_what_happened(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=100)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=100), shell) as server:
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             a, b = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             for key in ("a", "b"):
@@ -171,13 +171,13 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_wss_with_certificate_from_config(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_wss_with_certificate_from_config(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     client_tls = ssl.create_default_context(cafile=str(cert))
 
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, tls={"certFile": str(cert), "keyFile": str(key)})
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             ws = await websockets.connect(f"wss://localhost:{server.port}/ws?session_key=tls", ssl=client_tls)
             await within(await ws.ping())
             await ws.close()
@@ -205,10 +205,10 @@ def test_bare_port_and_exponent_numbers_are_read_as_a_user_means_them() -> None:
         load_config("", environ={"WSHUB_WEBSOCKET_MAX_CONNECTIONS": "1.5"})
 
 
-def test_debug_logs_each_message_only_when_asked(redis_server: RedisProcess, prefix: str,
+def test_debug_logs_each_message_only_when_asked(shell: str, redis_server: RedisProcess, prefix: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=dbg")
             await ws.send("hi")
             await wait_for(lambda: server.core.stats.messages_in == 1, what="message read")

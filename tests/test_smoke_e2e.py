@@ -9,12 +9,12 @@ import websockets
 from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
 
 
-def test_four_steps(redis_server: RedisProcess, prefix: str) -> None:
+def test_four_steps(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         r = redis_server.client()
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:k1")
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=k1")
             assert await sub.next() == (f"{prefix}client-new", b"k1")
             await r.publish(f"{prefix}groups-new:k1", '["g1"]')

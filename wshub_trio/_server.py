@@ -21,11 +21,14 @@ Rules:
    id first, then cancels the link's scope (dial or connection), so a late
    event can never be taken for a newer link's.
 5. Flow control without ``pause_reading``: a paused client's reader simply
-   does not call ``receive_some`` until ``ResumeClient``; the core hears
-   ``client_write_paused`` when a client's unsent bytes exceed
-   ``WRITE_HIGH_WATER`` and ``client_write_resumed`` when they fall to
-   ``WRITE_LOW_WATER`` (asyncio's default of a quarter), as asyncio's
-   transports report.
+   does not call ``receive_some`` until ``ResumeClient``. The sender writes
+   with ``socket.send`` and learns from a partial send that the kernel's
+   buffer is full; from then on the core hears ``client_write_paused`` when
+   the client's unsent bytes exceed ``WRITE_HIGH_WATER`` and
+   ``client_write_resumed`` when they fall to ``WRITE_LOW_WATER`` (asyncio's
+   default of a quarter) -- what asyncio's transports report. Bytes merely
+   waiting for the sender to be scheduled are not backpressure. (TLS: the
+   kernel is not visible under ``SSLStream``, so a send in progress counts.)
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def dial_reason(exc: BaseException) -> str:
 class _Client:
     """One accepted socket: its stream, the bytes queued for its sender, and what the core asked of it."""
 
-    __slots__ = ("stream", "conn", "out", "unsent", "lot", "scope", "paused", "closing", "write_paused")
+    __slots__ = ("stream", "conn", "out", "unsent", "lot", "scope", "paused", "closing", "blocked", "write_paused")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -93,6 +96,7 @@ class _Client:
         self.scope = trio.CancelScope()  # the connection's two tasks: cancelled by an abort or a broken stream
         self.paused = False
         self.closing = False
+        self.blocked = False  # the kernel refused part of the last send: what is unsent now is backpressure
         self.write_paused = False
 
 
@@ -302,7 +306,9 @@ class Server(Generic[CoreT]):
                 self.drain_soon()
 
     async def _send_loop(self, client: _Client) -> None:
+        """Write what the core queued; ``blocked`` while the kernel has refused bytes (asyncio's buffer)."""
         stream, out = client.stream, client.out
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else None  # None: TLS
         while True:
             while not out:
                 if client.closing:  # a flushing close: everything queued has been written
@@ -311,30 +317,48 @@ class Server(Generic[CoreT]):
                     client.scope.cancel()
                     return
                 await client.lot.park()
-            data = out[0] if len(out) == 1 else b"".join(out)
+            view = memoryview(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             try:
-                await stream.send_all(data)
+                while view:
+                    if sock is not None:
+                        # A partial send means the kernel's buffer is full: from now on the bytes
+                        # held here are the transport's unsent bytes, as in asyncio's write buffer.
+                        sent = await sock.send(view)
+                        client.blocked = sent < len(view)
+                    else:  # TLS: how much the kernel took is not visible; a send in progress counts
+                        client.blocked = True
+                        await stream.send_all(view)
+                        sent, client.blocked = len(view), False
+                    view = view[sent:]
+                    client.unsent -= sent
+                    self._check_write_pause(client)
             except _GONE:
                 client.scope.cancel()
                 return
-            client.unsent -= len(data)
-            if client.write_paused and client.unsent <= WRITE_LOW_WATER:
+
+    def _check_write_pause(self, client: _Client) -> None:
+        """``client_write_paused`` above the high-water mark of refused bytes, ``client_write_resumed`` at the low."""
+        if client.write_paused:
+            if client.unsent <= WRITE_LOW_WATER:
                 client.write_paused = False
                 self.core.client_write_resumed(client.conn, trio.current_time())
                 self.drain()
+        elif client.blocked and client.unsent > WRITE_HIGH_WATER:
+            client.write_paused = True
+            self.core.client_write_paused(client.conn, trio.current_time())
+            self.drain()
 
     def _send_to_client(self, action: act.SendToClient) -> None:
-        conn = action.conn
-        client = self.clients.get(conn)
+        client = self.clients.get(action.conn)
         if client is None or client.closing:
             return
         client.out.append(action.data)
         client.unsent += len(action.data)
         client.lot.unpark_all()
-        if not client.write_paused and client.unsent > WRITE_HIGH_WATER:
+        if client.blocked and not client.write_paused and client.unsent > WRITE_HIGH_WATER:
             client.write_paused = True
-            self.core.client_write_paused(conn, trio.current_time())  # drain() takes the actions it makes
+            self.core.client_write_paused(action.conn, trio.current_time())  # drain() takes the actions it makes
 
     def _close_client(self, action: act.CloseClient) -> None:
         conn = action.conn
