@@ -15,7 +15,7 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, wait_for, within
+from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, shell_module, wait_for, within
 from wshub_asyncio import Server
 from wshub_core import KEYS, Hub, env_name, load_config
 
@@ -142,11 +142,11 @@ def test_wshub_command_check_config_shows_env_overrides(tmp_path: Path) -> None:
     assert "secret" not in out  # never printed
 
 
-def test_json_logs_one_object_per_line(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_json_logs_one_object_per_line(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     port = free_port()
     env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
                WSHUB_REDIS_CHANNEL_PREFIX=prefix)
-    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio", "--log-json"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", shell_module(shell), "--log-json"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
