@@ -259,7 +259,11 @@ def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(shell: str,
         await r.config_set("client-output-buffer-limit", "pubsub 512kb 256kb 5")
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new")
-        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
+        # Each client is sent 3 MB: the outbound bound above that keeps the slow-consumer policy (tested in
+        # test_hostile_clients) out of a test of the Redis link. 20 Python clients in this process fall behind a
+        # hub that runs in a thread of its own (trio) as they do behind one on another machine.
+        config = hub_config(own_redis.port, prefix, webSocket_maxOutboundBuffer=4 * 1024 * 1024)
+        async with running_hub(config, shell) as server:
             clients = [await join(server, r, sub, prefix, f"k{i}", ["hot"]) for i in range(20)]
             await sub.close()
             payload = "p" * 1024

@@ -287,10 +287,17 @@ class Server(Generic[CoreT]):
 
     async def _read_loop(self, client: _Client) -> None:
         core, stream, conn = self.core, client.stream, client.conn
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else None  # None: TLS
         while True:
             while client.paused:  # PauseClient: TCP pushes back on the peer while nothing is read
                 await client.lot.park()
             try:
+                if sock is not None:
+                    # Wait first, read after: a pause executed while this task waited (another client's
+                    # read filled the Redis buffer) stops this read, as pause_reading() stops asyncio's.
+                    await trio.lowlevel.wait_readable(sock)
+                    if client.paused:
+                        continue
                 data = await stream.receive_some(READ_SIZE)
             except _GONE:  # a reset, a failed TLS handshake, or our own close after a flush
                 client.scope.cancel()
