@@ -319,6 +319,10 @@ class Server(Generic[CoreT]):
         while True:
             while not out:
                 if client.closing:  # a flushing close: everything queued has been written
+                    # One scheduler pass first, as asyncio closes the socket one loop iteration after its
+                    # buffer drained (call_soon): a peer still writing after our close frame then gets
+                    # the close before our RST, as on asyncio (Autobahn 4.1.5 sends byte by byte).
+                    await trio.lowlevel.checkpoint()
                     with contextlib.suppress(*_GONE):
                         await stream.aclose()  # TLS: close_notify; the core's abort at writeWait cancels it
                     client.scope.cancel()
