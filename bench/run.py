@@ -350,6 +350,7 @@ class Options:
     api: bool = False  # give WS-Hub an api.key (the memory broker always has one)
     api_conns: int = 4  # keep-alive connections of an HTTP API publisher
     api_depth: int = 1  # requests in flight on each of them (1: no pipelining)
+    extra_yaml: str = ""  # appended to WS-Hub's config file (bench/presence.py: a presence section)
 
     @property
     def memory(self) -> bool:
@@ -465,7 +466,7 @@ class Rig:
             cfg.write_text(
                 f'address: "127.0.0.1:{self.port}"\nclientKey: "session_key"\nserverUrl: "/ws"\n'
                 f"workers: {o.workers}\n{broker}{api}"
-                "webSocket:\n  pongWait: 60\n  maxMessageSize: 65536\n"
+                "webSocket:\n  pongWait: 60\n  maxMessageSize: 65536\n" + o.extra_yaml
             )
             self.server = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", f"wshub_{o.shell}", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=err,

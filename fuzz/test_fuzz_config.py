@@ -68,6 +68,7 @@ def documented_keys(draw: st.DrawFn) -> dict[str, object]:
 def check(text: str | None, environ: dict[str, str] | None = None) -> None:
     try:
         config = load_config(text, source="fuzz.yaml", environ=environ)
+        hub = Hub(config=config)  # may refuse too: auth.jwt.publicKey names a file no shell has read
     except ConfigError as exc:
         named = [f"environment variable {name}" for name in environ or {}]
         assert "fuzz.yaml" in str(exc) or any(n in str(exc) for n in named), exc
@@ -80,7 +81,6 @@ def check(text: str | None, environ: dict[str, str] | None = None) -> None:
             assert not (isinstance(value, float) and math.isnan(value)), f"{key.path} is NaN"
             assert value >= key.minimum, (key.path, value)
     assert sorted(config.origins) == sorted(k.path for k in KEYS)
-    hub = Hub(config=config)
     hub.start(0.0)
     dials = hub.actions()
     assert bool(dials) is (config.broker == "redis"), dials  # the memory broker dials nothing
@@ -122,8 +122,9 @@ class TestConfigFuzz:
     @given(st.sampled_from([k for k in KEYS if k.kind in ("int", "bytes", "seconds")]),
            st.from_regex(r"\A[-+]?[0-9._eEx:ob]{0,10}\Z"))
     def test_a_number_means_the_same_in_the_file_and_the_environment(self, key: Key, text: str) -> None:
-        section, _, leaf = key.path.rpartition(".")
-        yaml_text = f"{section}:\n  {leaf}: {text}\n" if section else f"{leaf}: {text}\n"
+        *sections, leaf = key.path.split(".")
+        yaml_text = "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(sections))
+        yaml_text += f"{'  ' * len(sections)}{leaf}: {text}\n"
         outcomes = []
         for args in ((yaml_text, {}), (None, {env_name(key.path): text})):
             try:

@@ -40,7 +40,8 @@ BROKERS = ["memory", "redis"]
 
 
 def config(broker: str, redis_server: RedisProcess, prefix: str) -> Any:
-    cfg = hub_config(redis_server.port, prefix, broker=broker, api_key=TEST_API_KEY)
+    cfg = hub_config(redis_server.port, prefix, broker=broker, api_key=TEST_API_KEY,
+                     presence={"enabled": True, "grace": 0})
     assert cfg.broker == broker
     return cfg
 
@@ -122,6 +123,12 @@ def test_the_admin_page_shows_the_hub_and_acts_on_it(shell: str, broker: str, re
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}; actions: {await text(page, 'actionLog')!r}; events: "
                                          f"{await text(page, 'events')!r}; hub: {server.core.status()}") from None
+                # presence: who is in news, on every hub; it follows the joins and leaves live
+                await submit(page, "presenceForm", presenceGroup="news")
+                await until_text(page, "presenceKeys", lambda t: t.split("\n") == ["alice\t1", "bob\t1"],
+                                 "the presence of news")
+                await until_text(page, "presenceState", lambda t: t.startswith("news: 2 key(s), 2 connection(s)"),
+                                 "the presence summary")
                 await submit(page, "publish", pubGroup="news", pubBody="hello from the page")
                 assert await within(ws.recv()) == "hello from the page"
                 await submit(page, "send", sendKey="alice", sendBody="just you")
@@ -150,6 +157,8 @@ def test_the_admin_page_shows_the_hub_and_acts_on_it(shell: str, broker: str, re
                 closes = await until_text(page, "closes", lambda t: "4000" in t, "the close in the last closes")
                 assert "sha256:" in closes and "bye from the admin page" in closes and "alice" not in closes
                 await until_text(page, "connections", lambda t: t == "1", "alice's connection gone")
+                await until_text(page, "presenceKeys", lambda t: t.split("\n") == ["bob\t1"], "alice left news")
+                await until_text(page, "events", lambda t: "leave news alice" in t, "the leave event")
                 await until_text(page, "actionLog", lambda t: t.count("-> 200") == 5, "five calls answered")
 
                 # The key went in headers only: never in this page's URL or any URL it fetched.

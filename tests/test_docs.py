@@ -113,10 +113,10 @@ class TestProtocolDoc:
 class TestOperationsDoc:
     @staticmethod
     def metric_names() -> set[str]:
-        """Every metric either broker's hub exposes."""
+        """Every metric either broker's hub exposes (with presence on: it adds one)."""
         return {name for broker in ("memory", "redis")
-                for name in re.findall(r"^# TYPE (\S+) ", Hub(config=load_config(f"broker: {broker}\n")).metrics_text(),
-                                       flags=re.M)}
+                for name in re.findall(r"^# TYPE (\S+) ", Hub(config=load_config(
+                    f"broker: {broker}\npresence:\n  enabled: true\n")).metrics_text(), flags=re.M)}
 
     def test_every_metric_is_documented(self) -> None:
         names = self.metric_names()

@@ -96,9 +96,13 @@ def _non_default(key: Any) -> str:
     """A valid value different from the key's default, as an environment string."""
     special = {"address": "127.0.0.1:9999", "redis.address": "redis://10.0.0.1:7000/2", "logFormat": "json",
                "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
-               "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis"}
+               "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis",
+               "auth.jwt.secret": "x" * 32, "auth.jwt.previousSecret": "y" * 32,
+               "webSocket.maxBytesPerSecond": "1000000"}
     if key.path in special:
         return special[key.path]
+    if key.kind == "bool":
+        return "false" if key.default else "true"
     if key.kind == "str":
         return "changed"
     if key.kind in ("int", "bytes"):
@@ -111,6 +115,8 @@ def test_every_key_can_be_overridden_from_the_environment(key: Any) -> None:
     environ = {env_name(key.path): _non_default(key)}
     if key.path == "workers":
         environ[env_name("broker")] = "redis"  # more than one worker share a Redis, never a memory broker
+    if key.path == "auth.jwt.previousSecret":
+        environ[env_name("auth.jwt.secret")] = "x" * 32  # the previous secret only adds to a current one
     if key.path.startswith("tls."):
         environ = {env_name("tls.certFile"): "/c.pem", env_name("tls.keyFile"): "/k.pem"}
     base = load_config("")
@@ -132,14 +138,14 @@ def _console_script() -> str:
 
 
 def test_wshub_command_check_config_shows_env_overrides(tmp_path: Path) -> None:
-    env = hub_env(WSHUB_REDIS_ADDRESS="redis://:secret@127.0.0.1:7001/3", WSHUB_WEBSOCKET_PONG_WAIT="7")
+    env = hub_env(WSHUB_REDIS_ADDRESS="redis://:pw-4711@127.0.0.1:7001/3", WSHUB_WEBSOCKET_PONG_WAIT="7")
     out = subprocess.run([_console_script(), "--check-config"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=30, check=True).stdout
     effective = yaml.safe_load(out)
     assert effective["webSocket"]["pongWait"] == 7
     assert effective["redis"]["address"] == "redis://***@127.0.0.1:7001/3"
     assert effective["redis"]["password"] == "***"
-    assert "secret" not in out  # never printed
+    assert "pw-4711" not in out  # never printed
 
 
 def test_json_logs_one_object_per_line(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:

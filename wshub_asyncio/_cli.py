@@ -32,13 +32,13 @@ from typing import Any, Protocol
 
 import yaml
 
-from wshub_core import Config, ConfigError, env_name, load_config
+from wshub_core import Config, ConfigError, env_name, load_config, token_verifier
 
 from ._logging import set_worker, setup_logging
 from ._neutral import reuseport_socket, server_tls_context
 
-__all__ = ["Serve", "check_output", "main", "raise_file_limit", "read_config_file", "report_error", "serve_guarded",
-           "with_api_key"]
+__all__ = ["Serve", "check_output", "main", "raise_file_limit", "read_config_file", "read_key_files", "report_error",
+           "serve_guarded", "with_api_key"]
 
 log = logging.getLogger("wshub")
 
@@ -132,6 +132,24 @@ def check_output(config: Config) -> str:
     return text
 
 
+def read_key_files(config: Config) -> Config:
+    """The config with ``auth.jwt.publicKey``'s file read (the core reads no file), checked by building the verifier.
+
+    A missing or unreadable file, or one that holds no RSA/EC public key, is a
+    config error naming the key and where its value came from.
+    """
+    path = config.jwt_public_key
+    if path and not config.jwt_public_key_pem:
+        try:
+            config = dataclasses.replace(config, jwt_public_key_pem=Path(path).read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not a PEM text file"
+            raise ConfigError(f"{config.where('auth.jwt.publicKey')}: cannot read {path!r}: {why}",
+                              json_logs=config.log_format == "json") from None
+    token_verifier(config)
+    return config
+
+
 def with_api_key(config: Config) -> Config:
     """The config with an API key: the configured one, else one generated now and logged once.
 
@@ -151,7 +169,7 @@ def main(argv: list[str] | None, *, serve: Serve) -> int:
     args = parse_args(argv)
     try:
         path, text = read_config_file(args.config)
-        config = load_config(text, source=str(path), environ=os.environ)
+        config = read_key_files(load_config(text, source=str(path), environ=os.environ))
         if args.check_config:
             server_tls_context(config)  # the start loads the files too: a check that passes must start
     except ConfigError as exc:

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from typing import Any, Generic, TypeVar, cast
 
 from wshub_core import (
@@ -159,7 +160,9 @@ class Server(Generic[CoreT]):
             await self.listen(host=cfg.host, port=cfg.port, sock=sock, tls=server_tls_context(cfg))
         else:
             await self.listen(host=host, port=port, sock=sock)
-        self.core.start(self.loop.time())
+        now = self.loop.time()
+        self.core.clock(now, time.time())
+        self.core.start(now)
         self.drain()
 
     async def listen(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None,
@@ -215,6 +218,7 @@ class Server(Generic[CoreT]):
         self._timer_at = None
         now = self.loop.time()
         self.core.loop_lag(max(0.0, now - deadline))  # how late the loop ran the timer
+        self.core.clock(now, time.time())  # follows a wall clock that was stepped: tokens expire on time
         self.core.handle_timer(now)
         self.drain()
 

@@ -18,6 +18,7 @@ from ._actions import (
     StopListening,
     Stopped,
 )
+from ._auth import token_verifier
 from ._client import ClientState, CloseCode
 from ._config import ENV_PREFIX, KEYS, Config, ConfigError, env_name, load_config
 from ._core import Core
@@ -53,4 +54,5 @@ __all__ = [
     "env_name",
     "load_config",
     "parse_groups",
+    "token_verifier",
 ]

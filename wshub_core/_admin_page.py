@@ -58,7 +58,6 @@ _HTML = r"""<!DOCTYPE html>
   ul.log { list-style: none; margin: 6px 0 0; padding: 0; max-height: 180px; overflow-y: auto; font-size: 12.5px; }
   ul.log li { padding: 2px 0; border-bottom: 1px solid #f4f4f4; word-break: break-word; white-space: pre-wrap; }
   .actions form { margin-bottom: 8px; } .actions input { width: 130px; } .actions input.wide { width: 190px; }
-  #presence { border-style: dashed; color: var(--muted); }
   section.span2 { grid-column: span 2; } @media (max-width: 700px) { section.span2 { grid-column: auto; } }
 </style>
 </head>
@@ -103,10 +102,11 @@ _HTML = r"""<!DOCTYPE html>
         <div class="sub" id="watching">its client-data appears here, from the event stream</div>
         <ul class="log mono" id="watchLog"></ul>
         <h2>Events</h2><div class="sub" id="streamState">-</div><ul class="log mono" id="events"></ul></section>
-      <!-- PRESENCE: who is online across every hub needs the presence feature (its own issue, not done yet).
-           When it lands, this section shows it; until then it only says so. -->
-      <section id="presence"><h2>Presence</h2>Not available yet: it needs the presence feature, which is
-        its own issue and not done. Connections above are this hub process's.</section>
+      <section id="presence"><h2>Presence</h2>
+        <form id="presenceForm"><input id="presenceGroup" placeholder="group"><button type="submit">Who is
+          in it</button></form>
+        <div class="sub" id="presenceState">keys with a connection in the group on any hub, live</div>
+        <table id="presenceKeys"></table></section>
     </div>
   </div>
 </main>
@@ -167,7 +167,8 @@ function lock(why) {
   previous = null;
   series = { conn: [], in: [], out: [] };
   $("dash").hidden = true;
-  for (const id of ["counters", "links", "groups", "closes"]) $(id).replaceChildren();
+  for (const id of ["counters", "links", "groups", "closes", "presenceKeys"]) $(id).replaceChildren();
+  delete $("presenceGroup").dataset.showing;
   for (const id of ["actionLog", "watchLog", "events"]) $(id).replaceChildren();
   $("auth").textContent = why;
   $("auth").className = why ? "bad" : "";
@@ -274,7 +275,8 @@ async function readEvents(mine) {
                                                   headers: { Authorization: "Bearer " + key } });
     if (response.status === 401) { if (mine === generation) lock("401 Unauthorized: wrong API key"); return; }
     if (!response.ok) throw new Error("HTTP " + response.status);
-    $("streamState").textContent = "event stream open (every hub's client-new, client-data, client-gone)";
+    $("streamState").textContent = "event stream open (every hub's client-new, client-data, client-gone, "
+      + "join, leave)";
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -301,9 +303,32 @@ async function readEvents(mine) {
   }
 }
 
+// GET /api/groups/G/presence, again on each join or leave of the group shown.
+async function showPresence(group) {
+  $("presenceGroup").dataset.showing = group;
+  try {
+    const response = await api("GET", "/api/groups/" + enc(group) + "/presence");
+    if ($("presenceGroup").dataset.showing !== group) return;
+    const body = await response.json();
+    if (!response.ok) {
+      $("presenceState").textContent = response.status + ": " + body.error;
+      $("presenceKeys").replaceChildren();
+      return;
+    }
+    $("presenceState").textContent = group + ": " + Object.keys(body.keys).length + " key(s), "
+      + body.connections + " connection(s) on every hub";
+    rows($("presenceKeys"), Object.entries(body.keys).map(([k, n]) => [[k, "mono"], [n, "n"]]));
+  } catch (e) {
+    $("presenceState").textContent = "presence: " + e.message;
+  }
+}
+
 function onEvent(name, event) {
   const data = event.data === undefined ? "" : " " + (event.binary ? "(base64) " : "") + event.data;
-  line($("events"), name + " " + event.key + data);
+  line($("events"), name + (event.group === undefined ? "" : " " + event.group) + " " + event.key + data);
+  if ((name === "join" || name === "leave") && event.group === $("presenceGroup").dataset.showing) {
+    showPresence(event.group);
+  }
   if (name === "client-data" && event.key === $("watchKey").dataset.watching) {
     line($("watchLog"), (event.binary ? "(binary, base64) " : "") + event.data);
   }
@@ -329,6 +354,7 @@ onSubmit("send", () => act("POST", "/api/keys/" + enc($("sendKey").value), $("se
 onSubmit("setGroups", () => act("PUT", "/api/keys/" + enc($("groupsKey").value) + "/groups", JSON.stringify(
   $("groupsList").value.split(",").map((g) => g.trim()).filter((g) => g))));
 onSubmit("kick", () => act("DELETE", "/api/keys/" + enc($("kickKey").value), $("kickReason").value));
+onSubmit("presenceForm", () => showPresence($("presenceGroup").value));
 onSubmit("watch", () => {
   const watched = $("watchKey").value;
   $("watchKey").dataset.watching = watched;

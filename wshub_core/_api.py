@@ -85,6 +85,7 @@ class Api:
         self._status = status
         self._reading: dict[int, ApiCall] = {}  # conn -> the call whose body is being read
         self._tickets: dict[int, int] = {}  # ticket -> conn waiting for the broker to take its publish
+        self._queries: dict[int, tuple[int, str]] = {}  # ticket -> (conn, group) waiting for a presence answer
         self._next_ticket = 0
         self._streams: dict[int, None] = {}  # open event streams, in order of opening
         self.calls = 0
@@ -101,6 +102,9 @@ class Api:
         if call.kind is ApiKind.STATUS:  # read-only, answered at once, whatever the broker's state
             self._clients.answer(conn, 200, json.dumps(self._status()) + "\n", content_type=JSON,
                                  headers=(("cache-control", "no-store"),), keep_alive=True)
+            return
+        if call.kind is ApiKind.PRESENCE:
+            self._query(conn, call.name)
             return
         self._reading[conn] = call
         self._clients.read_body(conn, self._config.api_max_body_size)
@@ -149,6 +153,32 @@ class Api:
         else:
             self._clients.answer(conn, 200, _OK, content_type=JSON, keep_alive=True)
 
+    def _query(self, conn: int, group: str) -> None:
+        if not self._config.presence:
+            _reply(self._clients, conn, api_error(404, "presence is off: set presence.enabled to true"))
+            return
+        if not self._broker.can_publish:
+            _reply(self._clients, conn, api_error(503, f"not ready: {self._not_ready_reason()}",
+                                                  (("retry-after", "1"),)))
+            return
+        self._next_ticket += 1
+        self._queries[self._next_ticket] = (conn, group)
+        self._broker.presence_query(group, self._next_ticket)  # the memory broker answers inside this call
+
+    def presence(self, ticket: int, counts: dict[str, int] | None, error: str) -> None:
+        """The broker's answer to a presence query: who is in the group, on every hub."""
+        conn, group = self._queries.pop(ticket, (0, ""))
+        if not conn or self._clients.get(conn) is None:
+            return
+        if counts is None:
+            status = 503 if error == "link lost" else 502
+            _reply(self._clients, conn, api_error(status, f"presence not available: {error or 'bad reply'}",
+                                                  (("retry-after", "1"),) if status == 503 else ()))
+            return
+        body = {"group": group, "keys": dict(sorted(counts.items())), "connections": sum(counts.values())}
+        self._clients.answer(conn, 200, json.dumps(body) + "\n", content_type=JSON,
+                             headers=(("cache-control", "no-store"),), keep_alive=True)
+
     def forget(self, conn: int) -> None:
         """A connection closed: drop its call and its stream (and the channels the last stream needed)."""
         self._reading.pop(conn, None)
@@ -156,6 +186,8 @@ class Api:
             self._broker.release(self._channels.client_new)
             self._broker.release(self._channels.client_gone)
             self._broker.release_prefix(self._channels.client_data_prefix)
+            if self._config.presence:
+                self._broker.release_prefix(self._channels.presence_prefix)
 
     # -- events ------------------------------------------------------------------------
 
@@ -166,7 +198,29 @@ class Api:
             self._broker.need(self._channels.client_new)
             self._broker.need(self._channels.client_gone)
             self._broker.need_prefix(self._channels.client_data_prefix)
+            if self._config.presence:
+                self._broker.need_prefix(self._channels.presence_prefix)
         self._streams[conn] = None
+
+    def _presence_event(self, payload: bytes) -> bool:
+        """``join`` / ``leave`` as published by a broker (``{"event", "group", "key"}``); anything else is ignored."""
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return True
+        if not isinstance(value, dict) or value.get("event") not in ("join", "leave"):
+            return True
+        group, key = value.get("group"), value.get("key")
+        if not isinstance(group, str) or not isinstance(key, str):
+            return True
+        chunk = f"event: {value['event']}\ndata: {json.dumps({'group': group, 'key': key})}\n\n".encode()
+        self._write(chunk)
+        return True
+
+    def _write(self, chunk: bytes) -> None:
+        self.events += 1
+        for conn in self._streams:
+            self._clients.send_chunk(conn, chunk)
 
     def samples(self) -> list[Sample]:
         """The API's metrics."""
@@ -192,6 +246,8 @@ class Api:
             name = "client-new" if channel == channels.client_new else "client-gone"
             key_bytes = payload
             fields: dict[str, object] = {}
+        elif channel.startswith(channels.presence_prefix):
+            return self._presence_event(payload)
         elif channel.startswith(channels.client_data_prefix):
             name = "client-data"
             key_bytes = channel[len(channels.client_data_prefix):]
@@ -205,8 +261,5 @@ class Api:
             key = key_bytes.decode("utf-8")
         except UnicodeDecodeError:
             return True  # no hub announces such a key: someone else's bytes on our channel
-        chunk = f"event: {name}\ndata: {json.dumps({'key': key, **fields})}\n\n".encode()
-        self.events += 1
-        for conn in self._streams:
-            self._clients.send_chunk(conn, chunk)
+        self._write(f"event: {name}\ndata: {json.dumps({'key': key, **fields})}\n\n".encode())
         return True

@@ -9,7 +9,8 @@ readiness with a reason, and how much it holds for an absent server.
 
 Rules:
 1. The hub never touches a wire format (no RESP); a broker never knows
-   WebSocket clients, keys or groups: channels and payloads are bytes.
+   WebSocket clients: channels and payloads are bytes, and the group and key
+   names of presence are opaque strings it stores and counts.
 2. A broker owns its links (dial, prelude, reply deadline, idle ping,
    backoff) and their deadlines; the hub's next deadline is the minimum of
    the broker's, the client table's and its own.
@@ -27,12 +28,13 @@ from typing import Protocol
 
 from ._metrics import Sample
 
-__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPublished", "OnPublisherBack", "Sample"]
+__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPresence", "OnPublished", "OnPublisherBack", "Sample"]
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, payload) on a needed channel
 OnConfirmed = Callable[[bytes], None]  # the latest need() of a channel is in effect
 OnPublisherBack = Callable[[], None]  # publishing works again after an outage
 OnPublished = Callable[[int, str], None]  # (ticket, error): the server took (error "") or refused a publish
+OnPresence = Callable[[int, "dict[str, int] | None", str], None]  # (ticket, key -> connections, error)
 
 
 class Broker(Protocol):
@@ -63,6 +65,18 @@ class Broker(Protocol):
 
         A nonzero ``ticket`` asks for ``on_published(ticket, error)`` once the server took it (or refused it).
         """
+
+    def presence_set(self, group: str, key: str, count: int) -> None:
+        """This hub has ``count`` connections of ``key`` in ``group`` now (0: none).
+
+        The broker keeps every hub's counts where each can read them (with
+        ``presence.enabled``) and publishes ``join`` when a key's first
+        connection anywhere comes, ``leave`` when its last one goes, on
+        ``Channels.presence(group)``. Groups and keys are opaque names to it.
+        """
+
+    def presence_query(self, group: str, ticket: int) -> None:
+        """Every hub's keys in ``group`` with their connection counts: ``on_presence(ticket, ...)`` later."""
 
     def link_opened(self, link: int, now: float) -> None:
         """The shell opened the link the broker asked for (``OpenLink``)."""

@@ -14,7 +14,8 @@ class Channels:
     """The protocol's channels under one prefix."""
 
     __slots__ = ("client_new", "client_gone", "client_data_prefix", "_groups_new", "_group_data", "_client_data",
-                 "client_send_prefix", "client_kick_prefix")
+                 "client_send_prefix", "client_kick_prefix", "presence_prefix", "presence_hubs",
+                 "presence_groups_prefix")
 
     def __init__(self, prefix: str) -> None:
         self.client_new = f"{prefix}client-new".encode()  # the hub announces a key
@@ -25,6 +26,12 @@ class Channels:
         self.client_data_prefix = self._client_data  # the event stream needs every key's: a prefix need
         self.client_send_prefix = f"{prefix}client-send:".encode()  # a message for every connection of a key
         self.client_kick_prefix = f"{prefix}client-kick:".encode()  # close every connection of a key
+        self.presence_prefix = f"{prefix}presence:".encode()  # join/leave events of a group
+        # Presence keys every hub shares (a heartbeat per hub, and the groups each hub has entries in): one
+        # hash tag, so a script reads them together on a Cluster too.
+        tag = "{" + f"{prefix}presence" + "}"
+        self.presence_hubs = f"{tag}:hubs".encode()
+        self.presence_groups_prefix = f"{tag}:groups:".encode()
 
     def groups_new(self, key: str) -> bytes:
         """Where the listener answers a key's groups."""
@@ -58,3 +65,31 @@ class Channels:
     def group_name(self, channel: bytes) -> str:
         """The group a ``group_data`` channel is for (for logs: undecodable bytes replaced)."""
         return channel[len(self._group_data):].decode("utf-8", "replace")
+
+    def presence(self, group: str) -> bytes:
+        """Where a group's ``join`` and ``leave`` events are published."""
+        return self.presence_prefix + group.encode()
+
+    def presence_keys(self, group: str) -> tuple[bytes, bytes]:
+        """A group's presence keys (who, and which hubs are alive in it): in the slot of its group-data channel.
+
+        Redis Cluster hashes a name by its hash tag (the first ``{...}`` with
+        something inside) or else whole; the keys carry the channel's tag, or
+        the whole channel as their tag, so a script that touches them can
+        publish on the channel from the same node.
+        """
+        channel = self.group_data(group)
+        tag = hash_tag(channel)
+        base = channel if tag is not None or b"}" in channel else b"{" + channel + b"}"
+        return base + b":presence", base + b":presence-hubs"
+
+
+def hash_tag(name: bytes) -> bytes | None:
+    """The part of ``name`` Redis Cluster hashes, if it has a hash tag (CLUSTER KEYSLOT's rule), else None."""
+    start = name.find(b"{")
+    if start < 0:
+        return None
+    end = name.find(b"}", start + 1)
+    if end <= start + 1:
+        return None
+    return name[start + 1:end]

@@ -96,6 +96,7 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009
     INTERNAL = 1011  # keepalive timeout (as the websockets library does)
     KICKED = 4000  # a backend closed the key's connections (DELETE /api/keys/KEY, client-kick:KEY)
+    TOKEN_EXPIRED = 4001  # the connection's token (auth.jwt.*) reached its exp: reconnect with a fresh one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -79,7 +79,7 @@ class Key:
 
     path: str
     attr: str
-    kind: str  # "str", "int", "seconds", "bytes", "list", "bool"
+    kind: str  # "str", "int", "seconds", "bytes", "number", "list", "bool"
     default: Any
     doc: str
     minimum: float | None = None
@@ -105,6 +105,24 @@ KEYS: tuple[Key, ...] = (
         doc="Bearer token every /api/ request must carry; empty: one is generated at start and logged once"),
     Key(path="api.maxBodySize", attr="api_max_body_size", kind="bytes", default=1024 * 1024, minimum=1,
         doc="largest /api/ request body; larger is answered 413 before it is read"),
+    Key(path="auth.jwt.secret", attr="jwt_secret", kind="str", default="",
+        doc="HS256 secret: when set, the clientKey value must be a token signed with it; its sub is the key"),
+    Key(path="auth.jwt.previousSecret", attr="jwt_previous_secret", kind="str", default="",
+        doc="a second HS256 secret also accepted, to rotate auth.jwt.secret without dropping clients"),
+    Key(path="auth.jwt.publicKey", attr="jwt_public_key", kind="str", default="",
+        doc="PEM file (or the PEM itself) of an RSA (RS256) or EC P-256 (ES256) public key, instead of a secret"),
+    Key(path="auth.jwt.audience", attr="jwt_audience", kind="str", default="",
+        doc="when set, a token's aud must contain it"),
+    Key(path="auth.jwt.issuer", attr="jwt_issuer", kind="str", default="",
+        doc="when set, a token's iss must equal it"),
+    Key(path="auth.jwt.leeway", attr="jwt_leeway", kind="seconds", default=0.0, minimum=0,
+        doc="clock skew allowed when checking exp and nbf"),
+    Key(path="presence.enabled", attr="presence", kind="bool", default=False,
+        doc="track who is in each group across every hub (GET /api/groups/GROUP/presence, join/leave events)"),
+    Key(path="presence.timeout", attr="presence_timeout", kind="seconds", default=30.0, minimum=0.1,
+        doc="a hub that stops refreshing (killed) leaves no entry in any answer longer than this"),
+    Key(path="presence.grace", attr="presence_grace", kind="seconds", default=5.0, minimum=0,
+        doc="a key's last connection in a group leaves only after this long, so a page reload does not flap"),
     Key(path="tls.certFile", attr="tls_cert_file", kind="str", default="",
         doc="PEM certificate (chain) for wss://; empty: plain ws://"),
     Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
@@ -141,6 +159,11 @@ KEYS: tuple[Key, ...] = (
         minimum=0.001, doc="a socket that has not completed its upgrade by then is closed"),
     Key(path="webSocket.groupsTimeout", attr="groups_timeout", kind="seconds", default=0.0, minimum=0,
         doc="close a client the listener has not answered within this time (0: wait forever)"),
+    Key(path="webSocket.maxMessagesPerSecond", attr="max_messages_per_second", kind="number", default=0.0,
+        minimum=0, doc="messages a client may send per second (a burst of one second's worth); more closes "
+                       "with 1008 (0: no limit)"),
+    Key(path="webSocket.maxBytesPerSecond", attr="max_bytes_per_second", kind="bytes", default=0, minimum=0,
+        doc="message bytes a client may send per second, as maxMessagesPerSecond (0: no limit)"),
     Key(path="webSocket.maxConnections", attr="max_connections", kind="int", default=0, minimum=0,
         doc="open client connections per process; more are answered 503 (0: no limit)"),
     Key(path="webSocket.maxHeaderSize", attr="max_header_size", kind="bytes", default=16384, minimum=256,
@@ -163,6 +186,15 @@ class Config:
     broker: str = "redis"  # load_config decides; a Config built by hand keeps the Redis broker it always had
     api_key: str = ""
     api_max_body_size: int = 1024 * 1024
+    jwt_secret: str = ""
+    jwt_previous_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: float = 0.0
+    presence: bool = False
+    presence_timeout: float = 30.0
+    presence_grace: float = 5.0
     tls_cert_file: str = ""
     tls_key_file: str = ""
     redis_address: str = "localhost:6379"
@@ -181,6 +213,8 @@ class Config:
     max_outbound_buffer: int = 1024 * 1024
     handshake_timeout: float = 10.0
     groups_timeout: float = 0.0
+    max_messages_per_second: float = 0.0
+    max_bytes_per_second: int = 0
     max_connections: int = 0
     max_header_size: int = 16384
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -190,6 +224,7 @@ class Config:
     redis_host: str = "localhost"
     redis_port: int = 6379
     redis_tls: bool = False
+    jwt_public_key_pem: str = ""  # auth.jwt.publicKey's PEM: the value itself, or the file's text the shell read
     # Where each key's value came from, by dotted path, for errors found later
     # (a TLS file the shell cannot load). Not part of the value: equal configs
     # from different sources compare equal.
@@ -208,6 +243,8 @@ class Config:
             out.append("redis.address")
         if self.redis_password:
             out.append("redis.password")
+        out += [path for path, value in (("auth.jwt.secret", self.jwt_secret),
+                                         ("auth.jwt.previousSecret", self.jwt_previous_secret)) if value]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -218,7 +255,8 @@ class Config:
             value = getattr(self, key.attr)
             if isinstance(value, tuple):
                 value = list(value)
-            if key.path in ("redis.password", "api.key") and key.path in hidden:
+            if key.path in ("redis.password", "api.key", "auth.jwt.secret", "auth.jwt.previousSecret") \
+                    and key.path in hidden:
                 value = "***"
             elif key.path == "redis.address" and key.path in hidden:
                 scheme, _, rest = value.partition("://")
@@ -238,7 +276,7 @@ def env_name(path: str) -> str:
 
 
 ENV_NAMES = {env_name(k.path): k for k in KEYS}
-SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS if "." in k.path}
+SECTIONS = {k.path.rsplit(".", n)[0] for k in KEYS for n in range(1, k.path.count(".") + 1)}  # auth and auth.jwt
 
 
 def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
@@ -299,6 +337,12 @@ def _coerce(key: Key, value: Any, where: str, from_env: bool) -> Any:
             value = str(value)  # "address: 8081" is read by YAML as a number
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {shown!r}")
+        return value
+    if key.kind == "bool":
+        if from_env and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {shown!r}")
         return value
     if key.kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -411,6 +455,19 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         empty, given = ("tls.keyFile", "tls.certFile") if values["tls_cert_file"] else ("tls.certFile", "tls.keyFile")
         check(False, empty, f"empty, but {origins[given]} is set: tls.certFile and tls.keyFile go together")
+    check(not (values["jwt_secret"] and values["jwt_public_key"]), "auth.jwt.publicKey",
+          f"set, but so is {origins['auth.jwt.secret']}: a hub verifies with a secret (HS256) or a public key, "
+          "not both")
+    for path, attr in (("auth.jwt.secret", "jwt_secret"), ("auth.jwt.previousSecret", "jwt_previous_secret")):
+        check(not values[attr] or len(values[attr].encode()) >= 32, path,
+              f"{len(values[attr].encode())} bytes; an HS256 secret must be at least 32 (RFC 7518 section 3.2)")
+    check(not values["jwt_previous_secret"] or bool(values["jwt_secret"]), "auth.jwt.previousSecret",
+          f"set, but {origins['auth.jwt.secret']} is empty: the previous secret only adds to the current one")
+    check(not values["max_bytes_per_second"] or values["max_bytes_per_second"] >= values["max_message_size"],
+          "webSocket.maxBytesPerSecond", f"must be at least {origins['webSocket.maxMessageSize']}, which is "
+          f"{values['max_message_size']}: a message that large could never be sent")
+    check(values["presence_grace"] < values["presence_timeout"], "presence.grace",
+          f"must be less than {origins['presence.timeout']}, which is {values['presence_timeout']!r}")
     check(values["reconnect_max"] >= values["reconnect_min"], "redis.reconnectMax",
           f"must be at least {origins['redis.reconnectMin']}, which is {values['reconnect_min']!r}")
     address = values["redis_address"]
@@ -444,13 +501,15 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     else:
         redis_host, redis_port = _split_host_port(address, 6379, where)
         check(bool(redis_host), "redis.address", "has no host")
+    pem = values["jwt_public_key"] if values["jwt_public_key"].lstrip().startswith("-----BEGIN") else ""
     return Config(
         **values, host=host, port=port, redis_host=redis_host, redis_port=redis_port, redis_tls=tls,
-        origins=origins,
+        jwt_public_key_pem=pem, origins=origins,
     )
 
 
 # Every key has a Config attribute and vice versa.
-assert {f.name for f in fields(Config)} - {"host", "port", "redis_host", "redis_port", "redis_tls", "origins"} == {
+_DERIVED = {"host", "port", "redis_host", "redis_port", "redis_tls", "jwt_public_key_pem", "origins"}
+assert {f.name for f in fields(Config)} - _DERIVED == {
     k.attr for k in KEYS
 }

@@ -25,6 +25,9 @@ class Core(Protocol):
 
     def start(self, now: float) -> None: ...
 
+    def clock(self, now: float, wall: float) -> None:
+        """The wall-clock time at ``now``: right before ``start``, and before each ``handle_timer``."""
+
     def client_opened(self, now: float) -> int: ...
 
     def client_data(self, conn: int, data: bytes, now: float) -> None: ...

@@ -81,6 +81,9 @@ class EchoHub:
     def start(self, now: float) -> None:
         """Nothing to open: the echo needs no link."""
 
+    def clock(self, now: float, wall: float) -> None:
+        """Ignored: the echo checks no token."""
+
     def link_opened(self, link: int, now: float) -> None:
         """Ignored: the echo emits no ``OpenLink``, so every link id is stale to it (as to ``Hub``)."""
 

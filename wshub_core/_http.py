@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from ._admin_page import PAGE, PAGE_HEADERS
+from ._auth import Identity, TokenVerifier
 from ._client import HttpRequest
 
 __all__ = ["ADMIN_PATHS", "API_PREFIX", "Admin", "Answer", "ApiCall", "ApiKind", "RouteContext", "Upgrade",
@@ -44,6 +45,8 @@ class RouteContext:
     stopping: bool
     full: bool  # webSocket.maxConnections reached
     api_key: str = ""  # the Bearer token /api/ requests must carry (empty: every API request is refused)
+    verifier: TokenVerifier | None = None  # auth.jwt.*: the clientKey value is a token
+    wall: float = 0.0  # the wall-clock time now, for a token's exp and nbf
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,9 +63,11 @@ class Answer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Upgrade:
-    """A WebSocket upgrade for ``key`` that passed every check the hub makes."""
+    """A WebSocket upgrade for ``key`` that passed every check the hub makes (a token's, with ``auth.jwt.*``)."""
 
     key: str
+    groups: frozenset[str] | None = None  # the token's groups claim: set at once, no listener round trip
+    expires: float | None = None  # the token's exp (wall clock): the connection is closed then
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +86,7 @@ class ApiKind(enum.Enum):
     KEY_KICK = "DELETE /api/keys/{key}"
     EVENTS = "GET /api/events"
     STATUS = "GET /api/status"
+    PRESENCE = "GET /api/groups/{group}/presence"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +123,8 @@ def _api_route(request: HttpRequest, path: str, ctx: RouteContext) -> Answer | A
         name, allowed = parts[1], {b"POST": ApiKind.KEY_SEND, b"DELETE": ApiKind.KEY_KICK}
     elif len(parts) == 3 and parts[0] == "keys" and parts[1] and parts[2] == "groups":
         name, allowed = parts[1], {b"PUT": ApiKind.KEY_GROUPS}
+    elif len(parts) == 3 and parts[0] == "groups" and parts[1] and parts[2] == "presence":
+        name, allowed = parts[1], {b"GET": ApiKind.PRESENCE}
     if not allowed:
         return api_error(404, f"no such API endpoint: {path}")
     kind = allowed.get(request.method)
@@ -153,7 +161,7 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
     param = ctx.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
     raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(param, [])
     raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
-    if not raw_key:
+    if not raw_key and ctx.verifier is None:
         return Answer(status=400, body=f"missing query parameter {ctx.client_key}\n", headers=cors)
     try:
         key = raw_key.encode("latin-1").decode("utf-8")
@@ -161,6 +169,14 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
         return Answer(status=400, body=f"query parameter {ctx.client_key} is not valid UTF-8\n", headers=cors)
     if not allowed:
         return Answer(status=403, body="origin not allowed\n", headers=cors, origin_refused=True)
+    identity = Identity(key=key)
+    if ctx.verifier is not None:
+        checked = ctx.verifier.verify(key, ctx.wall) if key else f"missing token: query parameter {ctx.client_key}"
+        if isinstance(checked, str):
+            return Answer(status=401, body=f"{checked}\n", headers=(
+                ("www-authenticate", f'Bearer realm="wshub", error="invalid_token", error_description="{checked}"'),
+                *cors))
+        identity = checked
     if ctx.stopping:
         return Answer(status=503, body="server shutting down\n", headers=cors)
     if ctx.full:
@@ -168,7 +184,7 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
     if b"websocket" not in (request.header(b"upgrade") or b"").lower():
         return Answer(status=426, body="this endpoint speaks WebSocket only\n",
                       headers=(("upgrade", "websocket"), *cors))
-    return Upgrade(key=key)
+    return Upgrade(key=identity.key, groups=identity.groups, expires=identity.expires)
 
 
 def admin_answer(request: HttpRequest, admin: Admin, *, ready: bool, not_ready_reason: Callable[[], str],

@@ -29,6 +29,7 @@ from ._actions import (
     Stopped,
 )
 from ._api import Api
+from ._auth import token_verifier
 from ._broker import Broker
 from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpBody, HttpRequest, MessageReceived, Outcome
@@ -38,6 +39,7 @@ from ._http import Admin, Answer, ApiCall, RouteContext, admin_answer, route
 from ._logs import fingerprint
 from ._memory_broker import MemoryBroker
 from ._metrics import Stats, render
+from ._presence import Presence
 from ._redis import RedisState
 from ._redis_broker import RedisBroker, RedisLink
 from ._routing import Routing, parse_groups
@@ -51,6 +53,7 @@ log = logging.getLogger("wshub")
 
 _ENCODER = FrameProtocol(client=False, extensions=[])  # server frames are unmasked: same bytes for all
 _SHUTDOWN = "shutdown"  # timer owner for the shutdown deadline
+_EXPIRY = "exp"  # (_EXPIRY, conn): timer owner for the token expiry of a connection
 
 
 def encode_message(payload: bytes) -> bytes:
@@ -64,14 +67,20 @@ def encode_message(payload: bytes) -> bytes:
 class _Member:
     """Hub-side facts about an upgraded connection."""
 
-    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "fp")
+    __slots__ = ("key", "data_channel", "joined_at", "has_groups", "announced", "fp", "messages", "bytes",
+                 "filled_at")
 
     def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
         self.data_channel = data_channel
         self.joined_at = joined_at  # upgrade time: webSocket.groupsTimeout counts from here
         self.has_groups = False
+        self.announced = False  # client-new went out for it (a token's groups do not make it unnecessary)
         self.fp: str | None = None  # the key's fingerprint, computed the first time a line names it
+        # Token buckets of webSocket.maxMessagesPerSecond / maxBytesPerSecond: what is left, refilled from filled_at.
+        self.messages = 0.0
+        self.bytes = 0.0
+        self.filled_at = joined_at
 
 
 class Hub:
@@ -94,6 +103,9 @@ class Hub:
         )
         self._timers = Timers()  # the hub's own deadlines: Redis links, groups timeouts, shutdown
         self._now = 0.0  # time of the latest Redis or shutdown input (the table keeps the clients')
+        self._wall_offset = 0.0  # wall-clock time minus now (``clock``): token exp and nbf are wall-clock times
+        self._verifier = token_verifier(config)
+        self._limits = bool(config.max_messages_per_second or config.max_bytes_per_second)
         # The shell's client inputs go straight to the table (docs/architecture.md, "Inputs").
         self.client_opened = self._clients.opened
         self.client_data = self._clients.data
@@ -115,11 +127,14 @@ class Hub:
         self._routing = Routing(channels=self._channels)
         self.broker: Broker
         if config.broker == "memory":
-            self.broker = MemoryBroker(on_message=self._on_pubsub, on_published=self._on_published)
+            self.broker = MemoryBroker(on_message=self._on_pubsub, on_published=self._on_published,
+                                       channels=self._channels, on_presence=self._on_presence)
         else:
             self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
-                                      on_published=self._on_published)
+                                      on_published=self._on_published, channels=self._channels,
+                                      on_presence=self._on_presence)
+        self._presence = Presence(broker=self.broker, grace=config.presence_grace) if config.presence else None
         self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
                         not_ready_reason=self._not_ready_reason, status=self.status)
         # The shell's link inputs go straight to the broker (links are the ids of its OpenLink actions).
@@ -134,6 +149,16 @@ class Hub:
         self.broker.start(now)
         self._now = now
 
+    def clock(self, now: float, wall: float) -> None:
+        """The wall-clock time (seconds since the epoch) at ``now``: before ``start``, and now and then after.
+
+        ``now`` is the shell's monotonic time, which timers need; a token's
+        ``exp`` and ``nbf`` are wall-clock times. The hub keeps the offset, so
+        it reads no clock itself; calling this again follows a clock that was
+        stepped (the asyncio shell does with each timer).
+        """
+        self._wall_offset = wall - now
+
     def shutdown(self, now: float) -> None:
         """Stop accepting, close every client with 1001, flush client messages, then Stopped."""
         if self._stopping:
@@ -141,6 +166,8 @@ class Hub:
         log.info("shutting down: closing %d clients", self._clients.count(), extra={"event": "shutdown"})
         self._timers.schedule(_SHUTDOWN, now + self.config.shutdown_timeout)
         self._stopping = True
+        if self._presence is not None:
+            self._presence.shutdown()  # no grace: a stopped hub leaves no presence entry
         self._actions.append(StopListening())
         self._clients.close_all(CloseCode.GOING_AWAY, "server shutting down")
         self._now = now
@@ -170,9 +197,13 @@ class Hub:
         """The deadline returned by ``next_deadline()`` has passed."""
         self._clients.handle_timer(now)
         self.broker.handle_timer(now)
+        if self._presence is not None:
+            self._presence.handle_timer(now)
         for owner in self._timers.pop_due(now):
             if isinstance(owner, int):
                 self._groups_deadline(owner)
+            elif isinstance(owner, tuple):
+                self._clients.close(owner[1], CloseCode.TOKEN_EXPIRED, "token expired")
             elif owner == _SHUTDOWN and not self._stopped:
                 log.warning("shutdown timeout: %d client messages not flushed to Redis", self.broker.pending_count(),
                             extra={"event": "shutdown_timeout", "count": self.broker.pending_count()})
@@ -187,7 +218,9 @@ class Hub:
     def next_deadline(self) -> float | None:
         """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""
         deadlines = [d for d in (self._timers.next_deadline(), self._clients.next_deadline(),
-                                 self.broker.next_deadline()) if d is not None]
+                                 self.broker.next_deadline(),
+                                 self._presence.next_deadline() if self._presence is not None else None)
+                     if d is not None]
         return min(deadlines) if deadlines else None
 
     def actions(self) -> list[Action]:
@@ -245,6 +278,11 @@ class Hub:
         for outcome in outcomes:
             if isinstance(outcome, MessageReceived):
                 member = self._members[client.conn]  # messages come only after the upgrade registered it
+                if self._limits:
+                    if client.state is ClientState.CLOSED:
+                        break  # closed for its rate by an earlier message of this read: the rest is dropped
+                    if not self._within_limits(client.conn, member, len(outcome.data), now):
+                        continue
                 self.stats.messages_in += 1
                 if self._debug:
                     log.debug("client %s%d (%s) sent %d bytes", self._conn_prefix, client.conn, member.key,
@@ -260,6 +298,32 @@ class Hub:
             # Over the bound: a connection upgraded now starts paused too (its first frames, read
             # with its request head, were published above: at most one read).
             self._clients.pause(client.conn, Pause.BROKER_FULL)
+
+    def _within_limits(self, conn: int, member: _Member, size: int, now: float) -> bool:
+        """Take one message of ``size`` bytes from the member's buckets; over a limit: close it with 1008.
+
+        Each bucket holds one second's worth and refills continuously, so a
+        client may burst up to its per-second rate and then keep to it.
+        """
+        cfg = self.config
+        elapsed = now - member.filled_at
+        member.filled_at = now
+        if cfg.max_messages_per_second:
+            member.messages = min(cfg.max_messages_per_second, member.messages + elapsed * cfg.max_messages_per_second)
+            if member.messages < 1:
+                return self._over_limit(conn, f"message rate limit: {cfg.max_messages_per_second:g} per second")
+            member.messages -= 1
+        if cfg.max_bytes_per_second:
+            member.bytes = min(cfg.max_bytes_per_second, member.bytes + elapsed * cfg.max_bytes_per_second)
+            if member.bytes < size:
+                return self._over_limit(conn, f"byte rate limit: {cfg.max_bytes_per_second} per second")
+            member.bytes -= size
+        return True
+
+    def _over_limit(self, conn: int, reason: str) -> bool:
+        self.stats.rate_limited += 1
+        self._clients.close(conn, CloseCode.POLICY, reason)
+        return False
 
     def _pause_members(self) -> None:
         """The Redis buffer crossed redis.maxBufferedBytes: stop reading every member, not just this sender.
@@ -278,7 +342,7 @@ class Hub:
         decision = route(request, RouteContext(
             server_url=cfg.server_url, client_key=cfg.client_key, allowed_origins=cfg.allowed_origins,
             stopping=self._stopping, full=bool(cfg.max_connections) and len(self._members) >= cfg.max_connections,
-            api_key=cfg.api_key,
+            api_key=cfg.api_key, verifier=self._verifier, wall=now + self._wall_offset,
         ))
         if isinstance(decision, ApiCall):
             self._api.request(conn, decision)
@@ -300,10 +364,16 @@ class Hub:
             return
         self.stats.connects += 1
         member = _Member(key, self._channels.client_data(key), now)
+        member.messages = cfg.max_messages_per_second  # full buckets: a client may start with a burst
+        member.bytes = cfg.max_bytes_per_second
         self._members[conn] = member
         key_channel = self._routing.key_channel(key)
         siblings = self._routing.conns_of_key(key_channel)
-        if siblings:
+        if decision.groups is not None:
+            # The token's groups: this connection is served at once; client-new still goes out (below),
+            # so a listener may replace them.
+            self._set_groups(conn, member, frozenset(self._routing.group_channel(g) for g in decision.groups))
+        elif siblings:
             # Same key: start with the groups the key already has; the listener's answer replaces them.
             first = next(iter(siblings))
             if self._members[first].has_groups:
@@ -320,9 +390,12 @@ class Hub:
                 log.info("client %s%d connected: %s sha256:%s", self._conn_prefix, conn, cfg.client_key, fp,
                          extra=extra)
         if self.broker.is_confirmed(key_channel):
+            member.announced = True
             self.broker.publish(self._channels.client_new, key.encode(), resend=False)
-        if cfg.groups_timeout:
+        if cfg.groups_timeout and not member.has_groups:
             self._timers.schedule(conn, now + cfg.groups_timeout)
+        if decision.expires is not None:
+            self._timers.schedule((_EXPIRY, conn), now + (decision.expires - (now + self._wall_offset)))
         self._handle_outcomes(client, client.pending_after_accept(), now)
 
     def _not_ready_reason(self) -> str:
@@ -349,8 +422,13 @@ class Hub:
             self._api.forget(conn)
             return
         self._timers.cancel(conn)
+        self._timers.cancel((_EXPIRY, conn))
         self._closes.append(Close(at=self._latest(), key=f"sha256:{self._fp(member)}", code=client.close_code,
                                   reason=client.close_reason))
+        if self._presence is not None:
+            now = self._latest()
+            for channel in self._routing.groups_of(conn):
+                self._presence.remove(self._routing.group_name(channel), member.key, now)
         removed, last = self._routing.remove(conn)
         for channel in removed:
             self.broker.release(channel)
@@ -370,6 +448,13 @@ class Hub:
 
     def _set_groups(self, conn: int, member: _Member, channels: frozenset[bytes]) -> None:
         member.has_groups = True
+        if self._presence is not None:
+            old = self._routing.groups_of(conn)
+            now = self._latest()
+            for channel in channels - old:
+                self._presence.add(self._routing.group_name(channel), member.key)
+            for channel in old - channels:
+                self._presence.remove(self._routing.group_name(channel), member.key, now)
         added, removed = self._routing.set_groups(conn, channels)
         for channel in added:
             self.broker.need(channel)
@@ -435,6 +520,9 @@ class Hub:
     def _on_published(self, ticket: int, error: str) -> None:
         self._api.published(ticket, error)
 
+    def _on_presence(self, ticket: int, counts: dict[str, int] | None, error: str) -> None:
+        self._api.presence(ticket, counts, error)
+
     def _announce_again(self) -> None:
         """The command link is back: client-new for every connection still waiting for its groups.
 
@@ -460,7 +548,8 @@ class Hub:
         # waiting for groups (the answer may have been lost while down) ask again.
         for conn in conns:
             member = self._members[conn]
-            if not member.has_groups:
+            if not member.has_groups or not member.announced:
+                member.announced = True
                 self.broker.publish(self._channels.client_new, member.key.encode(), resend=False)
 
     # -- output ----------------------------------------------------------------------
@@ -506,6 +595,9 @@ class Hub:
             ("wshub_bytes_out_total", "counter", "Frame bytes queued to clients.", [("", s.bytes_out)]),
             ("wshub_oversize_closes_total", "counter", "Clients closed for an oversize message.",
              [("", s.closes[CloseCode.TOO_BIG])]),
+            ("wshub_rate_limited_total", "counter",
+             "Clients closed for sending over webSocket.maxMessagesPerSecond or maxBytesPerSecond.",
+             [("", s.rate_limited)]),
             *self._clients.samples(),
             *self.broker.samples(),
             *self._api.samples(),

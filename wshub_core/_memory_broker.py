@@ -18,9 +18,11 @@ Rules:
 
 from __future__ import annotations
 
+import json
 from collections import deque
 
-from ._broker import OnMessage, OnPublished
+from ._broker import OnMessage, OnPresence, OnPublished
+from ._channels import Channels
 from ._metrics import Sample
 
 __all__ = ["MemoryBroker"]
@@ -29,10 +31,15 @@ __all__ = ["MemoryBroker"]
 class MemoryBroker:
     """``Broker`` in one process."""
 
-    def __init__(self, *, on_message: OnMessage, on_published: OnPublished | None = None) -> None:
-        """``on_message`` is the hub's delivery callback; ``on_published`` hears of ticketed publishes."""
+    def __init__(self, *, on_message: OnMessage, on_published: OnPublished | None = None,
+                 channels: Channels | None = None, on_presence: OnPresence | None = None) -> None:
+        """``on_message`` is the hub's delivery callback; ``on_published`` hears of ticketed publishes;
+        ``channels`` names presence events, ``on_presence`` answers presence queries."""
         self._on_message = on_message
         self._on_published = on_published
+        self._channels = channels or Channels("")
+        self._on_presence = on_presence
+        self._presence: dict[str, dict[str, int]] = {}  # group -> key -> connections (one hub: this one)
         self._needed: set[bytes] = set()
         self._prefixes: set[bytes] = set()  # pattern needs: every channel starting with one of them
         self._queue: deque[tuple[bytes, bytes]] = deque()
@@ -84,6 +91,25 @@ class MemoryBroker:
                     self._on_message(channel, payload)
         finally:
             self._delivering = False
+
+    def presence_set(self, group: str, key: str, count: int) -> None:
+        """Keep the count; a key's first connection publishes ``join``, its last ``leave``."""
+        keys = self._presence.setdefault(group, {})
+        before = keys.get(key, 0)
+        if count:
+            keys[key] = count
+        else:
+            keys.pop(key, None)
+            if not keys:
+                del self._presence[group]
+        if (before == 0) != (count == 0):
+            event = json.dumps({"event": "join" if count else "leave", "group": group, "key": key})
+            self.publish(self._channels.presence(group), event.encode())
+
+    def presence_query(self, group: str, ticket: int) -> None:
+        """Answered at once."""
+        if self._on_presence is not None:
+            self._on_presence(ticket, dict(self._presence.get(group, {})), "")
 
     def link_opened(self, link: int, now: float) -> None:
         """Never called: this broker opens no link."""

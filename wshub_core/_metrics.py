@@ -23,6 +23,7 @@ class Stats:
         "bytes_out",
         "group_messages",
         "loop_lag",
+        "rate_limited",
     )
 
     def __init__(self) -> None:
@@ -34,6 +35,7 @@ class Stats:
         self.bytes_out = 0  # frame bytes queued to clients
         self.group_messages = 0  # group-data messages received from Redis
         self.loop_lag = 0.0  # reported by the shell (Hub.loop_lag)
+        self.rate_limited = 0  # clients closed for their message or byte rate
 
 
 def render(samples: list[Sample]) -> str:

@@ -379,7 +379,9 @@ class CommandSession(RedisSession):
         self._inflight: deque[bytes] = deque()  # written, reply not yet read
         self._volatile: set[int] = set()  # ids of queued commands a reconnect drops instead of resending
         self._tickets: dict[int, int] = {}  # id of a queued command -> the ticket its reply confirms
-        self.acknowledged: list[tuple[int, str]] = []  # (ticket, error) the last feeds answered; the caller empties it
+        # (ticket, error, reply) the last feeds answered, or a lost link dropped (error "link lost", reply None);
+        # the caller empties it.
+        self.acknowledged: list[tuple[int, str, object]] = []
         self.buffered_bytes = 0  # bytes in outbox + inflight
 
     @property
@@ -396,7 +398,14 @@ class CommandSession(RedisSession):
         (``client-new`` of a connection that has closed meanwhile): the hub
         decides afresh what to announce when the link is READY again.
         """
-        cmd = pack(b"PUBLISH", channel, payload)
+        self.command(b"PUBLISH", channel, payload, resend=resend, ticket=ticket)
+
+    def command(self, *args: bytes, resend: bool = True, ticket: int = 0) -> None:
+        """Queue any command; its reply goes to ``acknowledged`` with ``ticket`` (if nonzero).
+
+        ``resend=False``: dropped at a lost link instead of resent, and its ticket answered ``link lost``.
+        """
+        cmd = pack(*args)
         self._outbox.append(cmd)
         self.buffered_bytes += len(cmd)
         if not resend:
@@ -420,6 +429,9 @@ class CommandSession(RedisSession):
             for cmd in self._outbox:
                 if id(cmd) in volatile:
                     self.buffered_bytes -= len(cmd)
+                    ticket = self._tickets.pop(id(cmd), 0)
+                    if ticket:
+                        self.acknowledged.append((ticket, "link lost", None))
                 else:
                     kept.append(cmd)
             self._outbox = kept
@@ -453,7 +465,8 @@ class CommandSession(RedisSession):
             if self._tickets:
                 ticket = self._tickets.pop(id(cmd), 0)
                 if ticket:
-                    self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else ""))
+                    self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else "",
+                                              reply))
         if not self._prelude_pending:
             self.waiting_since = now if self._inflight else None
         return errors

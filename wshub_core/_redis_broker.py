@@ -24,16 +24,20 @@ import enum
 import logging
 
 from ._actions import Action, CloseLink, OpenLink, SendToLink
-from ._broker import OnConfirmed, OnMessage, OnPublished, OnPublisherBack
+from ._broker import OnConfirmed, OnMessage, OnPresence, OnPublished, OnPublisherBack
+from ._channels import Channels
 from ._config import Config
 from ._logs import host_port
 from ._metrics import Sample
 from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
+from ._redis_presence import RedisPresence
 from ._timers import Timers
 
 __all__ = ["RedisBroker", "RedisLink"]
 
 log = logging.getLogger("wshub")
+
+_PRESENCE = "presence"  # timer owner of the presence refresh
 
 
 class RedisLink(enum.Enum):
@@ -52,8 +56,10 @@ class RedisBroker:
 
     def __init__(self, *, config: Config, seed: int, sink: list[Action], on_message: OnMessage,
                  on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack,
-                 on_published: OnPublished | None = None) -> None:
-        """``seed`` feeds the reconnect jitter (a test can replay it); ``sink`` is the hub's action list."""
+                 on_published: OnPublished | None = None, channels: Channels | None = None,
+                 on_presence: OnPresence | None = None) -> None:
+        """``seed`` feeds the reconnect jitter (a test can replay it) and names this hub's presence entries;
+        ``sink`` is the hub's action list."""
         self._config = config
         self._on_published = on_published
         self._sink = sink
@@ -91,6 +97,12 @@ class RedisBroker:
         self.now = 0.0  # time of the latest link input: the hub builds its output at the latest of its parts
         self.reconnects = 0  # links lost after being ready
         self.publish_errors = 0
+        self._on_presence = on_presence
+        self._presence: RedisPresence | None = None
+        if config.presence:
+            self._presence = RedisPresence(channels=channels or Channels(config.channel_prefix),
+                                           hub_id=f"{seed:08x}", timeout=config.presence_timeout,
+                                           command=self._cmd.command, on_presence=self._presence_answer)
 
     # -- the hub's requests --------------------------------------------------------
 
@@ -98,6 +110,8 @@ class RedisBroker:
         """Dial both links."""
         for role in self._sessions:
             self._dial(role, now)
+        if self._presence is not None:
+            self._timers.schedule(_PRESENCE, now + self._config.presence_timeout / 3)
 
     def need(self, channel: bytes) -> None:
         """Subscribe ``channel`` (now, or when the subscriber link is back)."""
@@ -131,6 +145,22 @@ class RedisBroker:
         A ticket is confirmed (``on_published``) when Redis answers the PUBLISH, after any resend.
         """
         self._cmd.publish(channel, payload, resend=resend, ticket=ticket)
+
+    def presence_set(self, group: str, key: str, count: int) -> None:
+        """Written at the next flush, coalesced per group (``_redis_presence.py``)."""
+        if self._presence is not None:
+            self._presence.set(group, key, count)
+
+    def presence_query(self, group: str, ticket: int) -> None:
+        """A script reads every live hub's counts; answered when Redis replies."""
+        if self._presence is None:
+            self._presence_answer(ticket, None, "presence is off")
+        else:
+            self._presence.query(group, ticket)
+
+    def _presence_answer(self, ticket: int, counts: dict[str, int] | None, error: str) -> None:
+        if self._on_presence is not None:
+            self._on_presence(ticket, counts, error)
 
     # -- link inputs (from the shell, through the hub) ---------------------------------
 
@@ -185,14 +215,11 @@ class RedisBroker:
                     self._on_message(event.channel, event.payload)
         else:
             for error in self._cmd.feed(data, now):
-                self.publish_errors += 1
-                log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
-            if self._cmd.acknowledged:
-                acknowledged = self._cmd.acknowledged
-                self._cmd.acknowledged = []
-                if self._on_published is not None:
-                    for ticket, error_text in acknowledged:
-                        self._on_published(ticket, error_text)
+                if self._presence is None or not str(error).startswith("NOSCRIPT"):
+                    self.publish_errors += 1
+                    log.warning("redis refused a PUBLISH: %s", error,
+                                extra={"event": "publish_refused", "reason": str(error)})
+            self._acknowledged()
         if session.broken:
             self._drop_link(role, session, now, session.broken, close=True)
             return
@@ -202,11 +229,19 @@ class RedisBroker:
                      extra={"event": "link_up", "link": role.value})
             if session is self._cmd:
                 self._on_publisher_back()
+                if self._presence is not None:
+                    self._presence.restore()
         self._timers.schedule(role, session.deadline(self._timeout))  # idle ping from the last reply
 
     def handle_timer(self, now: float) -> None:
         """Redial, connect and reply timeouts, idle pings."""
         for role in self._timers.pop_due(now):
+            if role == _PRESENCE:
+                assert self._presence is not None
+                if self._cmd.state is RedisState.READY:
+                    self._presence.refresh()  # else restore() writes everything when the link is back
+                self._timers.schedule(_PRESENCE, now + self._config.presence_timeout / 3)
+                continue
             assert isinstance(role, RedisLink)
             self._link_timer(role, now)
 
@@ -216,6 +251,8 @@ class RedisBroker:
 
     def flush(self, now: float) -> None:
         """SUBSCRIBE/UNSUBSCRIBE and PUBLISH queued since the last flush, one write per link."""
+        if self._presence is not None and self._cmd.state is RedisState.READY:
+            self._presence.flush()  # else kept, and written whole by restore() when the link is back
         if self._cmd.buffered_bytes > self._buffered_peak:  # notices (client-new/-gone) count too
             self._buffered_peak = self._cmd.buffered_bytes
         for role, data in ((RedisLink.SUBSCRIBER, self._sub.take_commands(now)),
@@ -290,7 +327,14 @@ class RedisBroker:
             ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
             ("wshub_redis_buffered_bytes_max", "gauge", "Highest wshub_redis_buffered_bytes since the start.",
              [("", self._buffered_peak)]),
+            *self._presence_samples(),
         ]
+
+    def _presence_samples(self) -> list[Sample]:
+        if self._presence is None:
+            return []
+        return [("wshub_presence_entries", "gauge", "(group, key) pairs this hub has presence entries for.",
+                 [("", self._presence.entries())])]
 
     # -- internals -------------------------------------------------------------------
 
@@ -312,6 +356,8 @@ class RedisBroker:
         if close:
             self._sink.append(CloseLink(link=link))
         session.lost(now)
+        if session is self._cmd:
+            self._acknowledged()  # tickets of commands the loss dropped: "link lost"
         if was_ready:
             self.reconnects += 1
         self._link_errors[role] = why
@@ -319,6 +365,22 @@ class RedisBroker:
         log.warning("redis %s link to %s: %s; retrying in %.2fs", role.value, self._address, why,
                     session.connect_at - now, extra={"event": "link_down", "link": role.value, "reason": why})
         self._timers.schedule(role, session.connect_at)
+
+    def _acknowledged(self) -> None:
+        """Hand each answered (or dropped) ticket to its owner: presence's are negative, the hub's positive."""
+        if not self._cmd.acknowledged:
+            return
+        acknowledged = self._cmd.acknowledged
+        self._cmd.acknowledged = []
+        for ticket, error, reply in acknowledged:
+            if ticket < 0:
+                if self._presence is not None:
+                    if reply is None and error == "link lost":
+                        self._presence.dropped(ticket)
+                    else:
+                        self._presence.reply(ticket, error, reply)
+            elif self._on_published is not None:
+                self._on_published(ticket, error)
 
     def _link_timer(self, role: RedisLink, now: float) -> None:
         session = self._sessions[role]

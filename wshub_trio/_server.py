@@ -39,6 +39,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -170,7 +171,9 @@ class Server(Generic[CoreT]):
             nursery.start_soon(self._drain_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._accept_all)
-            self.core.start(trio.current_time())
+            now = trio.current_time()
+            self.core.clock(now, time.time())
+            self.core.start(now)
             self.drain()
             task_status.started()
 
@@ -242,6 +245,7 @@ class Server(Generic[CoreT]):
                 continue  # moved later between the expiry and this task running
             self._timer_at = None
             self.core.loop_lag(now - deadline)  # how late the loop ran the timer
+            self.core.clock(now, time.time())  # follows a wall clock that was stepped: tokens expire on time
             self.core.handle_timer(now)
             self.drain()
 

@@ -72,7 +72,7 @@ CMD = RedisLink.COMMANDS
 # RFC 6455 section 7.4.1 codes the hub documents (CloseCode), and the HTTP
 # statuses it documents (architecture.md), plus h11's own hint for a
 # Transfer-Encoding it cannot parse.
-DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011, 4000})
+DOCUMENTED_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1008, 1009, 1011, 4000, 4001})
 DOCUMENTED_HTTP_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 426, 431, 501, 502, 503})
 
 WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3 sample nonce

@@ -189,3 +189,44 @@ class TestBrokerChoice:
         assert config.api_key == "s3cret-api"
         assert "api.key" in config.hidden_keys()
         assert config.as_dict()["api"]["key"] == "***"
+
+
+class TestAuthAndLimitKeys:
+    """auth.jwt.* and the rate limits: nested sections, secrets hidden, contradictions named with both sources."""
+
+    SECRET = "x" * 32
+
+    def test_a_nested_section_loads_and_its_secret_is_hidden(self) -> None:
+        config = load_config(f"auth:\n  jwt:\n    secret: {self.SECRET}\n    audience: hub\n")
+        assert (config.jwt_secret, config.jwt_audience) == (self.SECRET, "hub")
+        assert config.as_dict()["auth"]["jwt"]["secret"] == "***"
+        assert "auth.jwt.secret" in config.hidden_keys()
+
+    def test_an_unknown_key_inside_the_nested_section_is_named(self) -> None:
+        with pytest.raises(ConfigError,
+                           match=r"auth.jwt.secrt in config.yaml: unknown key \(did you mean auth.jwt.secret\?\)"):
+            load_config("auth:\n  jwt:\n    secrt: x\n")
+
+    def test_a_short_secret_is_refused(self) -> None:
+        with pytest.raises(ConfigError, match=r"auth.jwt.secret in environment variable WSHUB_AUTH_JWT_SECRET: "
+                                              r"5 bytes; an HS256 secret must be at least 32"):
+            load_config(None, environ={"WSHUB_AUTH_JWT_SECRET": "short"})
+
+    def test_a_secret_and_a_public_key_together_are_refused(self) -> None:
+        with pytest.raises(ConfigError, match=r"auth.jwt.publicKey in config.yaml: set, but so is auth.jwt.secret in "
+                                              r"environment variable WSHUB_AUTH_JWT_SECRET"):
+            load_config("auth:\n  jwt:\n    publicKey: /k.pem\n", environ={"WSHUB_AUTH_JWT_SECRET": self.SECRET})
+
+    def test_a_previous_secret_needs_a_current_one(self) -> None:
+        with pytest.raises(ConfigError, match=r"auth.jwt.previousSecret in config.yaml: set, but auth.jwt.secret "
+                                              r"\(default ''\) is empty"):
+            load_config(f"auth:\n  jwt:\n    previousSecret: {self.SECRET}\n")
+
+    def test_a_byte_rate_below_the_largest_message_is_refused(self) -> None:
+        with pytest.raises(ConfigError, match=r"webSocket.maxBytesPerSecond in config.yaml: must be at least "
+                                              r"webSocket.maxMessageSize \(default 65536\)"):
+            load_config("webSocket:\n  maxBytesPerSecond: 1000\n")
+
+    def test_a_message_rate_may_be_fractional(self) -> None:
+        assert load_config(None, environ={"WSHUB_WEBSOCKET_MAX_MESSAGES_PER_SECOND": "0.5"}).max_messages_per_second \
+            == 0.5

@@ -133,7 +133,7 @@ class TestAdminPage:
         if method == b"GET":
             assert answer.body.startswith(b"<!DOCTYPE html>") and b"/api/status" in answer.body
             assert b"alice" not in answer.body and KEY.encode() not in answer.body
-            assert b"PRESENCE" in answer.body  # the marked place for presence
+            assert b"/presence" in answer.body  # the presence panel asks /api/groups/GROUP/presence
         else:
             assert answer.body == b""
 
