@@ -92,25 +92,32 @@ def snapshot() -> tracemalloc.Snapshot:
     return tracemalloc.take_snapshot()
 
 
+async def measure(shell: str, port: int, core: Any, clients: int, in_thread: Callable[..., Any],
+                  sleep: Callable[[float], Any]) -> dict[str, Any]:
+    """The heap grown while the child connects ``clients`` to ``port`` (the shell's loop's own helpers given)."""
+    proc = child(port, clients)
+    try:
+        await wait_line(proc, "started", in_thread)
+        before = snapshot()
+        say(proc)
+        await wait_line(proc, "ready", in_thread)
+        while core.client_count() < clients:  # the last upgrades may still be in the loop
+            await sleep(0.05)
+        return result(shell, clients, before, snapshot())
+    finally:
+        say(proc)
+        proc.wait(30)
+
+
 async def on_asyncio(clients: int) -> dict[str, Any]:
     from wshub_asyncio import Server
     from wshub_core import EchoHub
 
     server = Server(EchoHub(handshake_timeout=600))
     await server.start(host="127.0.0.1", port=0)
-    proc = child(server.port, clients)
     try:
-        await wait_line(proc, "started", asyncio.to_thread)
-        before = snapshot()
-        say(proc)
-        await wait_line(proc, "ready", asyncio.to_thread)
-        while server.core.client_count() < clients:  # the last upgrades may still be in the loop
-            await asyncio.sleep(0.05)
-        after = snapshot()
-        return result("asyncio", clients, before, after)
+        return await measure("asyncio", server.port, server.core, clients, asyncio.to_thread, asyncio.sleep)
     finally:
-        say(proc)
-        proc.wait(30)
         await server.close()
 
 
@@ -124,19 +131,9 @@ async def on_trio(clients: int) -> dict[str, Any]:
     await server.listen(host="127.0.0.1", port=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
-        proc = child(server.port, clients)
         try:
-            await wait_line(proc, "started", trio.to_thread.run_sync)
-            before = snapshot()
-            say(proc)
-            await wait_line(proc, "ready", trio.to_thread.run_sync)
-            while server.core.client_count() < clients:
-                await trio.sleep(0.05)
-            after = snapshot()
-            return result("trio", clients, before, after)
+            return await measure("trio", server.port, server.core, clients, trio.to_thread.run_sync, trio.sleep)
         finally:
-            say(proc)
-            proc.wait(30)
             server.close()
 
 
@@ -157,6 +154,11 @@ def main() -> int:
     p.add_argument("--shell", choices=["asyncio", "trio"], required=True)
     p.add_argument("--clients", type=int, default=2000)
     a = p.parse_args()
+    import wshub_asyncio  # noqa: F401 - imported before tracing starts: an import traced 25 frames deep is slow
+    import wshub_core  # noqa: F401
+
+    if a.shell == "trio":
+        import wshub_trio  # noqa: F401
     tracemalloc.start(25)
     if a.shell == "asyncio":
         out = asyncio.run(on_asyncio(a.clients))
