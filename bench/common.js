@@ -75,9 +75,36 @@ class Steps {
 
 // Payload layout (ASCII, so a text frame): KIND STEP ',' T_US ',' padding.
 // KIND: 'M' group message, 'P' probe, 'U' upstream (client -> Redis).
+// BENCH_FILL=json pads with JSON records (as compressible as a real API's JSON, unlike 'xxx...'),
+// the same for every message of a size, so a compressing server sees what it would in production.
+const fills = new Map();
+function jsonFill(n) {
+  let text = fills.get(n);
+  if (text === undefined) {
+    const parts = [];
+    let len = 0;
+    let seed = 12345;
+    for (let i = 0; len < n; i++) {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      const rec = `{"id":${i},"symbol":"S${seed % 500}","price":${(seed % 100000) / 100},"qty":${seed % 977}},`;
+      parts.push(rec);
+      len += rec.length;
+    }
+    text = parts.join('').slice(0, n);
+    fills.set(n, text);
+  }
+  return text;
+}
+
+// What follows a message's head to make it ``size`` bytes.
+function padding(size, headLen) {
+  if (size <= headLen) return '';
+  return process.env.BENCH_FILL === 'json' ? jsonFill(size - headLen) : 'x'.repeat(size - headLen);
+}
+
 function makePayload(kind, step, tUs, size) {
   const head = `${kind}${step},${tUs},`;
-  return size > head.length ? head + 'x'.repeat(size - head.length) : head;
+  return head + padding(size, head.length);
 }
 
 // Parse 'KIND STEP , T_US ,' from a Buffer without decoding the padding.
@@ -360,6 +387,6 @@ class Pool {
 }
 
 module.exports = {
-  nowUs, bucketOf, Step, Steps, makePayload, parseHead, emit, onCommands, cpuUs, parseArgs,
+  nowUs, bucketOf, Step, Steps, makePayload, padding, parseHead, emit, onCommands, cpuUs, parseArgs,
   encodeCommand, RespParser, splitHostPort, splitUrl, HttpResponseParser, httpRequest, Pool, NBUCKETS, LINEAR, SUB,
 };

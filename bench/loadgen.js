@@ -9,6 +9,7 @@
 //
 // usage: node loadgen.js --url ws://127.0.0.1:8080/ws --clients 1000 [--offset 0]
 //        [--groups 1] [--local 127.0.0.1] [--concurrency 200] [--retries 3] [--receiver raw|ws]
+//        [--deflate 0|1]   offer permessage-deflate (no context takeover either way: each frame inflates alone)
 // stdout: JSON lines. {"event":"started"} at once; then on stdin commands:
 //   {"cmd":"connect"}                 open every client -> {"event":"open",...}
 //   {"cmd":"probe_status"}            -> clients that got a probe, groups still missing one
@@ -18,6 +19,7 @@
 //   {"cmd":"quit"}
 // Every loop is bounded: connects by --clients x --retries, sends by rate x seconds.
 
+const zlib = require('zlib');
 const WebSocket = require('ws');
 const { nowUs, Steps, makePayload, parseHead, emit, onCommands, cpuUs, parseArgs } = require('./common');
 
@@ -32,7 +34,11 @@ const opts = parseArgs(process.argv.slice(2), {
   retries: 3,
   timeout: 20000,
   receiver: 'raw',
+  deflate: 0,
 });
+const DEFLATE_TAIL = Buffer.from([0, 0, 0xff, 0xff]);
+const INFLATE_OPTS = { finishFlush: zlib.constants.Z_SYNC_FLUSH }; // a message ends on a sync flush, not a final block
+let wireBytes = 0; // frame bytes received (header + payload, compressed or not), since the last report
 const N = opts.clients;
 const G = Math.max(1, opts.groups);
 const locals = opts.local.split(',').filter(Boolean);
@@ -104,8 +110,10 @@ function takeOverReceiving(i, ws) {
       }
       if (pos + h + n > len) break;
       const op = b0 & 15;
-      const payload = chunk.subarray(pos + h, pos + h + n);
+      let payload = chunk.subarray(pos + h, pos + h + n);
       pos += h + n;
+      wireBytes += h + n;
+      if (b0 & 0x40) payload = zlib.inflateRawSync(Buffer.concat([payload, DEFLATE_TAIL]), INFLATE_OPTS);
       if (op <= 2) onMessage(i, payload);
       else if (op === 9) ws.pong(payload);
       else if (op === 8) {
@@ -121,7 +129,7 @@ function open(i, attempt) {
   return new Promise((resolve) => {
     const g = opts.offset + i;
     const ws = new WebSocket(`${opts.url}?${opts.key}=k${g}`, {
-      perMessageDeflate: false,
+      perMessageDeflate: opts.deflate ? { serverNoContextTakeover: true, clientNoContextTakeover: true } : false,
       skipUTF8Validation: true,
       localAddress: locals.length ? locals[i % locals.length] : undefined,
       handshakeTimeout: opts.timeout,
@@ -221,11 +229,14 @@ onCommands((cmd) => {
       }
       return undefined;
     }
-    case 'report':
+    case 'report': {
+      const wire = wireBytes;
+      wireBytes = 0;
       return emit({
         event: 'report', steps: steps.take(), opened, failed, closed_early: closedEarly, other: otherMessages,
-        errors, cpu: cpuUs(),
+        errors, cpu: cpuUs(), wire_bytes: wire,
       });
+    }
     case 'send':
       return send(cmd);
     case 'quit':

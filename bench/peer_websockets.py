@@ -172,6 +172,8 @@ async def main() -> None:
     parser.add_argument("--path", default="/ws")
     parser.add_argument("--pong-wait", type=float, default=60.0)
     parser.add_argument("--max-message-size", type=int, default=65536)
+    parser.add_argument("--compression", action="store_true",
+                        help="permessage-deflate as websockets does it: a compressor per connection")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -184,7 +186,8 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with serve(
-        peer.handler, host or None, int(port), process_request=peer.process_request, compression=None,
+        peer.handler, host or None, int(port), process_request=peer.process_request,
+        compression="deflate" if args.compression else None,
         ping_interval=args.pong_wait * 0.9, ping_timeout=args.pong_wait, max_size=args.max_message_size,
         backlog=4096,
     ):

@@ -22,7 +22,7 @@
 const net = require('net');
 const {
   nowUs, emit, onCommands, cpuUs, parseArgs, RespParser, splitHostPort, splitUrl, HttpResponseParser, httpRequest,
-  Pool, Step,
+  Pool, Step, padding,
 } = require('./common');
 
 const opts = parseArgs(process.argv.slice(2), {
@@ -114,10 +114,6 @@ function publish(c, group, payload, out) {
 
 function write(out) {
   if (out) sock.write(out);
-}
-
-function padding(size, headLen) {
-  return size > headLen ? 'x'.repeat(size - headLen) : '';
 }
 
 function counter(step, resolve) {

@@ -351,6 +351,7 @@ class Options:
     api_conns: int = 4  # keep-alive connections of an HTTP API publisher
     api_depth: int = 1  # requests in flight on each of them (1: no pipelining)
     extra_yaml: str = ""  # appended to WS-Hub's config file (bench/presence.py: a presence section)
+    compression: bool = False  # permessage-deflate: servers on, load generators offer it
 
     @property
     def memory(self) -> bool:
@@ -372,6 +373,7 @@ class Rig:
         self.opened = 0
         self.pid = 0
         self.api_key = secrets.token_hex(16) if opts.api or opts.memory else ""
+        self.wire_bytes = 0  # frame bytes the load generators received in collect()ed steps
 
     @property
     def api_url(self) -> str:
@@ -444,7 +446,8 @@ class Rig:
                 f"loadgen{p}", "loadgen.js",
                 ["--url", f"ws://127.0.0.1:{self.port}/ws", "--key", "session_key", "--clients", str(n),
                  "--offset", str(offset), "--groups", str(o.groups), "--local", local,
-                 "--concurrency", str(max(1, o.concurrency // procs)), "--receiver", o.receiver], o.logdir)
+                 "--concurrency", str(max(1, o.concurrency // procs)), "--receiver", o.receiver,
+                 "--deflate", "1" if o.compression else "0"], o.logdir)
             await lg.wait("started", 10)
             self.loadgens.append(lg)
             self.shares.append((offset, n))
@@ -466,7 +469,8 @@ class Rig:
             cfg.write_text(
                 f'address: "127.0.0.1:{self.port}"\nclientKey: "session_key"\nserverUrl: "/ws"\n'
                 f"workers: {o.workers}\n{broker}{api}"
-                "webSocket:\n  pongWait: 60\n  maxMessageSize: 65536\n" + o.extra_yaml
+                "webSocket:\n  pongWait: 60\n  maxMessageSize: 65536\n"
+                + ("  compression: true\n" if o.compression else "") + o.extra_yaml
             )
             self.server = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", f"wshub_{o.shell}", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=err,
@@ -475,6 +479,7 @@ class Rig:
             self.server = await asyncio.create_subprocess_exec(
                 PYTHON, str(BENCH / "peer_websockets.py"), "--address", f"127.0.0.1:{self.port}", "--redis", raddr,
                 "--prefix", PREFIX, "--pong-wait", "60", "--max-message-size", "65536",
+                *(["--compression"] if o.compression else []),
                 stdout=subprocess.DEVNULL, stderr=err, cwd=o.logdir, env=env)
         err.close()
         self.pid = self.server.pid
@@ -583,6 +588,7 @@ class Rig:
         count = first = last = 0
         for lg in self.loadgens:
             rep = await lg.call({"cmd": "report"}, "report", 60)
+            self.wire_bytes += rep.get("wire_bytes", 0)
             s = rep["steps"].get(str(step))
             if s is None:
                 continue
@@ -807,6 +813,7 @@ async def scenario_broadcast(a: argparse.Namespace, opts: Options) -> Json:
         assert r.publisher is not None
         await asyncio.sleep(0.5)
         await r.reset_reports()
+        r.wire_bytes = 0
         spy = await start_profile(r.pid, opts.profile)
         cpu0, h0 = r.server_cpu(), r.helper_cpu()
         lost = 0
@@ -833,6 +840,7 @@ async def scenario_broadcast(a: argparse.Namespace, opts: Options) -> Json:
         "cpu_us_per_delivery": round((cpu1 - cpu0) * 1e6 / max(1, deliveries), 3),
         "server_sys_share": round((h1["server_sys"] - h0["server_sys"]) / max(0.01, cpu1 - cpu0), 2),
         "loadgen_cpu_us_per_delivery": round((h1["loadgen"] - h0["loadgen"]) * 1e6 / max(1, deliveries), 3),
+        "wire_bytes_per_broadcast": round(r.wire_bytes / a.reps),
     }
 
 
@@ -954,6 +962,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
                    help="requests in flight on each of those connections (1: no pipelining, a request waits for "
                    "the answer to the one before); default: api_publish 1, else 64 (a paced publisher that waits "
                    "for each answer would be the limit, where the Redis one pipelines without bound)")
+    p.add_argument("--compression", action="store_true",
+                   help="permessage-deflate on: WS-Hub webSocket.compression, the peer's websockets compression, "
+                   "load generators offering it (no context takeover either way)")
+    p.add_argument("--fill", choices=["x", "json"], default="x",
+                   help="payload padding: 'x' repeated, or JSON records (what compression sees in production)")
     p.add_argument("--label", default="", help="free text copied into the result")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     a = p.parse_args(argv)
@@ -962,6 +975,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     a.clients = a.clients or clients
     a.groups = a.groups or groups
     a.api_depth = a.api_depth or (1 if a.scenario == "api_publish" else 64)
+    if a.fill == "json":
+        os.environ["BENCH_FILL"] = "json"  # read by the Node helpers (common.js makePayload)
 
     servers = ["wshub", "peer"] if a.server == "both" else a.server.split(",")
     for server in servers:
@@ -992,7 +1007,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
                        receiver=a.receiver, hub_pythonpath=a.hub_pythonpath if kind == "proto" else "",
                        uvloop=a.uvloop if server.endswith("+uv") else "", workers=a.workers,
                        profile=f"{a.profile}.{server}" if a.profile and kind != "peer" else "", logdir=logdir,
-                       api_conns=a.api_conns, api_depth=a.api_depth)
+                       api_conns=a.api_conns, api_depth=a.api_depth, compression=a.compression)
         try:
             results[server] = await SCENARIOS[a.scenario](a, opts)
             if kind != "peer":

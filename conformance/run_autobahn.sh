@@ -12,6 +12,7 @@
 #                copy of the tree to try a candidate change to the core
 #   SHELL_NAME   which shell serves the echo app: asyncio (default) or trio
 #                (python -m wshub_$SHELL_NAME.echo)
+#   ECHO_ARGS    more arguments for the echo app, e.g. --compression (with cases '12.*' '13.*')
 #
 # Exits 0 when no case is FAILED or NON-STRICT, 1 otherwise, 2 on a setup error.
 set -euo pipefail
@@ -56,7 +57,8 @@ json.dump(spec, open(dst, "w"), indent=2)
 PY
 
 cd "${ECHO_SRC:-$repo}"  # python -m puts the current directory first on sys.path
-"$PYTHON" -m "wshub_$SHELL_NAME.echo" --address "127.0.0.1:$port" >"$REPORTS/echo.log" 2>&1 &
+# shellcheck disable=SC2086  # ECHO_ARGS is a list of words
+"$PYTHON" -m "wshub_$SHELL_NAME.echo" --address "127.0.0.1:$port" ${ECHO_ARGS:-} >"$REPORTS/echo.log" 2>&1 &
 server_pid=$!
 stop_server() {
     if kill -0 "$server_pid" 2>/dev/null; then

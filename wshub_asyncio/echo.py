@@ -55,6 +55,8 @@ def echo_options(argv: list[str] | None, *, prog: str) -> tuple[str, int, EchoHu
                         help="bytes; a larger message is closed with 1009 (default %(default)s)")
     parser.add_argument("--max-outbound-buffer", type=int, default=32 * MiB,
                         help="bytes held for a client that does not read (default %(default)s)")
+    parser.add_argument("--compression", action="store_true",
+                        help="accept permessage-deflate (RFC 7692) when offered: Autobahn sections 12 and 13")
     parser.add_argument("--debug", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
@@ -64,7 +66,7 @@ def echo_options(argv: list[str] | None, *, prog: str) -> tuple[str, int, EchoHu
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hub = EchoHub(path=args.path, max_message_size=args.max_message_size,
-                  max_outbound_buffer=args.max_outbound_buffer)
+                  max_outbound_buffer=args.max_outbound_buffer, compression=args.compression)
     return host, port, hub
 
 

@@ -58,6 +58,8 @@ from wsproto.events import Request as WsRequest
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
+from ._deflate import BoundedDeflate
+
 __all__ = [
     "ClientConnection",
     "ClientState",
@@ -171,6 +173,7 @@ class ClientConnection:
         "_held",
         "_refuse_keep_alive",
         "_chunked",
+        "deflate_bits",
     )
 
     def __init__(self, *, conn: int, now: float, max_header_size: int, max_message_size: int) -> None:
@@ -210,6 +213,7 @@ class ClientConnection:
         self._held = 0  # bytes waiting in h11's buffer behind a request (REQUEST, WAITING)
         self._refuse_keep_alive = False  # pipelined bytes were dropped: close after the answer
         self._chunked = False  # a stream's framing: chunked (HTTP/1.1) or close-delimited (HTTP/1.0)
+        self.deflate_bits: int | None = None  # permessage-deflate negotiated: the server window (9-15)
 
     # -- input ---------------------------------------------------------------
 
@@ -375,6 +379,8 @@ class ClientConnection:
                     self._close_at = len(self.out)
                     self._write(ws.send(event.response()))
                     self._set_closed(event.code, event.reason or "closed by client")
+                elif event.code == CloseCode.TOO_BIG:  # permessage-deflate inflated past the limit
+                    self.close(CloseCode.TOO_BIG, f"message over {self._max_message_size} bytes")
                 else:
                     # wsproto found a protocol error and hands us the code to send.
                     self.close(event.code, event.reason or "protocol error")
@@ -383,16 +389,20 @@ class ClientConnection:
 
     # -- decisions the hub takes ----------------------------------------------
 
-    def accept(self, request: HttpRequest) -> bool:
-        """Upgrade to WebSocket; on a bad handshake answer with wsproto's status."""
+    def accept(self, request: HttpRequest, *, compression: bool = False) -> bool:
+        """Upgrade to WebSocket; on a bad handshake answer with wsproto's status.
+
+        ``compression``: accept permessage-deflate if the client offers it (``_deflate.py``).
+        """
         assert self.state is ClientState.REQUEST and self._h11 is not None
         handshake = H11Handshake(ConnectionType.SERVER)
         trailing, _closed = self._h11.trailing_data
+        deflate = BoundedDeflate(max_message_size=self._max_message_size) if compression else None
         try:
             handshake.receive_data(bytes(self._head))
             for event in handshake.events():
                 if isinstance(event, WsRequest):
-                    self._write(handshake.send(AcceptConnection()))
+                    self._write(handshake.send(AcceptConnection(extensions=[deflate] if deflate else [])))
         except WsRemoteProtocolError as exc:
             hint = exc.event_hint
             if isinstance(hint, RejectConnection):
@@ -407,6 +417,8 @@ class ClientConnection:
             return False
         ws = handshake.connection
         assert ws is not None
+        if deflate is not None and deflate.enabled():
+            self.deflate_bits = deflate.server_max_window_bits
         self._h11 = None
         self._head = bytearray()
         self._ws = ws

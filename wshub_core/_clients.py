@@ -74,7 +74,8 @@ class ClientTable:
                  on_left: Callable[[ClientConnection], None], max_header_size: int, max_message_size: int,
                  max_outbound_buffer: int, handshake_timeout: float, write_wait: float,
                  pong_wait: float | None,
-                 on_kept_alive: Callable[[ClientConnection, int], None] | None = None) -> None:
+                 on_kept_alive: Callable[[ClientConnection, int], None] | None = None,
+                 compression: bool = False) -> None:
         """``sink``: the owner's action list, so the table's actions keep their order among the owner's.
 
         ``on_outcomes(client, outcomes, now)``: what a client's bytes completed;
@@ -86,6 +87,7 @@ class ClientTable:
         ``pong_wait``: close a silent open client after this long, pinging at 0.9 of it, and
         send a stream a comment after half of it without output; None: no keepalive (a
         conformance target must not send unsolicited pings).
+        ``compression``: accept permessage-deflate when a client offers it (``_deflate.py``).
         """
         self._sink = sink
         self._max_header_size = max_header_size
@@ -94,6 +96,7 @@ class ClientTable:
         self._handshake_timeout = handshake_timeout
         self._write_wait = write_wait
         self._pong_wait = pong_wait
+        self._compression = compression  # accept permessage-deflate when offered
         self._ping_interval = None if pong_wait is None else pong_wait * 0.9  # as websockets pings
         self._clients: dict[int, ClientConnection] = {}
         self._dirty: dict[int, ClientConnection] = {}
@@ -276,7 +279,7 @@ class ClientTable:
         """Upgrade to WebSocket (False: wsproto refused the handshake and answered it)."""
         client = self._clients[conn]
         self._dirty[conn] = client
-        if not client.accept(request):
+        if not client.accept(request, compression=self._compression):
             return False
         if self._ping_interval is not None:
             self._timers.schedule(conn, now + self._ping_interval)

@@ -164,6 +164,10 @@ KEYS: tuple[Key, ...] = (
                        "with 1008 (0: no limit)"),
     Key(path="webSocket.maxBytesPerSecond", attr="max_bytes_per_second", kind="bytes", default=0, minimum=0,
         doc="message bytes a client may send per second, as maxMessagesPerSecond (0: no limit)"),
+    Key(path="webSocket.compression", attr="compression", kind="bool", default=False,
+        doc="accept permessage-deflate when a client offers it (a broadcast is compressed once)"),
+    Key(path="webSocket.compressionThreshold", attr="compression_threshold", kind="bytes", default=256, minimum=0,
+        doc="messages to clients shorter than this go uncompressed"),
     Key(path="webSocket.maxConnections", attr="max_connections", kind="int", default=0, minimum=0,
         doc="open client connections per process; more are answered 503 (0: no limit)"),
     Key(path="webSocket.maxHeaderSize", attr="max_header_size", kind="bytes", default=16384, minimum=256,
@@ -215,6 +219,8 @@ class Config:
     groups_timeout: float = 0.0
     max_messages_per_second: float = 0.0
     max_bytes_per_second: int = 0
+    compression: bool = False
+    compression_threshold: int = 256
     max_connections: int = 0
     max_header_size: int = 16384
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)

@@ -25,6 +25,7 @@ from wsproto.frame_protocol import FrameProtocol
 from ._actions import Action, StopListening, Stopped
 from ._client import ClientConnection, CloseCode, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable
+from ._deflate import Compressor
 
 __all__ = ["EchoHub"]
 
@@ -55,7 +56,9 @@ class EchoHub:
         max_header_size: int = 16384,
         handshake_timeout: float = 10.0,
         write_wait: float = 30.0,
+        compression: bool = False,
     ) -> None:
+        """``compression``: accept permessage-deflate when offered, and echo compressed (Autobahn 12, 13)."""
         # Bytes held in the core while the socket's buffer is full. Reading is
         # paused meanwhile, so this only has to hold the echoes of one read
         # (up to one whole message).
@@ -63,7 +66,9 @@ class EchoHub:
         self._clients = ClientTable(sink=self._actions, on_outcomes=self._handle_outcomes, on_left=self._log_left,
                                     max_header_size=max_header_size,
                                     max_message_size=max_message_size, max_outbound_buffer=max_outbound_buffer,
-                                    handshake_timeout=handshake_timeout, write_wait=write_wait, pong_wait=None)
+                                    handshake_timeout=handshake_timeout, write_wait=write_wait, pong_wait=None,
+                                    compression=compression)
+        self._compressor = Compressor(threshold=0)
         self.path = path
         self.client_opened = self._clients.opened
         self.client_data = self._clients.data
@@ -131,7 +136,10 @@ class EchoHub:
             if isinstance(outcome, MessageReceived):
                 # If this input also closed the connection, ClientConnection puts
                 # the echo in front of its close frame.
-                self._clients.send_frame(client.conn, encode_echo(outcome.data, binary=outcome.binary))
+                bits = client.deflate_bits
+                frame = encode_echo(outcome.data, binary=outcome.binary) if bits is None else \
+                    self._compressor.frame(outcome.data, not outcome.binary, bits)
+                self._clients.send_frame(client.conn, frame)
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)
 

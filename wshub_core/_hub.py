@@ -35,6 +35,7 @@ from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpBody, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
 from ._config import Config
+from ._deflate import Compressor
 from ._http import Admin, Answer, ApiCall, RouteContext, admin_answer, route
 from ._logs import fingerprint
 from ._memory_broker import MemoryBroker
@@ -68,7 +69,7 @@ class _Member:
     """Hub-side facts about an upgraded connection."""
 
     __slots__ = ("key", "data_channel", "joined_at", "has_groups", "announced", "fp", "messages", "bytes",
-                 "filled_at")
+                 "filled_at", "deflate")
 
     def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
@@ -81,6 +82,7 @@ class _Member:
         self.messages = 0.0
         self.bytes = 0.0
         self.filled_at = joined_at
+        self.deflate: int | None = None  # permessage-deflate's server window, if negotiated
 
 
 class Hub:
@@ -100,7 +102,9 @@ class Hub:
             handshake_timeout=config.handshake_timeout,
             write_wait=config.write_wait,
             pong_wait=config.pong_wait,
+            compression=config.compression,
         )
+        self._compressor = Compressor(threshold=config.compression_threshold) if config.compression else None
         self._timers = Timers()  # the hub's own deadlines: Redis links, groups timeouts, shutdown
         self._now = 0.0  # time of the latest Redis or shutdown input (the table keeps the clients')
         self._wall_offset = 0.0  # wall-clock time minus now (``clock``): token exp and nbf are wall-clock times
@@ -366,6 +370,7 @@ class Hub:
         member = _Member(key, self._channels.client_data(key), now)
         member.messages = cfg.max_messages_per_second  # full buckets: a client may start with a burst
         member.bytes = cfg.max_bytes_per_second
+        member.deflate = client.deflate_bits
         self._members[conn] = member
         key_channel = self._routing.key_channel(key)
         siblings = self._routing.conns_of_key(key_channel)
@@ -494,11 +499,32 @@ class Hub:
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
     def _deliver(self, conns: dict[int, None], payload: bytes) -> None:
-        """One message to every one of ``conns``: encoded once, the same frame queued to each."""
-        frame = encode_message(payload)
-        self._clients.broadcast(conns, frame)
+        """One message to every one of ``conns``: encoded once, the same frame queued to each.
+
+        With compression, once per window size among them (``_deflate.py``): the members are split by
+        the window they negotiated, and each part gets its own frame, built once.
+        """
+        compressor = self._compressor
+        if compressor is None or len(payload) < compressor.threshold:
+            frame = encode_message(payload)
+            self._clients.broadcast(conns, frame)
+            self.stats.messages_out += len(conns)
+            self.stats.bytes_out += len(frame) * len(conns)
+            return
+        members = self._members
+        by_window: dict[int | None, list[int]] = {}
+        for conn in conns:
+            by_window.setdefault(members[conn].deflate, []).append(conn)
+        try:
+            payload.decode("utf-8")
+            text = True
+        except UnicodeDecodeError:
+            text = False
+        for bits, part in by_window.items():
+            frame = encode_message(payload) if bits is None else compressor.frame(payload, text, bits)
+            self._clients.broadcast(part, frame)
+            self.stats.bytes_out += len(frame) * len(part)
         self.stats.messages_out += len(conns)
-        self.stats.bytes_out += len(frame) * len(conns)
 
     def _key_message(self, channel: bytes, payload: bytes) -> bool:
         """``client-send:KEY`` (a message for each connection of KEY) or ``client-kick:KEY`` (close them)."""

@@ -369,7 +369,7 @@ class SubscriberSession(RedisSession):
 class CommandSession(RedisSession):
     """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
 
-    __slots__ = ("_outbox", "_inflight", "_volatile", "_tickets", "acknowledged", "buffered_bytes")
+    __slots__ = ("_outbox", "_inflight", "_volatile", "_tickets", "acknowledged", "buffered_bytes", "dropped")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, db: int, healthy_after: float) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
@@ -383,6 +383,7 @@ class CommandSession(RedisSession):
         # the caller empties it.
         self.acknowledged: list[tuple[int, str, object]] = []
         self.buffered_bytes = 0  # bytes in outbox + inflight
+        self.dropped = False  # a lost link dropped volatile commands (announcements) since the caller last looked
 
     @property
     def idle(self) -> bool:
@@ -428,6 +429,7 @@ class CommandSession(RedisSession):
             kept: deque[bytes] = deque()
             for cmd in self._outbox:
                 if id(cmd) in volatile:
+                    self.dropped = True
                     self.buffered_bytes -= len(cmd)
                     ticket = self._tickets.pop(id(cmd), 0)
                     if ticket:

@@ -228,7 +228,11 @@ class RedisBroker:
             log.info("redis %s link up (%s)", role.value, self._address,
                      extra={"event": "link_up", "link": role.value})
             if session is self._cmd:
-                self._on_publisher_back()
+                if self._cmd.dropped:
+                    # Only then: announcements queued while the first dial was pending were kept and go out
+                    # now; announcing again would tell the listener twice.
+                    self._cmd.dropped = False
+                    self._on_publisher_back()
                 if self._presence is not None:
                     self._presence.restore()
         self._timers.schedule(role, session.deadline(self._timeout))  # idle ping from the last reply
