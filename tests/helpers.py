@@ -394,14 +394,22 @@ def group_names(server: Any, prefix: str) -> set[str]:
 
 async def wait_groups(server: Any, prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
     """Until exactly ``groups`` are needed and every needed subscription is confirmed by Redis."""
-    await wait_for(lambda: server.core.ready and group_names(server, prefix) == groups, timeout=timeout,
-                   what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
+    await wait_for(lambda: on_hub(server, lambda s: s.core.ready and group_names(s, prefix) == groups),
+                   timeout=timeout, what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
 
 
 async def wait_key_confirmed(server: Any, prefix: str, key: str) -> None:
-    channel = f"{prefix}groups-new:{key}".encode()
-    await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
-                   what=f"groups-new:{key} confirmed")
+    await wait_confirmed(server, f"{prefix}groups-new:{key}".encode(), what=f"groups-new:{key} confirmed")
+
+
+async def wait_confirmed(server: Any, channel: bytes, *, what: str) -> None:
+    """Until ``channel`` is subscribed and Redis confirmed it (the hub is ready: every needed channel is).
+
+    Both read in one step where the hub runs (``on_hub``): on trio, read one after the other from this
+    thread, ``ready`` could be from before the SUBSCRIBE and the channel from after it.
+    """
+    await wait_for(lambda: on_hub(server, lambda s: s.core.ready and channel in s.core.subscribed_channels()),
+                   what=what)
 
 
 def ws_url(port: int, key: str | None, *, path: str = "/ws") -> str:

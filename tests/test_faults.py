@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_confirmed, wait_for, within
 from wshub_asyncio import Server
 from wshub_core import Hub
 
@@ -201,8 +201,7 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(she
             # The hub reconnects, subscribes groups-new:late, and only then announces the client.
             assert await sub.next(10) == (f"{prefix}client-new", b"late")
             await gate.publish(f"{prefix}groups-new:late", '["g"]')
-            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
-                           in server.core.subscribed_channels(), what="group live")
+            await wait_confirmed(server, f"{prefix}group-data:g".encode(), what="group live")
             await gate.publish(f"{prefix}group-data:g", "welcome back")
             assert await within(ws.recv()) == "welcome back"
             await sub.close()

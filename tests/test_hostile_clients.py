@@ -20,6 +20,7 @@ from helpers import (
     RawWebSocket,
     raw_websocket,
     upgrade_head,
+    wait_confirmed,
     wait_for,
     within,
     ws_frame,
@@ -45,8 +46,7 @@ async def good_client(server: Server[Hub], backend: Backend, key: str) -> websoc
     ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
     await backend.key_ready(key)
     await backend.set_groups(key, '["g"]')
-    await wait_for(lambda: server.core.ready and f"{backend.prefix}group-data:g".encode()
-                   in server.core.subscribed_channels(), what="group subscribed")
+    await wait_confirmed(server, f"{backend.prefix}group-data:g".encode(), what="group subscribed")
     return ws
 
 

@@ -15,7 +15,17 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, shell_module, wait_for, within
+from helpers import (
+    RedisProcess,
+    free_port,
+    hub_config,
+    hub_env,
+    running_hub,
+    shell_module,
+    wait_confirmed,
+    wait_for,
+    within,
+)
 from wshub_asyncio import Server
 from wshub_core import KEYS, Hub, env_name, load_config
 
@@ -62,11 +72,9 @@ def test_metrics_count_what_happened(shell: str, redis_server: RedisProcess, pre
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             a, b = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             for key in ("a", "b"):
-                await wait_for(lambda k=key: f"{prefix}groups-new:{k}".encode()  # type: ignore[misc]
-                               in server.core.subscribed_channels(), what="subscribed")
+                await wait_confirmed(server, f"{prefix}groups-new:{key}".encode(), what="subscribed")
                 await r.publish(f"{prefix}groups-new:{key}", '["g"]')
-            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
-                           in server.core.subscribed_channels(), what="group live")
+            await wait_confirmed(server, f"{prefix}group-data:g".encode(), what="group live")
             await r.publish(f"{prefix}group-data:g", "hello")
             assert await within(a.recv()) == await within(b.recv()) == "hello"
             await a.send("up")

@@ -36,6 +36,7 @@ from helpers import (
     running_hub,
     shell_module,
     upgrade_head,
+    wait_confirmed,
     wait_for,
     within,
     ws_frame,
@@ -159,8 +160,7 @@ def test_pause_and_resume_writing_re_arm(shell: str, redis_server: RedisProcess,
             await within(reader.readuntil(b"\r\n\r\n"))
             writer.transport.pause_reading()  # a client that stops reading
             channel = f"{prefix}groups-new:k".encode()
-            await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
-                           what="key confirmed")
+            await wait_confirmed(server, channel, what="key confirmed")
             await r.publish(f"{prefix}groups-new:k", '["g"]')
             await wait_for(lambda: server.core.ready and len(server.core.needed_channels()) == 4, what="in g")
             payload = "x" * 60_000

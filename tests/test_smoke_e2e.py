@@ -6,7 +6,7 @@ import asyncio
 
 import websockets
 
-from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_for, within
+from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_confirmed, within
 
 
 def test_four_steps(shell: str, redis_server: RedisProcess, prefix: str) -> None:
@@ -19,8 +19,7 @@ def test_four_steps(shell: str, redis_server: RedisProcess, prefix: str) -> None
             assert await sub.next() == (f"{prefix}client-new", b"k1")
             await r.publish(f"{prefix}groups-new:k1", '["g1"]')
             # The listener's answer makes the hub SUBSCRIBE group-data:g1; wait until Redis confirmed it.
-            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g1".encode()
-                           in server.core.subscribed_channels(), what="group subscribed")
+            await wait_confirmed(server, f"{prefix}group-data:g1".encode(), what="group subscribed")
             assert await r.publish(f"{prefix}group-data:g1", "hello") == 1
             assert await within(ws.recv()) == "hello"
             await ws.send(b"\x00\xff")
