@@ -80,6 +80,32 @@ class TestCheckConfig:
         assert "environment variable WSHUB_REDIS_ADRESS: unknown" in result.stderr, result.stderr
 
 
+class TestSentinelConfig:
+    """Issue 10: sentinel mode's keys through --check-config, as for every key; cluster is refused by name."""
+
+    def test_sentinel_mode_from_the_environment(self, shell: str, tmp_path: Path) -> None:
+        result = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_REDIS_MODE="sentinel",
+                       WSHUB_REDIS_ADDRESS="10.0.0.1:26379, 10.0.0.2", WSHUB_REDIS_MASTER_NAME="mymaster",
+                       WSHUB_REDIS_SENTINEL_PASSWORD="s3ntinel", WSHUB_REDIS_PROBE_INTERVAL="2")
+        assert result.returncode == 0, result
+        redis = yaml.safe_load(result.stdout)["redis"]
+        assert (redis["mode"], redis["masterName"], redis["probeInterval"]) == ("sentinel", "mymaster", 2.0)
+        assert redis["sentinelPassword"] == "***" and "s3ntinel" not in result.stdout
+        assert "redis.sentinelPassword" in result.stdout.splitlines()[0]
+
+    def test_cluster_is_refused_naming_the_key_and_its_source(self, shell: str, tmp_path: Path) -> None:
+        (tmp_path / "config.yaml").write_text("redis:\n  mode: cluster\n")
+        result = wshub("--check-config", cwd=tmp_path, shell=shell)
+        assert result.returncode == 2, result
+        assert "redis.mode in config.yaml: 'cluster' is not supported yet" in result.stderr, result.stderr
+
+    def test_sentinel_mode_without_a_master_name(self, shell: str, tmp_path: Path) -> None:
+        result = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_REDIS_MODE="sentinel")
+        assert result.returncode == 2, result
+        assert "redis.masterName (default '')" in result.stderr, result.stderr
+        assert "environment variable WSHUB_REDIS_MODE" in result.stderr, result.stderr
+
+
 class TestHelpAndVersion:
     """Item 14."""
 

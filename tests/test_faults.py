@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from helpers import RedisProcess, Subscriber, hub_config, running_hub, wait_confirmed, wait_for, within
+from helpers import RedisProcess, Subscriber, http_exchange, hub_config, running_hub, wait_confirmed, wait_for, within
 from wshub_asyncio import Server
 from wshub_core import Hub
 
@@ -57,7 +57,8 @@ async def client_a_in_group_g(shell: str, own_redis: RedisProcess, prefix: str,
 
 
 async def redis_channels(r: aredis.Redis, prefix: str) -> set[bytes]:
-    return set(await r.pubsub_channels(f"{prefix}*"))
+    """The hub's channels subscribed in Redis, but for its stall probe's own (``PREFIX probe:...``)."""
+    return {ch for ch in await r.pubsub_channels(f"{prefix}*") if not ch.startswith(f"{prefix}probe:".encode())}
 
 
 def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(shell: str, own_redis: RedisProcess,
@@ -285,3 +286,39 @@ def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(shell: str,
         await r.aclose()
 
     run(scenario)
+
+
+def test_sigstop_is_found_by_the_probe_and_the_hub_delivers_again_after_sigcont(own_redis: RedisProcess,
+                                                                                prefix: str) -> None:
+    """A stopped Redis keeps its TCP connections: only the probe can tell, long before redis.timeout."""
+    async def scenario() -> None:
+        async with client_a_in_group_g(own_redis, prefix, redis_timeout=60, redis_probeInterval=0.5) as (server, sub,
+                                                                                                         a):
+            r = own_redis.client()
+            own_redis.pause()
+            try:
+                await wait_for(lambda: server.core.broker.stalls >= 1, timeout=10, what="the probe finds the stall")
+                assert not server.core.ready
+                status, body = await _get(server, b"/readyz")
+                assert status == 503 and b"redis subscriber link" in body and b"stalled: the probe" in body, body
+                _, metrics = await _get(server, b"/metrics")
+                assert b"wshub_redis_stalls_total 1" in metrics
+                assert b'wshub_redis_up{link="subscriber"} 0' in metrics
+                await a.send("during the stall")
+                await wait_for(lambda: server.core.stats.messages_in == 1, what="read")
+                await within(await a.ping())  # the client never notices
+            finally:
+                own_redis.resume()
+            await wait_for(lambda: server.core.ready, timeout=20, what="the hub back after SIGCONT")
+            assert (await _get(server, b"/readyz"))[0] == 200
+            assert await sub.next(10) == (f"{prefix}client-data:a", b"during the stall")
+            await r.publish(f"{prefix}group-data:g", "after the stall")
+            assert await within(a.recv(), 10) == "after the stall"
+            await r.aclose()
+
+    run(scenario)
+
+
+async def _get(server: Server[Hub], path: bytes) -> tuple[int, bytes]:
+    answer = await http_exchange(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    return answer.status, answer.body

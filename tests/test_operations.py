@@ -127,6 +127,9 @@ def test_every_key_can_be_overridden_from_the_environment(key: Any) -> None:
         environ[env_name("auth.jwt.secret")] = "x" * 32  # the previous secret only adds to a current one
     if key.path.startswith("tls."):
         environ = {env_name("tls.certFile"): "/c.pem", env_name("tls.keyFile"): "/k.pem"}
+    if key.path == "redis.mode":  # sentinel mode names the master and takes the sentinels' addresses
+        environ = {env_name("redis.mode"): "sentinel", env_name("redis.masterName"): "mymaster",
+                   env_name("redis.address"): "s1:26379,s2:26379"}
     base = load_config("")
     changed = load_config("", environ=environ)
     assert getattr(changed, key.attr) != getattr(base, key.attr), env_name(key.path)

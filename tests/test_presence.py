@@ -165,7 +165,7 @@ def test_presence_survives_a_redis_restart_and_a_script_flush(shell: str, redis:
     async def scenario() -> None:
         async with hub_process(shell=shell, **presence_env(redis, prefix)) as hub:
             ws = await connect(hub, "dave", "g")
-            # 503 "not ready" until both links are up (the start line comes first): asked again, not failed.
+            # _safe_equals: a 503 while the hub's Redis links are still coming up (just started) means "not yet".
             await wait_until(lambda: _safe_equals(hub.port, "g", {"dave": 1}), what="dave present")
             r = redis.client()
             await r.script_flush()

@@ -130,3 +130,24 @@ async def _lost_after_up(shell: str, redis: RedisProcess) -> None:
         await hub.lines_matching(r"link up", 4)
         status, _ = await readyz(hub.port)
         assert status == 200
+
+
+def test_sentinel_mode_with_no_sentinel_answering_tries_each_in_turn_and_says_so(shell: str) -> None:
+    asyncio.run(_no_sentinel_answers(shell))
+
+
+async def _no_sentinel_answers(shell: str) -> None:
+    ports = [free_port(), free_port()]  # nothing listens there
+    async with hub_process(shell=shell, WSHUB_REDIS_MODE="sentinel", WSHUB_REDIS_MASTER_NAME="mymaster",
+                           WSHUB_REDIS_ADDRESS=",".join(f"127.0.0.1:{p}" for p in ports)) as hub:
+        start = next(line for line in hub.log if "listening on" in line)
+        assert f"redis broker at master 'mymaster' of sentinels 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in start
+        await hub.line_matching(rf"redis sentinel link to 127\.0\.0\.1:{ports[0]}: connect failed: Connection "
+                                rf"refused; trying the next sentinel, 127\.0\.0\.1:{ports[1]}")
+        await hub.line_matching(rf"redis sentinel link to 127\.0\.0\.1:{ports[1]}: connect failed: Connection "
+                                r"refused; retrying in [0-9.]+s")
+        status, body = await readyz(hub.port)
+        assert status == 503 and body.startswith(b"no sentinel answered (last error: 127.0.0.1:"), body
+        metrics = await http_exchange(hub.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b'wshub_redis_up{link="sentinel"} 0' in metrics.body
+        assert not any("redis subscriber link" in line or "redis commands link" in line for line in hub.log)

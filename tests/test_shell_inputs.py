@@ -190,8 +190,10 @@ def test_link_lost_arms_the_reconnect_under_a_new_link_id(shell: str, own_redis:
         async with hub(shell, own_redis, prefix) as server:
             before = server.core.broker.current_links()
             assert sorted(server.links) == sorted(before.values()) and not server._dials
-            # Both hub links (no client, so the subscriber link subscribes nothing: type normal).
+            # Both hub links: the commands link (type normal) and the subscriber link (subscribed to its stall
+            # probe's channel only, no client: type pubsub).
             killed = await r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            killed += await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub", "SKIPME", "yes")
             assert killed == 2
             await wait_for(lambda: not server.core.ready, what="link lost")
             await assert_armed(server)

@@ -80,7 +80,9 @@ def log_listening(config: Config, *, port: int, loop: str, config_file: str | No
     if ":" in host:
         host = f"[{host}]"  # "::1:8080" would be ambiguous
     broker = ("memory broker (in this process)" if config.broker == "memory"
-              else f"redis broker at {host_port(config.redis_host, config.redis_port)}")
+              else f"redis broker at {host_port(config.redis_host, config.redis_port)}" if not config.redis_sentinels
+              else f"redis broker at master {config.redis_master_name!r} of sentinels "
+                   + ", ".join(host_port(*a) for a in config.redis_sentinels))
     log.info("listening on %s:%d%s (%s event loop), %s, %s, %s", host, port, config.server_url, loop,
              "TLS on (wss://)" if config.tls_cert_file else "TLS off (ws://)", broker,
              f"config file {config_file}" if config_file else "no config file")

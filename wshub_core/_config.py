@@ -79,7 +79,7 @@ class Key:
 
     path: str
     attr: str
-    kind: str  # "str", "int", "seconds", "bytes", "number", "list", "bool"
+    kind: str  # "str", "int", "seconds", "bytes", "number", "list", "bool", "addresses" (a string, or a list)
     default: Any
     doc: str
     minimum: float | None = None
@@ -127,8 +127,18 @@ KEYS: tuple[Key, ...] = (
         doc="PEM certificate (chain) for wss://; empty: plain ws://"),
     Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
         doc="PEM private key for tls.certFile"),
-    Key(path="redis.address", attr="redis_address", kind="str", default="localhost:6379",
-        doc="host:port, or a URL redis://[user:password@]host:port[/db] (rediss:// for TLS)"),
+    Key(path="redis.mode", attr="redis_mode", kind="str", default="standalone",
+        doc="'standalone' (redis.address is the server) or 'sentinel' (redis.address lists the sentinels, "
+            "which name the master of redis.masterName); 'cluster' is not supported yet"),
+    Key(path="redis.address", attr="redis_address", kind="addresses", default="localhost:6379",
+        doc="standalone: host:port, or a URL redis://[user:password@]host:port[/db] (rediss:// for TLS); "
+            "sentinel: the sentinels' host:port (default port 26379), a YAML list or one string separated by commas"),
+    Key(path="redis.masterName", attr="redis_master_name", kind="str", default="",
+        doc="sentinel mode: the name the sentinels monitor the master by (required there)"),
+    Key(path="redis.sentinelUsername", attr="redis_sentinel_username", kind="str", default="",
+        doc="sentinel mode: ACL user for AUTH on the sentinels (empty: none)"),
+    Key(path="redis.sentinelPassword", attr="redis_sentinel_password", kind="str", default="",
+        doc="sentinel mode: password for AUTH on the sentinels (empty: no AUTH); the master's is redis.password"),
     Key(path="redis.username", attr="redis_username", kind="str", default="",
         doc="ACL user for AUTH (empty: none)"),
     Key(path="redis.password", attr="redis_password", kind="str", default="",
@@ -138,13 +148,18 @@ KEYS: tuple[Key, ...] = (
     Key(path="redis.timeout", attr="redis_timeout", kind="seconds", default=120.0, minimum=0.001,
         doc="a Redis connection whose oldest command has waited this long for a reply is dropped and re-dialled"),
     Key(path="redis.idleConn", attr="redis_idle_conn", kind="int", default=4, minimum=0,
-        doc="accepted for compatibility with the Go hub; the hub always keeps exactly two connections"),
+        doc="accepted for compatibility with the Go hub; the hub always keeps exactly two connections to Redis "
+            "(and one to a sentinel in sentinel mode)"),
     Key(path="redis.channelPrefix", attr="channel_prefix", kind="str", default="ws-hub:",
         doc="prefix of every channel name"),
     Key(path="redis.reconnectMin", attr="reconnect_min", kind="seconds", default=0.1, minimum=0.001,
         doc="first reconnect delay; doubles on each failure, with jitter"),
     Key(path="redis.reconnectMax", attr="reconnect_max", kind="seconds", default=10.0, minimum=0.001,
         doc="upper bound of the reconnect delay"),
+    Key(path="redis.probeInterval", attr="redis_probe_interval", kind="seconds", default=5.0, minimum=0,
+        doc="every this often the hub publishes a probe to its own subscriber link and drops the link if the probe "
+            "has not come back before the next one is due: a stalled link is redialled within 2 x probeInterval "
+            "(0: no probe)"),
     Key(path="redis.maxBufferedBytes", attr="max_buffered_bytes", kind="bytes", default=16 * 1024 * 1024,
         minimum=1, doc="client messages held while Redis is slow or down; above it the senders are paused"),
     Key(path="webSocket.writeWait", attr="write_wait", kind="seconds", default=10.0, minimum=0.001,
@@ -201,7 +216,11 @@ class Config:
     presence_grace: float = 5.0
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    redis_mode: str = "standalone"
     redis_address: str = "localhost:6379"
+    redis_master_name: str = ""
+    redis_sentinel_username: str = ""
+    redis_sentinel_password: str = ""
     redis_username: str = ""
     redis_password: str = ""
     redis_db: int = 0
@@ -210,6 +229,7 @@ class Config:
     channel_prefix: str = "ws-hub:"
     reconnect_min: float = 0.1
     reconnect_max: float = 10.0
+    redis_probe_interval: float = 5.0
     max_buffered_bytes: int = 16 * 1024 * 1024
     write_wait: float = 10.0
     pong_wait: float = 60.0
@@ -230,6 +250,7 @@ class Config:
     redis_host: str = "localhost"
     redis_port: int = 6379
     redis_tls: bool = False
+    redis_sentinels: tuple[tuple[str, int], ...] = ()  # sentinel mode: redis.address, parsed
     jwt_public_key_pem: str = ""  # auth.jwt.publicKey's PEM: the value itself, or the file's text the shell read
     # Where each key's value came from, by dotted path, for errors found later
     # (a TLS file the shell cannot load). Not part of the value: equal configs
@@ -249,6 +270,8 @@ class Config:
             out.append("redis.address")
         if self.redis_password:
             out.append("redis.password")
+        if self.redis_sentinel_password:
+            out.append("redis.sentinelPassword")
         out += [path for path, value in (("auth.jwt.secret", self.jwt_secret),
                                          ("auth.jwt.previousSecret", self.jwt_previous_secret)) if value]
         return out
@@ -261,8 +284,8 @@ class Config:
             value = getattr(self, key.attr)
             if isinstance(value, tuple):
                 value = list(value)
-            if key.path in ("redis.password", "api.key", "auth.jwt.secret", "auth.jwt.previousSecret") \
-                    and key.path in hidden:
+            if key.path in ("redis.password", "redis.sentinelPassword", "api.key", "auth.jwt.secret",
+                            "auth.jwt.previousSecret") and key.path in hidden:
                 value = "***"
             elif key.path == "redis.address" and key.path in hidden:
                 scheme, _, rest = value.partition("://")
@@ -334,11 +357,15 @@ def _yaml_number(text: str) -> Any:
 
 def _coerce(key: Key, value: Any, where: str, from_env: bool) -> Any:
     shown = value  # errors quote the value as the user wrote it
+    if key.kind == "addresses" and isinstance(value, list):  # sentinel mode: a YAML list of addresses
+        if not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a string or a list of strings, got {shown!r}")
+        return ",".join(value)
     if from_env and key.kind == "list":
         value = [v.strip() for v in value.split(",") if v.strip()]
     elif from_env and key.kind != "str":
         value = _yaml_number(value)
-    if key.kind == "str":
+    if key.kind in ("str", "addresses"):
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # "address: 8081" is read by YAML as a number
         if not isinstance(value, str):
@@ -479,7 +506,19 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     address = values["redis_address"]
     where = origins["redis.address"]
     tls = False
-    if "://" in address:
+    mode = values["redis_mode"]
+    check(mode != "cluster", "redis.mode", "'cluster' is not supported yet (Redis Cluster is planned, see issue 10); "
+          "use 'standalone' or 'sentinel'")
+    check(mode in ("standalone", "sentinel"), "redis.mode", f"must be 'standalone' or 'sentinel', got {mode!r}")
+    check(mode == "sentinel" or "," not in address, "redis.address",
+          f"more than one address ({address!r}) needs redis.mode: sentinel")
+    sentinels: tuple[tuple[str, int], ...] = ()
+    if mode == "sentinel":
+        check(bool(values["redis_master_name"]), "redis.masterName",
+              f"must be set with {origins['redis.mode']}: the sentinels name the master by it")
+        sentinels, tls = _sentinel_addresses(address, where)
+        redis_host, redis_port = sentinels[0]  # the first sentinel: where the shell's start-up line points
+    elif "://" in address:
         try:
             url = urlsplit(address)
         except ValueError as exc:
@@ -510,12 +549,40 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     pem = values["jwt_public_key"] if values["jwt_public_key"].lstrip().startswith("-----BEGIN") else ""
     return Config(
         **values, host=host, port=port, redis_host=redis_host, redis_port=redis_port, redis_tls=tls,
-        jwt_public_key_pem=pem, origins=origins,
+        redis_sentinels=sentinels, jwt_public_key_pem=pem, origins=origins,
     )
 
 
+def _sentinel_addresses(text: str, where: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """Sentinel mode's ``redis.address``: host[:port] (26379) or redis:// / rediss:// URLs, comma-separated."""
+    out: list[tuple[str, int]] = []
+    schemes: set[str] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ConfigError(f"{where}: an empty sentinel address in {text!r}")
+        scheme, sep, rest = item.partition("://")
+        if sep:
+            if scheme not in ("redis", "rediss"):
+                raise ConfigError(f"{where}: URL scheme must be redis:// or rediss://, got {item!r}")
+            if "@" in rest or "/" in rest.rstrip("/"):
+                raise ConfigError(f"{where}: a sentinel address is host:port; its password is "
+                                  f"redis.sentinelPassword, the master's redis.password (got {item!r})")
+            schemes.add(scheme)
+            item = rest.rstrip("/")
+        else:
+            schemes.add("redis")
+        host, port = _split_host_port(item, 26379, where)
+        if not host:
+            raise ConfigError(f"{where}: sentinel address {item!r} has no host")
+        out.append((host, port))
+    if len(schemes) > 1:
+        raise ConfigError(f"{where}: every sentinel must be redis:// or every one rediss://, not a mix")
+    return tuple(out), schemes == {"rediss"}
+
+
 # Every key has a Config attribute and vice versa.
-_DERIVED = {"host", "port", "redis_host", "redis_port", "redis_tls", "jwt_public_key_pem", "origins"}
+_DERIVED = {"host", "port", "redis_host", "redis_port", "redis_tls", "redis_sentinels", "jwt_public_key_pem",
+            "origins"}
 assert {f.name for f in fields(Config)} - _DERIVED == {
     k.attr for k in KEYS
 }

@@ -127,6 +127,10 @@ class RedisSession:
         self._backoff = backoff
         self._healthy_after = healthy_after
 
+    def require_master(self) -> None:
+        """Add ROLE to the prelude: READY only on a master (an address a sentinel gave may be stale)."""
+        self._prelude.append((b"ROLE",))
+
     def connecting(self, now: float) -> None:
         self.state = RedisState.CONNECTING
         self.connecting_since = now
@@ -175,6 +179,11 @@ class RedisSession:
                     return replies
                 if verb == "PING" and reply != b"PONG":
                     self.broken = f"not a Redis server: PING answered {reply!r}"[:200]
+                    return replies
+                if verb == "ROLE" and not (isinstance(reply, list) and reply and reply[0] == b"master"):
+                    role = reply[0] if isinstance(reply, list) and reply else reply
+                    shown = role.decode(errors="replace") if isinstance(role, bytes) else repr(role)
+                    self.broken = f"not a master (ROLE: {shown})"[:200]
                     return replies
                 if not self._prelude_pending:
                     self.state = RedisState.READY

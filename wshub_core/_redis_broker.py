@@ -1,4 +1,4 @@
-"""The standalone Redis broker: two links (subscriber, commands) to one Redis server.
+"""The Redis broker: two links (subscriber, commands) to one Redis server, found through Sentinel or not.
 
 It owns each link's whole life (dial, prelude, reply deadline, idle ping,
 backoff) and its deadlines, turns the hub's needs into SUBSCRIBE/UNSUBSCRIBE
@@ -16,6 +16,11 @@ Rules:
 4. Every dial is a new link id (``OpenLink``); each role (``RedisLink``) has
    at most one current id, from its dial until it is lost or closed. Input for
    any other id is stale and changes nothing.
+5. Sentinel mode (``_sentinel.py``) adds a third link, to a sentinel: the data
+   links dial only a master address named after they went down, check it with
+   ROLE in their prelude, and both move at once on ``+switch-master``.
+6. In every mode the subscriber link must deliver the probe the command link
+   publishes to it (``_probe.py``), or it is dropped as stalled.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from ._channels import Channels
 from ._config import Config
 from ._logs import host_port
 from ._metrics import Sample
-from ._redis import Backoff, CommandSession, Confirmed, RedisSession, RedisState, SubscriberSession
+from ._probe import Probe
+from ._redis import Backoff, CommandSession, Confirmed, PubMessage, RedisSession, RedisState, SubscriberSession
 from ._redis_presence import RedisPresence
+from ._sentinel import MasterAddress, Sentinels, SentinelSession
 from ._timers import Timers
 
 __all__ = ["RedisBroker", "RedisLink"]
@@ -49,10 +56,14 @@ class RedisLink(enum.Enum):
 
     SUBSCRIBER = "subscriber"
     COMMANDS = "commands"
+    SENTINEL = "sentinel"  # sentinel mode: the link that names the master and watches +switch-master
+
+
+_PROBE = "probe"  # the probe's owner in the broker's timers (the links' owners are their roles)
 
 
 class RedisBroker:
-    """``Broker`` over one Redis server (``redis.address``)."""
+    """``Broker`` over one Redis server: ``redis.address``, or the master the sentinels there name."""
 
     def __init__(self, *, config: Config, seed: int, sink: list[Action], on_message: OnMessage,
                  on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack,
@@ -85,12 +96,26 @@ class RedisBroker:
             RedisLink.SUBSCRIBER: self._sub,
             RedisLink.COMMANDS: self._cmd,
         }
+        self._seed = seed
+        self._sentinels: Sentinels | None = None
+        if config.redis_mode == "sentinel":
+            self._sentinels = Sentinels(addresses=config.redis_sentinels, session=SentinelSession(
+                backoff=Backoff(minimum=config.reconnect_min, maximum=config.reconnect_max, seed=seed + 2),
+                username=config.redis_sentinel_username,
+                password=config.redis_sentinel_password,
+                healthy_after=config.reconnect_max,
+                master_name=config.redis_master_name,
+            ))
+            self._sessions[RedisLink.SENTINEL] = self._sentinels.session
+            self._sub.require_master()  # a sentinel's answer may be stale by the time we dial it
+            self._cmd.require_master()
+        self._probe = Probe(prefix=config.channel_prefix.encode(), interval=config.redis_probe_interval)
+        self.stalls = 0  # subscriber links dropped because a probe did not come back in time
         self._last_link = 0  # the latest link id handed out: every dial takes the next one
         self._link_of: dict[RedisLink, int] = {}  # each role's current link (dialling or open)
         self._role_of: dict[int, RedisLink] = {}  # the same, inverted: link input for any other id is stale
         self._needed: set[bytes] = set()  # resubscribed after every reconnect
         self._patterns: set[bytes] = set()  # PSUBSCRIBEd (and again after every reconnect)
-        self._address = host_port(config.redis_host, config.redis_port)
         self._link_errors: dict[RedisLink, str] = {}  # why each role's link that is not up went down
         self._timers = Timers()
         self._buffered_peak = 0  # highest buffered_bytes seen: wshub_redis_buffered_bytes_max
@@ -107,9 +132,13 @@ class RedisBroker:
     # -- the hub's requests --------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """Dial both links."""
-        for role in self._sessions:
-            self._dial(role, now)
+        """Dial both links (sentinel mode: the sentinel link; the data links once it named the master)."""
+        self._probe.start(seed=self._seed, now=now)
+        if self._sentinels is not None:
+            self._dial(RedisLink.SENTINEL, now)
+        else:
+            for role in self._sessions:
+                self._dial(role, now)
         if self._presence is not None:
             self._timers.schedule(_PRESENCE, now + self._config.presence_timeout / 3)
 
@@ -208,11 +237,18 @@ class RedisBroker:
         if state is not RedisState.READY and state is not RedisState.HANDSHAKE:
             return  # bytes before link_opened
         if session is self._sub:
+            probe = self._probe.channel
             for event in self._sub.feed(data, now):
-                if isinstance(event, Confirmed):
+                if event.channel == probe and probe:
+                    self._probe_event(event, now)
+                elif isinstance(event, Confirmed):
                     self._on_confirmed(event.channel)
                 else:
                     self._on_message(event.channel, event.payload)
+        elif session is not self._cmd:
+            assert self._sentinels is not None
+            for named in self._sentinels.session.feed(data, now):
+                self._master_named(named, now)
         else:
             for error in self._cmd.feed(data, now):
                 if self._presence is None or not str(error).startswith("NOSCRIPT"):
@@ -225,7 +261,7 @@ class RedisBroker:
             return
         if state is RedisState.HANDSHAKE and session.state is RedisState.READY:
             self._link_errors.pop(role, None)
-            log.info("redis %s link up (%s)", role.value, self._address,
+            log.info("redis %s link up (%s)", role.value, self._where(role),
                      extra={"event": "link_up", "link": role.value})
             if session is self._cmd:
                 if self._cmd.dropped:
@@ -235,11 +271,19 @@ class RedisBroker:
                     self._on_publisher_back()
                 if self._presence is not None:
                     self._presence.restore()
+            elif session is self._sub and self._probe.enabled:
+                self._sub.want(self._probe.link_up(link, now))
+            elif self._sentinels is not None and session is self._sentinels.session:
+                self._sink.append(SendToLink(link=link, data=self._sentinels.session.ask(now)))
+            self._arm_probe(now)
         self._timers.schedule(role, session.deadline(self._timeout))  # idle ping from the last reply
 
     def handle_timer(self, now: float) -> None:
         """Redial, connect and reply timeouts, idle pings."""
         for role in self._timers.pop_due(now):
+            if role == _PROBE:
+                self._probe_timer(now)
+                continue
             if role == _PRESENCE:
                 assert self._presence is not None
                 if self._cmd.state is RedisState.READY:
@@ -269,9 +313,10 @@ class RedisBroker:
 
     @property
     def ready(self) -> bool:
-        """Both links up and every needed subscription confirmed."""
+        """Both links up and every needed subscription confirmed (sentinel mode: and a sentinel watched)."""
         return (
-            self._sub.state is RedisState.READY
+            (self._sentinels is None or self._sentinels.watching)
+            and self._sub.state is RedisState.READY
             and self._cmd.state is RedisState.READY
             and all(self._sub.is_confirmed(ch) for ch in self._needed)
             and self._sub.patterns_confirmed()
@@ -284,6 +329,12 @@ class RedisBroker:
 
     def not_ready_reason(self) -> str:
         """The first link that is not up, and its last error; else the unconfirmed subscriptions."""
+        sentinels = self._sentinels
+        if sentinels is not None and not sentinels.watching:
+            error = self._link_errors.get(RedisLink.SENTINEL)
+            if sentinels.session.state is RedisState.READY:
+                return f"asking sentinel {sentinels.where()} for master {self._config.redis_master_name!r}"
+            return "no sentinel answered" + (f" (last error: {error})" if error else " yet")
         for role, session in self._sessions.items():
             if session.state is not RedisState.READY:
                 error = self._link_errors.get(role)
@@ -305,12 +356,16 @@ class RedisBroker:
         return len(self._cmd)
 
     def subscribed_channels(self) -> set[bytes]:
-        """Channels for which SUBSCRIBE was the last command sent."""
-        return self._sub.subscribed_channels()
+        """Channels for which SUBSCRIBE was the last command sent (the broker's own probe channel left out)."""
+        return self._sub.subscribed_channels() - {self._probe.channel}
 
     def link_states(self) -> dict[RedisLink, RedisState]:
-        """Where each link is in its lifecycle (READY means the prelude was answered)."""
-        return {role: session.state for role, session in self._sessions.items()}
+        """Where each link is in its lifecycle (READY means the prelude was answered; a sentinel's: and watching)."""
+        states = {role: session.state for role, session in self._sessions.items()}
+        if self._sentinels is not None and states[RedisLink.SENTINEL] is RedisState.READY \
+                and not self._sentinels.watching:
+            states[RedisLink.SENTINEL] = RedisState.HANDSHAKE  # asking: it has not named the master yet
+        return states
 
     def current_links(self) -> dict[RedisLink, int]:
         """The id of each role's current link, dialling or open; a role whose link is down has none."""
@@ -320,12 +375,15 @@ class RedisBroker:
         """The Redis metrics (wshub_redis_*, wshub_subscriptions)."""
         return [
             ("wshub_subscriptions", "gauge", "Redis channels subscribed.",
-             [("", len(self._sub.subscribed_channels()))]),
+             [("", len(self.subscribed_channels()))]),
             ("wshub_redis_up", "gauge", "1 if the Redis link is ready.",
-             [(f'{{link="{role.value}"}}', int(sess.state is RedisState.READY))
-              for role, sess in self._sessions.items()]),
+             [(f'{{link="{role.value}"}}', int(state is RedisState.READY))
+              for role, state in self.link_states().items()]),
             ("wshub_redis_reconnects_total", "counter", "Redis links lost after being ready.",
              [("", self.reconnects)]),
+            ("wshub_redis_stalls_total", "counter",
+             "Subscriber links dropped because the probe published to them did not come back in time.",
+             [("", self.stalls)]),
             ("wshub_redis_buffered_commands", "gauge", "Client messages and notices waiting for Redis.",
              [("", len(self._cmd))]),
             ("wshub_redis_buffered_bytes", "gauge", "Bytes of those commands.", [("", self._cmd.buffered_bytes)]),
@@ -349,8 +407,8 @@ class RedisBroker:
         link = self._last_link
         self._link_of[role] = link
         self._role_of[link] = role
-        self._sink.append(OpenLink(link=link, host=self._config.redis_host, port=self._config.redis_port,
-                                   tls=self._config.redis_tls))
+        host, port = self._address_of(role)
+        self._sink.append(OpenLink(link=link, host=host, port=port, tls=self._config.redis_tls))
         self._timers.schedule(role, session.deadline(self._timeout))
 
     def _drop_link(self, role: RedisLink, session: RedisSession, now: float, why: str, *, close: bool) -> None:
@@ -364,20 +422,40 @@ class RedisBroker:
             self._acknowledged()  # tickets of commands the loss dropped: "link lost"
         if was_ready:
             self.reconnects += 1
+        where = self._where(role)
         self._link_errors[role] = why
+        if session is self._sub:
+            self._probe.link_down()
+            self._timers.cancel(_PROBE)
+        elif session is self._cmd:
+            self._probe.abandon()  # its PUBLISH is dropped, not resent: it cannot come back now
+        if self._sentinels is not None:
+            # Name the instance: which sentinel failed, which master address refused.
+            self._link_errors[role] = f"{where}: {why}" if role is RedisLink.SENTINEL else f"master {where}: {why}"
+            if role is not RedisLink.SENTINEL:
+                self._sentinels.went_down(role)
+            elif not self._sentinels.failed():  # the next sentinel at once; the backoff spaces whole rounds
+                log.warning("redis sentinel link to %s: %s; trying the next sentinel, %s", where, why,
+                            self._sentinels.where(), extra={"event": "link_down", "link": role.value, "reason": why})
+                self._dial(role, now)
+                return
         # One line per attempt: the backoff spaces them, so a refusing Redis cannot flood the log.
-        log.warning("redis %s link to %s: %s; retrying in %.2fs", role.value, self._address, why,
+        log.warning("redis %s link to %s: %s; retrying in %.2fs", role.value, where, why,
                     session.connect_at - now, extra={"event": "link_down", "link": role.value, "reason": why})
         self._timers.schedule(role, session.connect_at)
 
     def _acknowledged(self) -> None:
-        """Hand each answered (or dropped) ticket to its owner: presence's are negative, the hub's positive."""
+        """Hand each answered (or dropped) ticket to its owner: the probe's and presence's are negative, the hub's
+        positive (the probe's far below presence's: ``_probe.py``)."""
         if not self._cmd.acknowledged:
             return
         acknowledged = self._cmd.acknowledged
         self._cmd.acknowledged = []
         for ticket, error, reply in acknowledged:
-            if ticket < 0:
+            if self._probe.owns(ticket):
+                if not (reply is None and error == "link lost"):
+                    self._probe.acknowledged(ticket)
+            elif ticket < 0:
                 if self._presence is not None:
                     if reply is None and error == "link lost":
                         self._presence.dropped(ticket)
@@ -391,6 +469,10 @@ class RedisBroker:
         timeout = self._timeout
         if session.state is RedisState.DOWN:
             if now >= session.connect_at:
+                if self._sentinels is not None and role is not RedisLink.SENTINEL \
+                        and not self._sentinels.fresh(role):
+                    self._ask_again(now)  # never redial a cached address: it dials when a sentinel names one
+                    return
                 self._dial(role, now)
                 return
         elif session.state is RedisState.CONNECTING:
@@ -403,12 +485,91 @@ class RedisBroker:
                 self._drop_link(role, session, now, f"{what} for {timeout:g}s", close=True)
                 return
         elif now >= session.last_rx + timeout / 2:
-            if session is self._sub:
-                self._sink.append(SendToLink(link=self._link_of[role], data=self._sub.ping(now)))
-            else:
+            if session is self._cmd:
                 self._cmd.ping(now)
                 return  # flush() sends it and re-arms this link's timer with the reply deadline
+            assert isinstance(session, SubscriberSession | SentinelSession)
+            self._sink.append(SendToLink(link=self._link_of[role], data=session.ping(now)))
         self._timers.schedule(role, session.deadline(timeout))
+
+    # -- sentinel mode ---------------------------------------------------------------
+
+    def _address_of(self, role: RedisLink) -> tuple[str, int]:
+        """Where ``role`` dials: the configured server; in sentinel mode the current sentinel or the master."""
+        if self._sentinels is None:
+            return self._config.redis_host, self._config.redis_port
+        if role is RedisLink.SENTINEL:
+            return self._sentinels.address()
+        assert self._sentinels.master is not None  # a data link dials only once a sentinel named the master
+        return self._sentinels.master
+
+    def _where(self, role: RedisLink) -> str:
+        """``role``'s address as logs name it."""
+        if self._sentinels is not None and role is not RedisLink.SENTINEL and self._sentinels.master is None:
+            return f"master {self._config.redis_master_name!r} (not named yet)"
+        return host_port(*self._address_of(role))
+
+    def _ask_again(self, now: float) -> None:
+        """A data link needs a fresh address: ask the watching sentinel (a sentinel not up yet asks when it is)."""
+        sentinels = self._sentinels
+        assert sentinels is not None
+        if sentinels.session.state is RedisState.READY and not sentinels.asking:
+            self._sink.append(SendToLink(link=self._link_of[RedisLink.SENTINEL], data=sentinels.session.ask(now)))
+            self._timers.schedule(RedisLink.SENTINEL, sentinels.session.deadline(self._timeout))
+
+    def _master_named(self, named: MasterAddress, now: float) -> None:
+        """A sentinel named the master: dial the data links waiting for it; on a move, move both at once."""
+        sentinels = self._sentinels
+        assert sentinels is not None
+        where = host_port(named.host, named.port)
+        if sentinels.master != (named.host, named.port) or not named.switched:
+            log.info("sentinel %s names %s as master %r%s", sentinels.where(), where, self._config.redis_master_name,
+                     " (+switch-master)" if named.switched else "",
+                     extra={"event": "master_named", "link": RedisLink.SENTINEL.value})
+        moved = sentinels.master is not None and sentinels.master != (named.host, named.port)
+        if moved:
+            # Links still on the old master deliver nothing published to the new one: move both.
+            for role in (RedisLink.SUBSCRIBER, RedisLink.COMMANDS):
+                session = self._sessions[role]
+                if session.state is not RedisState.DOWN:
+                    self._drop_link(role, session, now, f"the master moved to {where}", close=True)
+        sentinels.named(named)  # after the drops: the address is fresh for both links
+        for role in (RedisLink.SUBSCRIBER, RedisLink.COMMANDS):
+            session = self._sessions[role]
+            if session.state is RedisState.DOWN and (moved or now >= session.connect_at):
+                self._dial(role, now)  # a move at once: the failover is over
+
+    # -- the probe (stalled subscriber links) -----------------------------------------------
+
+    def _probe_event(self, event: Confirmed | PubMessage, now: float) -> None:
+        """The probe channel's confirmation, or a probe back: the link delivers."""
+        if isinstance(event, Confirmed):
+            self._probe.confirmed = True
+        elif not self._probe.received(event.payload):
+            return
+        self._arm_probe(now)
+
+    def _arm_probe(self, now: float) -> None:
+        """If the probe can run (both links up, its channel confirmed): publish the one due, wake at its deadline."""
+        probe = self._probe
+        if not (probe.channel and probe.confirmed and self._sub.state is RedisState.READY
+                and self._cmd.state is RedisState.READY):
+            return  # armed again when they are
+        if probe.sent_at is None and now >= probe.next_at:
+            payload, ticket = probe.send(now)
+            self._cmd.publish(probe.channel, payload, resend=False, ticket=ticket)
+        self._timers.schedule(_PROBE, probe.deadline())
+
+    def _probe_timer(self, now: float) -> None:
+        probe = self._probe
+        sent_at = probe.sent_at
+        if sent_at is None or now < sent_at + probe.interval or self._cmd.state is not RedisState.READY:
+            self._arm_probe(now)
+            return
+        self.stalls += 1
+        why = (f"stalled: the probe published {now - sent_at:g}s ago did not come back"
+               + ("" if probe.answered else " (nor did the answer to its PUBLISH)"))
+        self._drop_link(RedisLink.SUBSCRIBER, self._sub, now, why, close=True)
 
 
 def _glob_literal(text: bytes) -> bytes:

@@ -17,6 +17,10 @@ docs/architecture.md (no bytes after CloseClient, no bytes to a Redis link that
 is down, no link id used twice, close codes from the documented set, ...); a
 violation raises ``ContractError`` in the test that caused it.
 
+Sentinel mode: ``SentinelDriver`` drives a ``RedisBroker`` alone (no hub, no
+clients) and lets a test play the sentinels and the Redis servers by writing
+their RESP replies by hand (tests/core/test_sentinel.py, fuzz/test_fuzz_sentinel.py).
+
 Links: the hub names each dial by a new id (``OpenLink``). Tests talk about
 roles (``SUB``, ``CMD``); the harness learns which role each new id plays from
 ``hub.broker.current_links()`` when it executes the ``OpenLink``, and keeps the
@@ -65,6 +69,7 @@ from wshub_core import (
     Stopped,
     load_config,
 )
+from wshub_core._redis_broker import RedisBroker
 
 SUB = RedisLink.SUBSCRIBER
 CMD = RedisLink.COMMANDS
@@ -130,6 +135,10 @@ def make_config(text: str | None = None, **overrides: object) -> Config:
     config = load_config(text)
     if "broker" not in (text or "") and "broker" not in overrides:
         overrides["broker"] = "redis"  # the harness drives the Redis broker's links
+    if "probeInterval" not in (text or ""):
+        # The stall probe's SUBSCRIBE and PUBLISHes would be in every command list a test checks: off unless
+        # a test asks for it (tests/core/test_probe.py, the fuzz and the simulation do).
+        overrides.setdefault("redis_probe_interval", 0.0)
     return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
 
 
@@ -892,3 +901,156 @@ class Harness:
 
     def ws_state(self, client: Client) -> ConnectionState:
         return client._proto.state
+
+
+# -- sentinel mode: the broker alone, a test playing the sentinels and the Redis servers -------------------------
+
+SENTINELS = ["127.0.0.1:26379", "127.0.0.1:26380", "127.0.0.1:26381"]
+SENTINEL_CONFIG = (
+    "redis:\n  mode: sentinel\n  masterName: mymaster\n"
+    f"  address: [{', '.join(SENTINELS)}]\n  reconnectMin: 0.1\n  reconnectMax: 1\n  timeout: 5\n"
+)
+ROLE_MASTER = resp_array(resp_bulk(b"master"), resp_int(0), resp_array())
+ROLE_SLAVE = resp_array(resp_bulk(b"slave"), resp_bulk(b"127.0.0.1"), resp_int(6380), resp_bulk(b"connected"),
+                        resp_int(0))
+SENTINEL = RedisLink.SENTINEL
+
+
+def address_reply(port: int) -> bytes:
+    return resp_array(resp_bulk(b"127.0.0.1"), resp_bulk(b"%d" % port))
+
+
+def switch_master(old: int, new: int, name: bytes = b"mymaster") -> bytes:
+    return resp_message(b"+switch-master", b"%s 127.0.0.1 %d 127.0.0.1 %d" % (name, old, new))
+
+
+@dataclass
+class Dialled:
+    """One link the broker dialled: where to, and every command it was sent."""
+
+    link: int
+    address: str
+    open: bool = False
+    closed: bool = False
+    commands: list[list[bytes]] = field(default_factory=list)
+    answered: int = 0  # SUBSCRIBEs confirmed so far (subscriber links)
+    reader: hiredis.Reader = field(default_factory=hiredis.Reader)
+
+
+class SentinelDriver:
+    """The broker in sentinel mode, with a virtual clock; a test plays the sentinels and the Redis servers."""
+
+    def __init__(self, text: str = SENTINEL_CONFIG, **overrides: object) -> None:
+        self.config = make_config(text, **overrides)
+        self.actions: list[Action] = []
+        self.messages: list[tuple[bytes, bytes]] = []
+        self.confirmed: list[bytes] = []
+        self.broker = RedisBroker(config=self.config, seed=0, sink=self.actions, on_message=self._message,
+                                  on_confirmed=self.confirmed.append, on_publisher_back=lambda: None)
+        self.now = 1000.0
+        self.links: dict[int, Dialled] = {}
+        self.broker.start(self.now)
+        self.run()
+
+    def _message(self, channel: bytes, payload: bytes) -> None:
+        self.messages.append((channel, payload))
+
+    def run(self) -> None:
+        """Execute the broker's actions as a shell would (each id once; nothing sent on a closed link)."""
+        self.broker.flush(self.now)
+        for action in self.actions:
+            if isinstance(action, OpenLink):
+                assert action.link not in self.links, "a link id used twice"
+                self.links[action.link] = Dialled(action.link, f"{action.host}:{action.port}")
+            elif isinstance(action, SendToLink):
+                dialled = self.links[action.link]
+                assert dialled.open and not dialled.closed, f"bytes to link {action.link}, which is not open"
+                dialled.reader.feed(action.data)
+                while (cmd := dialled.reader.gets()) is not False:
+                    dialled.commands.append(cmd)
+            elif isinstance(action, CloseLink):
+                self.links[action.link].closed = True
+        self.actions.clear()
+
+    def current(self, role: RedisLink) -> Dialled:
+        """The role's current link (dialling or open)."""
+        return self.links[self.broker.current_links()[role]]
+
+    def opened(self, role: RedisLink) -> Dialled:
+        dialled = self.current(role)
+        dialled.open = True
+        self.broker.link_opened(dialled.link, self.now)
+        self.run()
+        return dialled
+
+    def reply(self, role: RedisLink, data: bytes) -> None:
+        self.broker.link_data(self.current(role).link, data, self.now)
+        self.run()
+
+    def lost(self, role: RedisLink, error: str = "") -> None:
+        self.broker.link_lost(self.current(role).link, self.now, error)
+        self.run()
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while (deadline := self.broker.next_deadline()) is not None and deadline <= target:
+            self.now = max(self.now, deadline)
+            self.broker.handle_timer(self.now)
+            self.run()
+        self.now = target
+
+    def sentinel_answers(self, port: int) -> None:
+        """The current sentinel link comes up, answers the prelude and names the master at ``port``."""
+        dialled = self.opened(SENTINEL)
+        assert dialled.commands[-1] == [b"PING"]
+        self.reply(SENTINEL, resp_simple(b"PONG"))
+        assert dialled.commands[-2:] == [[b"SENTINEL", b"get-master-addr-by-name", b"mymaster"],
+                                         [b"SUBSCRIBE", b"+switch-master"]]
+        self.reply(SENTINEL, address_reply(port) + resp_push(b"subscribe", b"+switch-master", 1))
+
+    def data_links_up(self, port: int) -> None:
+        """Both data links dialled ``port``, sent ROLE in their prelude, and were answered by a master."""
+        for role in (SUB, CMD):
+            dialled = self.opened(role)
+            assert dialled.address == f"127.0.0.1:{port}"
+            assert dialled.commands[-1] == [b"ROLE"]
+            self.reply(role, ROLE_MASTER)
+            self.answer_subscribes()
+
+    def answer_subscribes(self) -> None:
+        """Confirm every SUBSCRIBE the subscriber link was sent and not yet answered."""
+        if SUB not in self.broker.current_links():
+            return
+        dialled = self.current(SUB)
+        if not dialled.open or self.broker.link_states()[SUB] is not RedisState.READY:
+            return
+        owed = [ch for cmd in dialled.commands if cmd[0] == b"SUBSCRIBE" for ch in cmd[1:]]
+        for channel in owed[dialled.answered:]:
+            self.reply(SUB, resp_push(b"subscribe", channel, 1))
+        dialled.answered = len(owed)
+
+    def answer_sentinel(self, port: int) -> None:
+        """Answer, as a sentinel naming the master at ``port``, every command the current sentinel link was sent."""
+        dialled = self.current(SENTINEL)
+        if not dialled.open:
+            return
+        replies = {b"PING": resp_simple(b"PONG"), b"SENTINEL": address_reply(port),
+                   b"SUBSCRIBE": resp_push(b"subscribe", b"+switch-master", 1),
+                   b"UNSUBSCRIBE": resp_push(b"unsubscribe", b"+switch-master", 0)}
+        owed = dialled.commands[dialled.answered:]
+        dialled.answered = len(dialled.commands)
+        subscribed = any(c[0] == b"SUBSCRIBE" for c in dialled.commands[:len(dialled.commands) - len(owed)])
+        for cmd in owed:
+            reply = replies[cmd[0]]
+            if cmd[0] == b"PING" and subscribed:
+                reply = resp_array(resp_bulk(b"pong"), resp_bulk(b""))
+            subscribed = {b"SUBSCRIBE": True, b"UNSUBSCRIBE": False}.get(cmd[0], subscribed)
+            self.reply(SENTINEL, reply)
+            if self.broker.current_links().get(SENTINEL) != dialled.link:
+                return  # dropped on the way
+
+    def dials(self) -> list[str]:
+        """Addresses dialled so far, in order."""
+        return [d.address for d in self.links.values()]
+
+

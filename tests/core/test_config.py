@@ -191,6 +191,60 @@ class TestBrokerChoice:
         assert config.as_dict()["api"]["key"] == "***"
 
 
+class TestSentinelMode:
+    """Issue 10: ``redis.mode``, the sentinels in ``redis.address``, ``redis.masterName``, the probe's interval."""
+
+    SENTINEL = "redis:\n  mode: sentinel\n  masterName: mymaster\n"
+
+    def test_standalone_is_the_default_and_probes_every_5s(self) -> None:
+        config = load_config(None)
+        assert (config.redis_mode, config.redis_sentinels, config.redis_probe_interval) == ("standalone", (), 5.0)
+
+    @pytest.mark.parametrize(("address", "sentinels", "tls"), [
+        ('["a:1", "b"]', (("a", 1), ("b", 26379)), False),
+        ('"a:1, b:2,c"', (("a", 1), ("b", 2), ("c", 26379)), False),
+        ('["[::1]:26380"]', (("::1", 26380),), False),
+        ('"rediss://a:1,rediss://b"', (("a", 1), ("b", 26379)), True),
+    ])
+    def test_the_sentinels_as_a_list_or_a_comma_separated_string(self, address: str,
+                                                                  sentinels: tuple[tuple[str, int], ...],
+                                                                  tls: bool) -> None:
+        config = load_config(self.SENTINEL + f"  address: {address}\n")
+        assert (config.redis_sentinels, config.redis_tls) == (sentinels, tls)
+
+    def test_from_the_environment(self) -> None:
+        config = load_config(None, environ={"WSHUB_REDIS_MODE": "sentinel", "WSHUB_REDIS_MASTER_NAME": "m",
+                                            "WSHUB_REDIS_ADDRESS": "s1,s2:1"})
+        assert config.redis_sentinels == (("s1", 26379), ("s2", 1)) and config.redis_master_name == "m"
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("redis:\n  mode: cluster\n", r"redis\.mode in config\.yaml: 'cluster' is not supported yet"),
+        ("redis:\n  mode: replicas\n", r"redis\.mode in config\.yaml: must be 'standalone' or 'sentinel'"),
+        ("redis:\n  mode: sentinel\n", r"redis\.masterName \(default ''\): must be set with redis\.mode in"),
+        ("redis:\n  address: a:1,b:2\n", r"redis\.address in config\.yaml: more than one address"),
+        ("redis:\n  address: [a, b]\n", r"redis\.address in config\.yaml: more than one address"),
+        (SENTINEL + "  address: []\n", r"redis\.address in config\.yaml: expected a string or a list"),
+        (SENTINEL + "  address: [1, 2]\n", r"redis\.address in config\.yaml: expected a string or a list"),
+        (SENTINEL + "  address: 'a,,b'\n", r"an empty sentinel address"),
+        (SENTINEL + "  address: 'redis://:pw@a:1'\n", r"its password is redis\.sentinelPassword"),
+        (SENTINEL + "  address: 'redis://a:1,rediss://b:2'\n", r"not a mix"),
+        (SENTINEL + "  address: 'http://a:1'\n", r"URL scheme must be redis:// or rediss://"),
+        (SENTINEL + "  address: 'a:port'\n", r"port must be a number"),
+        ("redis:\n  probeInterval: -1\n", r"redis\.probeInterval in config\.yaml: must be at least 0"),
+    ])
+    def test_errors_name_the_key_and_its_source(self, text: str, message: str) -> None:
+        with pytest.raises(ConfigError, match=message):
+            load_config(text)
+
+    def test_a_list_of_one_is_a_standalone_address(self) -> None:
+        assert load_config("redis:\n  address: [h:7000]\n").redis_port == 7000
+
+    def test_the_sentinel_password_is_hidden(self) -> None:
+        config = load_config(self.SENTINEL + "  address: a\n  sentinelPassword: s3\n")
+        assert config.as_dict()["redis"]["sentinelPassword"] == "***"
+        assert "redis.sentinelPassword" in config.hidden_keys()
+
+
 class TestAuthAndLimitKeys:
     """auth.jwt.* and the rate limits: nested sections, secrets hidden, contradictions named with both sources."""
 

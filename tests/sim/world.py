@@ -35,6 +35,15 @@ What is simulated
   (connects hang until the hub's own connect timeout); and "lose the reply":
   Redis dies right after executing a PUBLISH, before answering it (this is
   what makes the hub's at-least-once resends visible).
+* **Sentinel** (seeds ``N % 4 == 3``). Two simulated sentinels name the master
+  (``SENTINEL get-master-addr-by-name``, ``SUBSCRIBE +switch-master``); the
+  master has two names (``redis-a.sim``, ``redis-b.sim``) for the one
+  ``SimRedis``, and ``ROLE`` answers ``master`` only on the current one. More
+  faults: a failover (the master's name moves, the connections to the old
+  name are cut as the promotion's CLIENT KILL does, and the watched sentinel
+  pushes ``+switch-master``), the same unannounced, and a sentinel that dies
+  and refuses for a while. What is *not* simulated: two data sets (what the
+  old master accepted and did not replicate), which is Sentinel's contract.
 * **Clients** speak real WebSocket through ``wsproto``'s client ``WSConnection``:
   numbered messages ``cid|seq|padding`` (text or binary, sometimes fragmented,
   sometimes followed by a ping, sometimes over ``maxMessageSize``), pongs,
@@ -96,7 +105,7 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
     ``hub.stats.messages_in`` always equals the count of received messages.
 (c) No leak: at the end every client is gone, ``hub.is_empty()``, no needed and
     no subscribed channel in the hub, no subscription left in Redis, no
-    command but a keepalive PING awaiting a reply, and a ``client-gone`` was
+    command but a keepalive (PING, the stall probe) awaiting a reply, and a ``client-gone`` was
     published for every key after its last connection closed (not checked if
     ``Stopped`` came by the shutdown timeout: the process exits).
 (d) Timers fire when due. The simulation knows the time of every input, so it
@@ -126,6 +135,10 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
       three times in a row at one instant: that is a deadline the hub ignores;
     - ``Stopped`` comes within ``shutdownTimeout``.
 (e) The core never raises: an exception out of any ``Hub`` method is a failure.
+(f) Behind Sentinel a data link dials only the address a sentinel named last,
+    named after the link went down (never a cached address); after ROLE said
+    ``slave`` it sends nothing more; a data link down while a sentinel is up
+    is dialled again within ``reconnectMax`` plus that sentinel's answer.
 
 Also checked: no client is closed with 1011 (silence) while the hub itself has
 paused reading it (Redis backpressure); the hub restarts its silence clock on
@@ -134,6 +147,7 @@ resume.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
@@ -175,6 +189,7 @@ from wshub_core import (
     StopListening,
     Stopped,
 )
+from wshub_core._redis_broker import RedisBroker
 
 __all__ = ["SimFailure", "World", "run_seed"]
 
@@ -183,6 +198,12 @@ T0 = 1000.0  # virtual time starts here, not at 0
 HIGH_WATER = 1024  # the sim's transport write buffer (asyncio uses 64 KiB; our messages are small)
 SUB = RedisLink.SUBSCRIBER
 CMD = RedisLink.COMMANDS
+SENTINEL = RedisLink.SENTINEL
+# Sentinel mode (a quarter of the seeds): two sentinels name the master; a failover moves the master's
+# address between two names of the one simulated Redis (its data, subscriptions and observers stay one).
+SENTINEL_ADDRS = (("sentinel-1.sim", 26379), ("sentinel-2.sim", 26379))
+MASTER_ADDRS = (("redis-a.sim", 6379), ("redis-b.sim", 6379))
+MASTER_NAME = b"mymaster"
 _NOT_ENOUGH = object()
 _PONG_SUBSCRIBED = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
 
@@ -332,12 +353,18 @@ class RedisConn:
     __slots__ = (
         "id", "link", "link_id", "alive", "up", "down", "reader", "authed", "subs",
         "sent", "delivered", "records", "out_reader", "pending", "last_rx", "wait_rx", "prelude_left",
+        "addr", "born", "role_refused", "sentinel_sub",
     )
 
-    def __init__(self, world: World, cid: int, link: RedisLink, link_id: int, prelude: int) -> None:
+    def __init__(self, world: World, cid: int, link: RedisLink, link_id: int, prelude: int,
+                 addr: tuple[str, int]) -> None:
         self.id = cid
         self.link = link  # the role
         self.link_id = link_id  # the hub's name for it (its OpenLink)
+        self.addr = addr  # where the hub dialled (sentinel mode: a sentinel, or one of the master's names)
+        self.born = world.now
+        self.role_refused = False  # ROLE answered "slave": the hub must drop it and send nothing more
+        self.sentinel_sub = False  # a sentinel connection subscribed to +switch-master
         self.alive = True
         lat = world.redis_latency
         self.up = Pipe(world, lat, lat / 2, lambda data: world.redis.feed(self, data))
@@ -382,12 +409,14 @@ class SimRedis:
         for fn, args in queue:
             fn(*args)
 
-    def accept(self, link: RedisLink, link_id: int) -> RedisConn:
+    def accept(self, link: RedisLink, link_id: int, addr: tuple[str, int]) -> RedisConn:
         self.next_id += 1
         cfg = self.world.cfg
-        # AUTH, SELECT (command link), or a lone PING when there is neither: the link is up once answered.
-        prelude = int(bool(cfg.redis_password)) + int(link is CMD and cfg.redis_db != 0) or 1
-        return RedisConn(self.world, self.next_id, link, link_id, prelude)
+        # AUTH, SELECT (command link), ROLE (sentinel mode), or a lone PING when there is none of them: the
+        # link is up once answered. A sentinel link: a PING (the sim's sentinels have no password).
+        prelude = (1 if link is SENTINEL else int(bool(cfg.redis_password)) + int(link is CMD and cfg.redis_db != 0)
+                   + int(self.world.sentinel_mode) or 1)
+        return RedisConn(self.world, self.next_id, link, link_id, prelude, addr)
 
     def close(self, c: RedisConn) -> None:
         """The connection is gone on the server: subscriptions dropped, unread bytes discarded."""
@@ -404,7 +433,10 @@ class SimRedis:
         c.subs = {}
 
     def feed(self, c: RedisConn, data: bytes) -> None:
-        self.run(self._process, c, data)
+        if c.link is SENTINEL:
+            self._process(c, data)  # a sentinel is another process: a Redis stall does not stop it
+        else:
+            self.run(self._process, c, data)
 
     def _process(self, c: RedisConn, data: bytes) -> None:
         if not c.alive:
@@ -438,6 +470,11 @@ class SimRedis:
         name = cmd[0].upper()
         args = cmd[1:]
         w.log("redis<%s#%d %s", c.link.value[:3], c.id, b" ".join(a[:40] for a in cmd))
+        if c.link is SENTINEL:
+            self._sentinel_command(c, name, args)
+            return
+        if c.role_refused:
+            w.fail(f"the hub sent {name!r} on its {c.link.value} link #{c.id} after ROLE said it is a replica")
         if name == b"AUTH":
             want = [cfg.redis_username.encode(), cfg.redis_password.encode()] if cfg.redis_username else [
                 cfg.redis_password.encode()]
@@ -454,6 +491,16 @@ class SimRedis:
             return
         if name == b"PING":
             self._reply(c, _PONG_SUBSCRIBED if c.subs else b"+PONG\r\n")
+        elif name == b"ROLE":
+            if not w.sentinel_mode:
+                w.fail("the hub sent ROLE in standalone mode")
+            if c.addr == w.master_addr():
+                self._reply(c, b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n")
+            else:  # the other name of the pair: a replica now
+                c.role_refused = True
+                host, port = w.master_addr()
+                self._reply(c, b"*5\r\n$5\r\nslave\r\n" + _bulk(host.encode()) + b":%d\r\n" % port
+                            + _bulk(b"connected") + b":0\r\n")
         elif name in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
             if c.link is not SUB:
                 w.fail(f"the hub sent {name.decode()} on its {c.link.value} link")
@@ -497,6 +544,30 @@ class SimRedis:
             self._reply(c, b":%d\r\n" % n, rec)
         else:
             w.fail(f"the hub sent a command the simulated Redis does not implement: {cmd!r}")
+
+    def _sentinel_command(self, c: RedisConn, name: bytes, args: list[bytes]) -> None:
+        """Just enough Sentinel: PING, SENTINEL get-master-addr-by-name, (UN)SUBSCRIBE +switch-master."""
+        w = self.world
+        if name == b"PING":
+            self._reply(c, _PONG_SUBSCRIBED if c.sentinel_sub else b"+PONG\r\n")
+        elif name == b"SENTINEL" and len(args) == 2 and args[0].lower() == b"get-master-addr-by-name":
+            if c.sentinel_sub:
+                w.fail("the hub sent SENTINEL on a sentinel connection in pub/sub mode")
+            if args[1] != MASTER_NAME:
+                w.fail(f"the hub asked for master {args[1]!r}")
+            host, port = w.master_addr()
+            self._send(c, [(b"*2\r\n" + _bulk(host.encode()) + _bulk(b"%d" % port), ("reply", True, None)),
+                           (b"", ("named", (host, port)))])
+        elif name in (b"SUBSCRIBE", b"UNSUBSCRIBE") and args == [b"+switch-master"]:
+            c.sentinel_sub = name == b"SUBSCRIBE"
+            self._send(c, [(_push(name.lower(), args[0], b":%d\r\n" % c.sentinel_sub), ("reply", True, None))])
+        else:
+            w.fail(f"the hub sent a sentinel {name!r} {args!r}")
+
+    def switch_master(self, c: RedisConn, old: tuple[str, int], new: tuple[str, int]) -> None:
+        """The sentinel announces a failover on its +switch-master channel."""
+        payload = b"%s %s %d %s %d" % (MASTER_NAME, old[0].encode(), old[1], new[0].encode(), new[1])
+        self._send(c, [(_push(b"message", b"+switch-master", _bulk(payload)), ("named", new))])
 
     def publish(self, channel: bytes, payload: bytes, origin: RedisConn | None) -> tuple[int, ExecRec | None]:
         subs = self.subs.get(channel)
@@ -760,6 +831,18 @@ class World:
             shutdown_timeout=rng.choice([2.0, 5.0]),
             handshake_timeout=rng.choice([1.0, 5.0]),
         )
+        # A quarter of the seeds run behind Sentinel (no rng draw: the other seeds replay as before).
+        self.sentinel_mode = seed % 4 == 3
+        if self.sentinel_mode:
+            self.cfg = dataclasses.replace(self.cfg, redis_mode="sentinel", redis_master_name=MASTER_NAME.decode(),
+                                           redis_sentinels=SENTINEL_ADDRS, redis_host=SENTINEL_ADDRS[0][0],
+                                           redis_port=SENTINEL_ADDRS[0][1])
+        self.master = 0  # index in MASTER_ADDRS of the master's name now
+        self.sentinel_down: set[int] = set()  # sentinels that refuse connections now
+        self.named_at = -1.0  # when the hub last processed a sentinel naming the master
+        self.last_named: tuple[str, int] | None = None  # ... and the address it named
+        self.in_sentinel_input = False  # the hub is handling bytes from its sentinel link (it may move links)
+        self.stalls_seen = 0  # the hub's probe stalls accounted for (a stall drops a link owing no reply)
         cfg = self.cfg
         self.interval = cfg.pong_wait * 0.9  # the hub's ping interval, computed as the hub does
         prefix = cfg.channel_prefix
@@ -770,6 +853,7 @@ class World:
         self.pfx_kick = f"{prefix}client-kick:".encode()
         self.ch_new = f"{prefix}client-new".encode()
         self.ch_gone = f"{prefix}client-gone".encode()
+        self.pfx_probe = f"{prefix}probe:".encode()  # the broker's own stall probe (redis.probeInterval)
 
         # scenario
         self.duration = rng.uniform(30.0, 60.0)
@@ -999,24 +1083,40 @@ class World:
         self.log("action OpenLink %s #%d", link.value, a.link)
         if link in self.redis_conn or link in self.connecting:
             self.fail(f"the hub dialled its {link.value} link while the previous connection is still open")
-        if (a.host, a.port, a.tls) != (self.cfg.redis_host, self.cfg.redis_port, self.cfg.redis_tls):
+        addr = (a.host, a.port)
+        if not self.sentinel_mode:
+            expected = [(self.cfg.redis_host, self.cfg.redis_port)]
+        elif link is SENTINEL:
+            expected = list(SENTINEL_ADDRS)
+        else:
+            # (f) Behind Sentinel a data link dials the address a sentinel named last, and only one named
+            # after the link went down: never a cached address.
+            expected = list(MASTER_ADDRS)
+            down = self.down_since.get(link)
+            if addr != self.last_named:
+                self.fail(f"(f) the {link.value} link dialled {addr}, not the address named last {self.last_named}")
+            if down is not None and self.named_at < down:
+                self.fail(f"(f) the {link.value} link redialled {addr} named at {self.named_at - T0:.6f}, before "
+                          f"it went down at {down - T0:.6f}")
+        if addr not in expected or a.tls != self.cfg.redis_tls:
             self.fail(f"OpenLink to {a.host}:{a.port} tls={a.tls}")
         self.link_roles[a.link] = link
         self.down_since.pop(link, None)
         self.connecting[link] = (a.link, self.now)
-        self.at(self.now + 2 * self.redis_latency + 0.0002, self._connect_done, link, a.link)
+        self.at(self.now + 2 * self.redis_latency + 0.0002, self._connect_done, link, a.link, addr)
 
-    def _connect_done(self, link: RedisLink, link_id: int) -> None:
+    def _connect_done(self, link: RedisLink, link_id: int, addr: tuple[str, int]) -> None:
         entry = self.connecting.get(link)
-        if entry is None or entry[0] != link_id or self.redis.mode == "blackhole":
+        to_sentinel = link is SENTINEL
+        if entry is None or entry[0] != link_id or (self.redis.mode == "blackhole" and not to_sentinel):
             return  # cancelled by CloseLink, or the SYN went into a black hole
         del self.connecting[link]
-        if self.redis.mode == "refuse":
+        if (SENTINEL_ADDRS.index(addr) in self.sentinel_down) if to_sentinel else self.redis.mode == "refuse":
             self.down_since[link] = self.now
             self.call(f"link_lost({link.value} #{link_id}) [connection refused]", self.hub.link_lost, link_id,
                       self.now)
             return
-        c = self.redis.accept(link, link_id)
+        c = self.redis.accept(link, link_id, addr)
         self.redis_conn[link] = c
         self.call(f"link_opened({link.value} #{link_id}) #{c.id}", self.hub.link_opened, link_id, self.now)
 
@@ -1046,7 +1146,10 @@ class World:
             self.notes["late_idle_pings"] += 1  # idle for more than timeout/2 before sending anything
         c.out_reader.feed(data)
         while (cmd := c.out_reader.gets()) is not _NOT_ENOUGH:
-            c.pending.append((self.now, cmd[0].upper() if isinstance(cmd, list) and cmd else b"?"))
+            name = cmd[0].upper() if isinstance(cmd, list) and cmd else b"?"
+            if name == b"PUBLISH" and len(cmd) > 1 and cmd[1].startswith(self.pfx_probe):
+                name = b"PROBE"  # the stall probe: a keepalive of the subscriber link, not a client's message
+            c.pending.append((self.now, name))
         c.up.send(data)
 
     def _close_redis(self, link_id: int) -> None:
@@ -1054,11 +1157,17 @@ class World:
         self.log("action CloseLink %s #%d", link.value, link_id)
         timeout = self.cfg.redis_timeout
         entry = self.connecting.pop(link, None)
-        if entry is not None and self.now < entry[1] + timeout - EPS:
+        if entry is not None and not self.in_sentinel_input and self.now < entry[1] + timeout - EPS:
             self.fail(f"(d) the hub abandoned a {link.value} connect after {self.now - entry[1]:.6f}s, "
                       f"before redis.timeout={timeout}")
         c = self.redis_conn.pop(link, None)
-        if c is not None:
+        stalls = self.hub.broker.stalls if isinstance(self.hub.broker, RedisBroker) else 0
+        if c is not None and (c.role_refused or self.in_sentinel_input or stalls > self.stalls_seen):
+            # Dropped by design with no reply owed: a replica, a move to the master a sentinel named, a
+            # subscriber that did not deliver the probe (see docs/reliability.md#stalled-connections).
+            self.stalls_seen = stalls
+            self.redis.close(c)
+        elif c is not None:
             if not c.pending:
                 self.fail(f"(d) the hub dropped its {link.value} link #{c.id} while no reply was owed "
                           f"(did it find the reply stream broken?)")
@@ -1074,9 +1183,12 @@ class World:
         if self.redis_conn.get(c.link) is not c:
             return  # the shell detached this connection
         c.last_rx = self.now
-        self.call(f"link_data({c.link.value} #{c.link_id}, {len(data)}B)", self.hub.link_data, c.link_id, data,
-                  self.now,
-                  post=lambda: self._redis_records(c, len(data)))
+        self.in_sentinel_input = c.link is SENTINEL
+        try:
+            self.call(f"link_data({c.link.value} #{c.link_id}, {len(data)}B)", self.hub.link_data, c.link_id,
+                      data, self.now, post=lambda: self._redis_records(c, len(data)))
+        finally:
+            self.in_sentinel_input = False
 
     def _redis_records(self, c: RedisConn, n: int) -> None:
         """What the hub just processed: replies (acks) and pushes (model of membership)."""
@@ -1093,6 +1205,9 @@ class World:
                         c.prelude_left -= 1
                 if rec[2] is not None:
                     rec[2].acked = True
+            elif rec[0] == "named":  # the hub has read a sentinel's answer or +switch-master
+                self.named_at = self.now
+                self.last_named = rec[1]
             else:
                 self._model_push(rec[1], rec[2])
         if not c.prelude_left:
@@ -1553,8 +1668,12 @@ class World:
         if self.phase != "active":
             return
         rng = self.rng
-        kind = rng.choices(["drop_sub", "drop_cmd", "drop_both", "restart", "stall", "blackhole", "lose_reply"],
-                           [2, 2, 1, 2, 1.5, 1, 2])[0]
+        kinds = ["drop_sub", "drop_cmd", "drop_both", "restart", "stall", "blackhole", "lose_reply"]
+        weights = [2.0, 2, 1, 2, 1.5, 1, 2]
+        if self.sentinel_mode:
+            kinds += ["failover", "failover_unannounced", "drop_sentinel"]
+            weights += [3, 1, 2]
+        kind = rng.choices(kinds, weights)[0]
         self.stats["faults"] += 1
         timeout = self.cfg.redis_timeout
         self.log("FAULT %s", kind)
@@ -1572,6 +1691,24 @@ class World:
                 self.at(heal, self._set_mode, "up")
         elif kind == "lose_reply":
             self.redis.kill_after_publish = rng.randint(1, 3)
+        elif kind in ("failover", "failover_unannounced"):
+            old = MASTER_ADDRS[self.master]
+            self.master = 1 - self.master
+            self.log("FAULT: the master moves from %s to %s", old, self.master_addr())
+            for link in (SUB, CMD):  # the promotion's CLIENT KILL: connections to the old master are cut
+                c = self.redis_conn.get(link)
+                if c is not None and c.addr == old:
+                    self.kill_link(link)
+            watcher = self.redis_conn.get(SENTINEL)
+            if kind == "failover" and watcher is not None and watcher.alive and watcher.sentinel_sub:
+                self.redis.switch_master(watcher, old, self.master_addr())
+        elif kind == "drop_sentinel":
+            watcher = self.redis_conn.get(SENTINEL)
+            index = SENTINEL_ADDRS.index(watcher.addr) if watcher is not None else rng.randrange(2)
+            self.sentinel_down.add(index)
+            self.kill_link(SENTINEL)
+            heal = self.now + rng.uniform(0.1, 3.0)
+            self.at(heal, self.sentinel_down.discard, index)
         elif kind == "stall":
             self.redis.stalled = True
             heal = self.now + rng.uniform(0.2, 2.0) * timeout
@@ -1584,6 +1721,9 @@ class World:
             self.at(heal, self._set_mode, "up")
         self.fault_until = max(self.fault_until, heal)
         self.at(heal + rng.uniform(0.5, 2.0) * self.fault_gap, self._fault)
+
+    def master_addr(self) -> tuple[str, int]:
+        return MASTER_ADDRS[self.master]
 
     def _set_mode(self, mode: str) -> None:
         self.log("Redis accepts connections again")
@@ -1644,8 +1784,9 @@ class World:
                 model_needed |= {self.pfx_group + g.encode() for g in c.groups}
         if hub.needed_channels() != model_needed:
             self.fail(f"(a3) the hub needs {sorted(hub.needed_channels())}, the model {sorted(model_needed)}")
-        if set(c_sub.subs) != model_needed:
-            self.fail(f"(a3) Redis has the hub subscribed to {sorted(c_sub.subs)}, needed {sorted(model_needed)}")
+        hub_subs = {ch for ch in c_sub.subs if not ch.startswith(self.pfx_probe)}  # the probe's own channel apart
+        if hub_subs != model_needed:
+            self.fail(f"(a3) Redis has the hub subscribed to {sorted(hub_subs)}, needed {sorted(model_needed)}")
         if not hub.ready:
             self.fail("(a3) hub.ready is False once everything settled")
         probes = {}
@@ -1734,13 +1875,15 @@ class World:
             c = self.redis_conn.get(link)
             if c is None:
                 self.fail(f"(c) the {link.value} link is down at the end")
-            if c.subs:
-                self.fail(f"(c) Redis still has the hub subscribed to {sorted(c.subs)}")
-            waiting = [name for _, name in c.pending if name != b"PING"]  # an idle PING may be in flight
+            left = sorted(ch for ch in c.subs if not ch.startswith(self.pfx_probe))  # the probe's: while up
+            if left:
+                self.fail(f"(c) Redis still has the hub subscribed to {left}")
+            waiting = [name for _, name in c.pending if name not in (b"PING", b"PROBE")]  # keepalives may be owed
             if waiting:
                 self.fail(f"(c) the {link.value} link still waits for replies to {waiting}")
         for ch in self.redis.subs:
-            self.fail(f"(c) Redis still has subscribers on {ch!r}")
+            if not ch.startswith(self.pfx_probe):
+                self.fail(f"(c) Redis still has subscribers on {ch!r}")
         if self.stopped_at is not None and self.shutdown_at is not None and \
                 self.stopped_at > self.shutdown_at + self.cfg.shutdown_timeout - EPS:
             # Stopped by the shutdown timeout: the process exits, buffered messages are lost by design.
@@ -1787,7 +1930,8 @@ class World:
                     self.fail(f"(d) {c!r}: no ping by {ping_due - T0:.6f} (last bytes in at {c.hub_rx - T0:.6f}, "
                               f"last ping at {c.ping_base - T0:.6f}, interval {self.interval})")
         timeout = cfg.redis_timeout
-        for link in (SUB, CMD):
+        watcher = self.redis_conn.get(SENTINEL)
+        for link in (SUB, CMD, SENTINEL) if self.sentinel_mode else (SUB, CMD):
             rc = self.redis_conn.get(link)
             if rc is not None:
                 if rc.pending:
@@ -1802,6 +1946,13 @@ class World:
             elif link in self.down_since:
                 due = self.down_since[link] + cfg.reconnect_max
                 what = "reconnect"
+                if self.sentinel_mode and link is not SENTINEL:
+                    # It waits for a sentinel to name the master: due once one is up (its answer is a round
+                    # trip away, a slow sentinel link's prelude another).
+                    if watcher is None or not watcher.alive or watcher.prelude_left:
+                        continue
+                    due = max(due, watcher.born) + 8 * self.redis_latency + 0.01
+                    what = "reconnect (a sentinel is up)"
             else:
                 continue
             if t > due + EPS:
