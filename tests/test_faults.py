@@ -288,12 +288,12 @@ def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(shell: str,
     run(scenario)
 
 
-def test_sigstop_is_found_by_the_probe_and_the_hub_delivers_again_after_sigcont(own_redis: RedisProcess,
+def test_sigstop_is_found_by_the_probe_and_the_hub_delivers_again_after_sigcont(shell: str, own_redis: RedisProcess,
                                                                                 prefix: str) -> None:
     """A stopped Redis keeps its TCP connections: only the probe can tell, long before redis.timeout."""
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=60, redis_probeInterval=0.5) as (server, sub,
-                                                                                                         a):
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=60,
+                                       redis_probeInterval=0.5) as (server, sub, a):
             r = own_redis.client()
             own_redis.pause()
             try:

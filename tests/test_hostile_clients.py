@@ -88,7 +88,10 @@ class TestRFC6455Section7ClosingCodes:
 def test_slow_consumer_is_closed_and_does_not_delay_the_others(shell: str,
                                                                broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxOutboundBuffer=256 * 1024,
+        # 1 MiB: the stuck client (a 4 KiB window, at most 4 MiB in the hub's send buffer) is over it long
+        # before the 9.6 MB end, and a reader in this process that the hub (on trio: in a thread of its own)
+        # runs ahead of by a few messages is not.
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxOutboundBuffer=1024 * 1024,
                                    webSocket_writeWait=30) as (server, backend):
             readers = [await good_client(server, backend, f"ok{i}") for i in range(5)]
             # A client that completes the upgrade, joins the group, and then never reads.

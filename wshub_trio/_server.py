@@ -59,7 +59,10 @@ T = TypeVar("T")
 # (bounded by webSocket.maxOutboundBuffer) and watches the write stall (writeWait).
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = WRITE_HIGH_WATER // 4
-READ_SIZE = 64 * 1024
+# Small reads: trio hands a read's bytes over after one more scheduler pass, in which a PauseClient
+# (redis.maxBufferedBytes crossed by another client's read) may come; each paused client can still
+# feed one read, so the bound's overshoot is at most this per client (asyncio feeds in the same step).
+READ_SIZE = 16 * 1024
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)  # a stream that can carry nothing more
 
