@@ -2,7 +2,8 @@
 """WS-Hub benchmark orchestrator: one command per scenario, one JSON line of results.
 
 Every run starts its own redis-server on a free port, the server under test
-(WS-Hub: ``python -m wshub_asyncio``; the reference peer: ``bench/peer_websockets.py``),
+(WS-Hub: ``python -m wshub_asyncio``, or ``python -m wshub_trio`` for the servers
+named ``wshub-trio``, ``wshub-trio-memory``; the reference peer: ``bench/peer_websockets.py``),
 the benchmark listener, the publisher (and, for ``upstream``, a Redis subscriber)
 and the Node load generator(s). ``--server wshub-memory`` runs WS-Hub on its
 memory broker instead: no redis-server, the listener (``bench/api_listener.js``)
@@ -19,6 +20,7 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py upstream  --server both --clients 1000 --rate 20 --seconds 10
     python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
     python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
+    python bench/run.py connect   --server wshub,wshub-trio --clients 15000 --groups 100
 
 ``api_publish``: a closed loop of publishes to one group of ``--clients`` members,
 ``--api-conns`` connections with ``--api-depth`` requests in flight on each: first
@@ -344,6 +346,7 @@ class Options:
     profile: str = ""
     logdir: Path = Path("/tmp")
     broker: str = "redis"  # WS-Hub's broker: redis, or memory (no redis-server; the helpers use the HTTP API)
+    shell: str = "asyncio"  # WS-Hub's event loop: python -m wshub_asyncio, or wshub_trio (servers named NAME-trio)
     api: bool = False  # give WS-Hub an api.key (the memory broker always has one)
     api_conns: int = 4  # keep-alive connections of an HTTP API publisher
     api_depth: int = 1  # requests in flight on each of them (1: no pipelining)
@@ -470,7 +473,7 @@ class Rig:
                 + ("  compression: true\n" if o.compression else "") + o.extra_yaml
             )
             self.server = await asyncio.create_subprocess_exec(
-                PYTHON, "-m", "wshub_asyncio", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=err,
+                PYTHON, "-m", f"wshub_{o.shell}", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=err,
                 cwd=o.logdir, env=env)
         else:
             self.server = await asyncio.create_subprocess_exec(
@@ -911,10 +914,14 @@ def machine() -> Json:
             "load1": round(os.getloadavg()[0], 2)}
 
 
-def server_kind(server: str) -> tuple[str, str]:
-    """``--server`` name -> (kind, broker): ``proto-memory+uv`` -> (proto, memory), ``peer`` -> (peer, redis)."""
-    kind, _, broker = server.removesuffix("+uv").partition("-")
-    return kind, broker or "redis"
+def server_kind(server: str) -> tuple[str, str, str]:
+    """``--server`` name -> (kind, broker, shell): ``proto-memory+uv`` -> (proto, memory, asyncio),
+    ``wshub-trio-memory`` -> (wshub, memory, trio), ``peer`` -> (peer, redis, asyncio); a bad name -> kind ""."""
+    kind, *parts = server.removesuffix("+uv").split("-")
+    shell = "trio" if parts[:1] == ["trio"] else "asyncio"
+    parts = parts[1:] if shell == "trio" else parts
+    broker = parts[0] if len(parts) == 1 else "redis"
+    return (kind if len(parts) <= 1 else ""), broker, shell
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -923,7 +930,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--server", default="both",
                    help="both (= wshub,peer), or a comma list of wshub, peer, proto (WS-Hub from --hub-pythonpath); "
                    "NAME-memory runs WS-Hub (wshub, proto) on the memory broker, with no redis-server: the listener "
-                   "and publisher use its HTTP API; NAME+uv runs that server on uvloop from --uvloop DIR")
+                   "and publisher use its HTTP API; NAME+uv runs that server on uvloop from --uvloop DIR; wshub-trio "
+                   "(wshub-trio-memory, proto-trio) runs WS-Hub's trio shell, python -m wshub_trio")
     p.add_argument("--clients", type=int, default=None,
                    help="default: connect 15000, broadcast 10000, api_publish 20, else 1000")
     p.add_argument("--groups", type=int, default=None, help="default: connect 100, others 1")
@@ -972,9 +980,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
 
     servers = ["wshub", "peer"] if a.server == "both" else a.server.split(",")
     for server in servers:
-        kind, broker = server_kind(server)
-        if kind not in ("wshub", "peer", "proto") or broker not in ("redis", "memory") or server.count("-") > 1:
+        kind, broker, shell = server_kind(server)
+        if kind not in ("wshub", "peer", "proto") or broker not in ("redis", "memory"):
             p.error(f"unknown server {server!r}")
+        if shell == "trio" and (kind == "peer" or server.endswith("+uv")):
+            p.error(f"-trio names WS-Hub's trio shell (no peer, no uvloop): --server {server}")
         if server.endswith("+uv") and not a.uvloop:
             p.error(f"--server {server} needs --uvloop DIR")
         if kind == "peer" and (broker == "memory" or a.scenario == "api_publish"):
@@ -990,8 +1000,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
     for server in servers:
         logdir = logroot / server
         logdir.mkdir()
-        kind, broker = server_kind(server)
-        opts = Options(server="peer" if kind == "peer" else "wshub", broker=broker, clients=a.clients, groups=a.groups,
+        kind, broker, shell = server_kind(server)
+        opts = Options(server="peer" if kind == "peer" else "wshub", broker=broker, shell=shell,
+                       clients=a.clients, groups=a.groups,
                        size=a.size, procs=a.procs, per_address=a.per_address, concurrency=a.concurrency,
                        receiver=a.receiver, hub_pythonpath=a.hub_pythonpath if kind == "proto" else "",
                        uvloop=a.uvloop if server.endswith("+uv") else "", workers=a.workers,
@@ -1010,7 +1021,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(), "results": results,
     }
     for num, den in (("wshub", "peer"), ("proto", "wshub"), ("wshub+uv", "peer+uv"), ("proto+uv", "peer+uv"),
-                     ("proto+uv", "proto"), ("wshub-memory", "wshub"), ("proto-memory", "wshub-memory")):
+                     ("proto+uv", "proto"), ("wshub-memory", "wshub"), ("proto-memory", "wshub-memory"),
+                     ("wshub-trio", "wshub"), ("wshub-trio-memory", "wshub-memory")):
         if num in results and den in results and "error" not in results[num] and "error" not in results[den]:
             out[f"ratio_{num}_over_{den}"] = {
                 k: round(results[num][k] / results[den][k], 3)

@@ -10,6 +10,8 @@
 #   REPORTS      where reports go                  (default: /tmp/wshub-autobahn; never inside the repo)
 #   ECHO_SRC     directory the echo app is run from (default: this checkout); point it at a
 #                copy of the tree to try a candidate change to the core
+#   SHELL_NAME   which shell serves the echo app: asyncio (default) or trio
+#                (python -m wshub_$SHELL_NAME.echo)
 #   ECHO_ARGS    more arguments for the echo app, e.g. --compression (with cases '12.*' '13.*')
 #
 # Exits 0 when no case is FAILED or NON-STRICT, 1 otherwise, 2 on a setup error.
@@ -22,6 +24,8 @@ PYTHON="${PYTHON:-/tmp/wsvenv/bin/python}"
 PY27="${PY27:-${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python}"
 AB_VENV="${AB_VENV:-/tmp/ab27}"
 REPORTS="${REPORTS:-/tmp/wshub-autobahn}"
+SHELL_NAME="${SHELL_NAME:-asyncio}"
+case "$SHELL_NAME" in asyncio|trio) ;; *) echo "run_autobahn: SHELL_NAME must be asyncio or trio" >&2; exit 2;; esac
 
 mkdir -p "$REPORTS"
 
@@ -54,7 +58,7 @@ PY
 
 cd "${ECHO_SRC:-$repo}"  # python -m puts the current directory first on sys.path
 # shellcheck disable=SC2086  # ECHO_ARGS is a list of words
-"$PYTHON" -m wshub_asyncio.echo --address "127.0.0.1:$port" ${ECHO_ARGS:-} >"$REPORTS/echo.log" 2>&1 &
+"$PYTHON" -m "wshub_$SHELL_NAME.echo" --address "127.0.0.1:$port" ${ECHO_ARGS:-} >"$REPORTS/echo.log" 2>&1 &
 server_pid=$!
 stop_server() {
     if kill -0 "$server_pid" 2>/dev/null; then
@@ -70,7 +74,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "echo server pid $server_pid on 127.0.0.1:$port; reports in $REPORTS/servers"
+echo "echo server (wshub_$SHELL_NAME) pid $server_pid on 127.0.0.1:$port; reports in $REPORTS/servers"
 started=$(date +%s)
 (cd "$REPORTS" && "$AB_VENV/bin/wstest" -m fuzzingclient -s "$REPORTS/spec.json") >"$REPORTS/wstest.log" 2>&1 \
     || { tail -20 "$REPORTS/wstest.log" >&2; exit 2; }

@@ -33,8 +33,6 @@ from urllib.parse import quote
 import redis.asyncio as aredis
 
 from helpers import TEST_API_KEY, EventStream, HttpClient, Subscriber, hub_config, running_hub, wait_key_confirmed
-from wshub_asyncio import Server
-from wshub_core import Hub
 
 BROKERS = ["memory", "redis"]
 
@@ -49,7 +47,7 @@ def _bytes(payload: str | bytes) -> bytes:
 class Backend(abc.ABC):
     """What a listener and a service do, and what they hear."""
 
-    def __init__(self, server: Server[Hub], prefix: str) -> None:
+    def __init__(self, server: Any, prefix: str) -> None:
         self.server = server
         self.prefix = prefix
         self._closed = False
@@ -100,7 +98,7 @@ class Backend(abc.ABC):
 class RedisBackend(Backend):
     """A listener with a Redis client: PUBLISH, and a subscriber for the hub's announcements and client data."""
 
-    def __init__(self, server: Server[Hub], prefix: str, redis: aredis.Redis) -> None:
+    def __init__(self, server: Any, prefix: str, redis: aredis.Redis) -> None:
         super().__init__(server, prefix)
         self.redis = redis
         self._sub = Subscriber(redis)
@@ -137,7 +135,7 @@ class RedisBackend(Backend):
 class ApiBackend(Backend):
     """A backend without a Redis client: the hub's HTTP API, on one keep-alive connection, and its event stream."""
 
-    def __init__(self, server: Server[Hub], prefix: str, api: HttpClient) -> None:
+    def __init__(self, server: Any, prefix: str, api: HttpClient) -> None:
         super().__init__(server, prefix)
         self.api = api
         self._events: EventStream | None = None
@@ -194,12 +192,13 @@ class ApiBackend(Backend):
 
 
 @contextlib.asynccontextmanager
-async def hub_and_backend(broker: str, redis_port: int, prefix: str,
-                          **overrides: Any) -> AsyncIterator[tuple[Server[Hub], Backend]]:
-    """An in-process hub on ``broker`` and a backend for it: Redis on ``redis_port``, or the hub's HTTP API."""
+async def hub_and_backend(broker: str, redis_port: int, prefix: str, shell: str = "asyncio",
+                          **overrides: Any) -> AsyncIterator[tuple[Any, Backend]]:
+    """An in-process hub on ``broker`` and ``shell``, and a backend for it: Redis on ``redis_port``, or the
+    hub's HTTP API."""
     config = hub_config(redis_port, prefix, broker=broker, api_key=TEST_API_KEY, **overrides)
     assert config.broker == broker
-    async with running_hub(config) as server:
+    async with running_hub(config, shell) as server:
         backend: Backend
         if broker == "redis":
             backend = RedisBackend(server, prefix, aredis.Redis(host="127.0.0.1", port=redis_port))

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import RedisProcess
+from helpers import SHELLS, RedisProcess
 
 _counter = itertools.count()
 
@@ -40,3 +40,10 @@ def redis_port(request: pytest.FixtureRequest, broker: str) -> int:
         server: RedisProcess = request.getfixturevalue("redis_server")
         return server.port
     return 0
+
+
+@pytest.fixture(params=SHELLS)
+def shell(request: pytest.FixtureRequest) -> str:
+    """The shell a shell-exercising test runs on: every such test runs once on asyncio and once on trio."""
+    name: str = request.param
+    return name

@@ -1,7 +1,15 @@
-"""Shared test plumbing: real redis-server processes, an in-process hub, clients.
+"""Shared test plumbing: real redis-server processes, an in-process hub on either shell, clients.
 
 Nothing here mocks Redis or the network: every helper starts or talks to a
 real process over TCP.
+
+A test that exercises the shell runs once per shell (the ``shell`` fixture,
+``SHELLS``): ``running_hub(config, shell)`` gives the asyncio ``Server`` itself
+(on the test's own loop), or a ``TrioHub``: the trio ``Server`` running
+``trio.run`` in a thread of its own, whose every attribute read (``.core.ready``,
+``.core.client_count()``, ``.links``) runs on the trio thread and comes back
+as a copy (``OnTrio``). So a test asserts the same things on both shells, and
+never reads the trio hub's state while the trio thread changes it.
 """
 
 from __future__ import annotations
@@ -19,22 +27,33 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from enum import Enum
 from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aredis
 
 from wshub_asyncio import Server
-from wshub_core import Config, Hub, load_config
+from wshub_core import Config, Core, Hub, load_config
 
 T = TypeVar("T")
+
+SHELLS = ["asyncio", "trio"]
+"""The shells a shell-exercising test runs on (``python -m wshub_<shell>``)."""
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 TEST_API_KEY = "test-api-key"
+
+
+def shell_module(shell: str) -> str:
+    """The module a shell runs as: ``python -m wshub_asyncio`` or ``python -m wshub_trio``."""
+    assert shell in SHELLS, shell
+    return f"wshub_{shell}"
 
 
 def hub_env(**overrides: str) -> dict[str, str]:
@@ -124,14 +143,184 @@ def hub_config(redis_port: int, prefix: str, **overrides: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(config: Config) -> AsyncIterator[Server[Hub]]:
+async def running_hub(config: Config, shell: str = "asyncio", *, ready: bool = True) -> AsyncIterator[Any]:
+    """A hub on ``config`` (ready, unless ``ready=False``): the asyncio ``Server[Hub]`` on this loop, or a
+    ``TrioHub`` (``shell="trio"``)."""
+    if shell == "trio":
+        async with trio_server(Hub(config=config, seed=1), config=config) as trio_hub:
+            if ready:
+                await wait_for(lambda: trio_hub.core.ready, what="hub ready")
+            yield trio_hub
+        return
+    assert shell == "asyncio", shell
     server = Server(Hub(config=config, seed=1), config=config)
     await server.start()
     try:
-        await wait_for(lambda: server.core.ready, what="hub ready")
+        if ready:
+            await wait_for(lambda: server.core.ready, what="hub ready")
         yield server
     finally:
         await server.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(core: Core, shell: str) -> AsyncIterator[Any]:
+    """A shell's ``Server`` for ``core`` (e.g. an ``EchoHub``) on 127.0.0.1 and a free port; closed at the end."""
+    if shell == "trio":
+        async with trio_server(core) as trio_hub:
+            yield trio_hub
+        return
+    server = Server(core)
+    await server.start(host="127.0.0.1", port=0)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+_PLAIN = (int, float, str, bytes, bool, type(None), Enum)
+
+
+class OnTrio:
+    """An object of the trio thread's, seen from the test's thread: every read and call runs on the trio thread.
+
+    What comes back is a copy when it is plain data (numbers, strings, bytes,
+    enums, and lists, tuples, dicts and sets of them), else another ``OnTrio``.
+    """
+
+    __slots__ = ("_obj", "_server")
+
+    def __init__(self, obj: Any, server: Any) -> None:
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_server", server)
+
+    def _on_trio(self, fn: Callable[[Any], Any]) -> Any:
+        obj, server = self._obj, self._server
+        return server.call_from_thread(lambda: _export(fn(obj), server))
+
+    def __getattr__(self, name: str) -> Any:
+        return self._on_trio(lambda obj: getattr(obj, name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._on_trio(lambda obj: obj(*args, **kwargs))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._on_trio(lambda obj: obj[key])
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._on_trio(list))
+
+    def __len__(self) -> int:
+        length: int = self._on_trio(len)
+        return length
+
+    def __bool__(self) -> bool:
+        truth: bool = self._on_trio(bool)
+        return truth
+
+    def __contains__(self, item: Any) -> bool:
+        found: bool = self._on_trio(lambda obj: item in obj)
+        return found
+
+
+def _export(value: Any, server: Any) -> Any:
+    """``value`` as the test's thread may hold it (called on the trio thread)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_export(v, server) for v in value) if type(value) in (list, tuple) else OnTrio(value, server)
+    if isinstance(value, dict):
+        return {k: _export(v, server) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return type(value)(value)
+    return OnTrio(value, server)
+
+
+class TrioHub(OnTrio):
+    """A trio ``Server`` in its own thread, for a test on asyncio: ``port`` and ``stopped`` are the test's own;
+    everything else (``core``, ``links``, ``shutdown()``) is read or called on the trio thread."""
+
+    __slots__ = ("port", "stopped")
+
+
+@contextlib.asynccontextmanager
+async def trio_server(core: Core, *, config: Config | None = None, host: str = "127.0.0.1",
+                      port: int = 0) -> AsyncIterator[TrioHub]:
+    """``wshub_trio.Server(core)`` served by ``trio.run`` in a thread; closed (every task cancelled) at the end.
+
+    An exception in the trio thread fails the test at the end of the block.
+    """
+    import trio
+
+    from wshub_trio import Server as TrioServer
+
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+    stopped = asyncio.Event()
+    server = TrioServer(core, config=config)
+    failure: list[BaseException] = []
+
+    everything = trio.CancelScope()
+
+    async def relay_stopped() -> None:
+        await server.stopped.wait()
+        loop.call_soon_threadsafe(stopped.set)
+
+    async def main() -> None:
+        await server.listen(host=host, port=port)
+        with everything:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(relay_stopped)
+                await nursery.start(server.serve)
+                loop.call_soon_threadsafe(started.set_result, None)
+
+    def close() -> None:
+        server.close()
+        everything.cancel()
+
+    def thread() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            failure.append(exc)
+            loop.call_soon_threadsafe(lambda: started.done() or started.set_exception(failure[0]))
+
+    runner = threading.Thread(target=thread, name="trio hub", daemon=True)
+    runner.start()
+    try:
+        await within(asyncio.shield(started), 10)
+        handle = TrioHub(server, server)
+        object.__setattr__(handle, "port", server.call_from_thread(lambda: server.port))
+        object.__setattr__(handle, "stopped", stopped)
+        yield handle
+    finally:
+        if not failure:
+            with contextlib.suppress(trio.RunFinishedError):
+                server.call_from_thread(close)
+        await asyncio.to_thread(runner.join, 15)
+        assert not runner.is_alive(), "the trio hub did not stop"
+    if failure:
+        raise failure[0]
+
+
+def hub_now(server: Any) -> float:
+    """The hub's clock (the ``now`` its core is given): the asyncio loop's, or trio's on the trio thread."""
+    if isinstance(server, TrioHub):
+        import trio
+
+        return on_hub(server, lambda _: trio.current_time())
+    now: float = server.loop.time()
+    return now
+
+
+def on_hub(server: Any, fn: Callable[[Any], T]) -> T:
+    """``fn(server)`` where the hub runs: at once on asyncio, on the trio thread for a ``TrioHub``,
+    so that several reads see one state."""
+    if isinstance(server, TrioHub):
+        inner = server._obj
+        result: T = inner.call_from_thread(lambda: fn(inner))
+        return result
+    return fn(server)
 
 
 async def wait_for(predicate: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
@@ -197,22 +386,30 @@ async def hub_channels_in_redis(r: aredis.Redis, prefix: str) -> set[str]:
     return {(c.decode() if isinstance(c, bytes) else c)[len(prefix):] for c in channels}
 
 
-def group_names(server: Server[Hub], prefix: str) -> set[str]:
+def group_names(server: Any, prefix: str) -> set[str]:
     """Groups the hub needs (has a local member in), from its needed-channel set."""
     head = f"{prefix}group-data:".encode()
     return {ch[len(head):].decode() for ch in server.core.needed_channels() if ch.startswith(head)}
 
 
-async def wait_groups(server: Server[Hub], prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
+async def wait_groups(server: Any, prefix: str, groups: set[str], *, timeout: float = 5.0) -> None:
     """Until exactly ``groups`` are needed and every needed subscription is confirmed by Redis."""
-    await wait_for(lambda: server.core.ready and group_names(server, prefix) == groups, timeout=timeout,
-                   what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
+    await wait_for(lambda: on_hub(server, lambda s: s.core.ready and group_names(s, prefix) == groups),
+                   timeout=timeout, what=f"groups {sorted(groups)} live (have {sorted(group_names(server, prefix))})")
 
 
-async def wait_key_confirmed(server: Server[Hub], prefix: str, key: str) -> None:
-    channel = f"{prefix}groups-new:{key}".encode()
-    await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
-                   what=f"groups-new:{key} confirmed")
+async def wait_key_confirmed(server: Any, prefix: str, key: str) -> None:
+    await wait_confirmed(server, f"{prefix}groups-new:{key}".encode(), what=f"groups-new:{key} confirmed")
+
+
+async def wait_confirmed(server: Any, channel: bytes, *, what: str) -> None:
+    """Until ``channel`` is subscribed and Redis confirmed it (the hub is ready: every needed channel is).
+
+    Both read in one step where the hub runs (``on_hub``): on trio, read one after the other from this
+    thread, ``ready`` could be from before the SUBSCRIBE and the channel from after it.
+    """
+    await wait_for(lambda: on_hub(server, lambda s: s.core.ready and channel in s.core.subscribed_channels()),
+                   what=what)
 
 
 def ws_url(port: int, key: str | None, *, path: str = "/ws") -> str:
@@ -583,7 +780,7 @@ async def chromium_page(url: str) -> AsyncIterator[ChromiumPage]:
 
 
 class HubProcess:
-    """``python -m wshub_asyncio`` configured by WSHUB_* variables; its stderr read line by line."""
+    """``python -m wshub_asyncio`` (or ``wshub_trio``) configured by WSHUB_* variables; its stderr read line by line."""
 
     def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
         self.proc = proc
@@ -612,8 +809,9 @@ class HubProcess:
 
 
 @contextlib.asynccontextmanager
-async def hub_process(*, port: int | None = None, **env: str) -> AsyncIterator[HubProcess]:
-    """A hub process on ``port`` (default: a free one), up once it logged ``listening on``; SIGTERM at the end.
+async def hub_process(*, port: int | None = None, shell: str = "asyncio", **env: str) -> AsyncIterator[HubProcess]:
+    """``python -m wshub_<shell>`` on ``port`` (default: a free one), up once it logged ``listening on``;
+    SIGTERM at the end.
 
     It runs in an empty folder of its own, configured by WSHUB_* variables
     alone: the checkout's ./config.yaml names the Redis at localhost:6379.
@@ -621,7 +819,7 @@ async def hub_process(*, port: int | None = None, **env: str) -> AsyncIterator[H
     port = port or free_port()
     environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", **env)
     with tempfile.TemporaryDirectory(prefix="wshub-hub-") as cwd:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", env=environ, cwd=cwd,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), env=environ, cwd=cwd,
                                                     stdin=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.PIPE)
         hub = HubProcess(proc, port)

@@ -86,10 +86,10 @@ async def _loaded(page: ChromiumPage) -> bool:
 
 @needs_chromium
 @pytest.mark.parametrize("broker", BROKERS)
-def test_the_admin_page_shows_the_hub_and_acts_on_it(broker: str, redis_server: RedisProcess, prefix: str,
+def test_the_admin_page_shows_the_hub_and_acts_on_it(shell: str, broker: str, redis_server: RedisProcess, prefix: str,
                                                     tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_hub(config(broker, redis_server, prefix)) as server:
+        async with running_hub(config(broker, redis_server, prefix), shell) as server:
             page_cm, page = await open_admin(server.port)
             try:
                 await submit(page, "login", apikey=TEST_API_KEY)
@@ -179,9 +179,9 @@ def test_the_admin_page_shows_the_hub_and_acts_on_it(broker: str, redis_server: 
 
 
 @needs_chromium
-def test_a_wrong_key_shows_the_401_and_no_data(redis_server: RedisProcess, prefix: str) -> None:
+def test_a_wrong_key_shows_the_401_and_no_data(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(config("memory", redis_server, prefix)) as server:
+        async with running_hub(config("memory", redis_server, prefix), shell) as server:
             ws = await websockets.connect(ws_url(server.port, "bob"), proxy=None, compression=None)
             page_cm, page = await open_admin(server.port)
             try:
@@ -206,11 +206,11 @@ def test_a_wrong_key_shows_the_401_and_no_data(redis_server: RedisProcess, prefi
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_api_status_over_http(broker: str, redis_server: RedisProcess, prefix: str) -> None:
+def test_api_status_over_http(shell: str, broker: str, redis_server: RedisProcess, prefix: str) -> None:
     """What ``curl -H 'Authorization: Bearer KEY' http://HUB/api/status`` gets."""
 
     async def scenario() -> None:
-        async with running_hub(config(broker, redis_server, prefix)) as server:
+        async with running_hub(config(broker, redis_server, prefix), shell) as server:
             ws = await websockets.connect(ws_url(server.port, "carol"), proxy=None, compression=None)
             await wait_for(lambda: server.core.ready, what="carol's subscriptions confirmed")
             api = await HttpClient.open(server.port)

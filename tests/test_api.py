@@ -37,10 +37,11 @@ BROKERS = ["memory", "redis"]
 
 
 @contextlib.asynccontextmanager
-async def api_hub(broker: str, redis_server: RedisProcess, prefix: str, **overrides: Any) -> AsyncIterator[Server[Hub]]:
+async def api_hub(shell: str, broker: str, redis_server: RedisProcess, prefix: str,
+                  **overrides: Any) -> AsyncIterator[Any]:
     config = hub_config(redis_server.port, prefix, broker=broker, api_key=TEST_API_KEY, **overrides)
     assert config.broker == broker
-    async with running_hub(config) as server:
+    async with running_hub(config, shell) as server:
         yield server
 
 
@@ -53,11 +54,12 @@ async def connect(server: Server[Hub], key: str) -> websockets.ClientConnection:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_an_api_backend_drives_the_whole_protocol(broker: str, redis_server: RedisProcess, prefix: str) -> None:
+def test_an_api_backend_drives_the_whole_protocol(shell: str,
+                                                  broker: str, redis_server: RedisProcess, prefix: str) -> None:
     """Events in, groups out, group data, a message to one key, client data back, a kick: all through /api/."""
 
     async def scenario() -> None:
-        async with api_hub(broker, redis_server, prefix) as server:
+        async with api_hub(shell, broker, redis_server, prefix) as server:
             events = await EventStream.open(server.port)
             assert events.status == 200 and events.headers["content-type"] == "text/event-stream"
             await wait_for(lambda: server.core.ready, what="the stream's subscriptions confirmed")
@@ -92,10 +94,10 @@ def test_an_api_backend_drives_the_whole_protocol(broker: str, redis_server: Red
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_every_connection_of_a_key_gets_a_send_and_a_kick(broker: str, redis_server: RedisProcess,
+def test_every_connection_of_a_key_gets_a_send_and_a_kick(shell: str, broker: str, redis_server: RedisProcess,
                                                          prefix: str) -> None:
     async def scenario() -> None:
-        async with api_hub(broker, redis_server, prefix) as server:
+        async with api_hub(shell, broker, redis_server, prefix) as server:
             api = await HttpClient.open(server.port)
             one, two, other = await connect(server, "k"), await connect(server, "k"), await connect(server, "o")
             await wait_for(lambda: server.core.ready, what="subscriptions confirmed")
@@ -115,9 +117,10 @@ def test_every_connection_of_a_key_gets_a_send_and_a_kick(broker: str, redis_ser
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_bad_requests_get_their_status_and_a_reason(broker: str, redis_server: RedisProcess, prefix: str) -> None:
+def test_bad_requests_get_their_status_and_a_reason(shell: str,
+                                                    broker: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with api_hub(broker, redis_server, prefix, api_maxBodySize=100) as server:
+        async with api_hub(shell, broker, redis_server, prefix, api_maxBodySize=100) as server:
             api = await HttpClient.open(server.port)
             status, headers, body = await api.request("POST", "/api/groups/g", b"x", key=None)
             assert status == 401 and headers["www-authenticate"] == 'Bearer realm="wshub"', body
@@ -149,11 +152,11 @@ def test_bad_requests_get_their_status_and_a_reason(broker: str, redis_server: R
     run(scenario)
 
 
-def test_a_publish_while_redis_is_down_is_refused_at_once(own_redis: RedisProcess, prefix: str) -> None:
+def test_a_publish_while_redis_is_down_is_refused_at_once(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     """503 with the reason, and nothing is published later: the caller decides whether to retry."""
 
     async def scenario() -> None:
-        async with api_hub("redis", own_redis, prefix) as server:
+        async with api_hub(shell, "redis", own_redis, prefix) as server:
             api = await HttpClient.open(server.port)
             own_redis.kill()
             await wait_for(lambda: not server.core.ready, what="the hub saw Redis go")
@@ -165,12 +168,12 @@ def test_a_publish_while_redis_is_down_is_refused_at_once(own_redis: RedisProces
     run(scenario)
 
 
-def test_redis_cli_and_the_api_mix(redis_server: RedisProcess, prefix: str) -> None:
+def test_redis_cli_and_the_api_mix(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """client-send and client-kick are plain channels: a PUBLISH from any Redis client works as the API does."""
 
     async def scenario() -> None:
         r = redis_server.client()
-        async with api_hub("redis", redis_server, prefix) as server:
+        async with api_hub(shell, "redis", redis_server, prefix) as server:
             events = await EventStream.open(server.port)
             ws = await connect(server, "bob")
             assert await events.next() == ("client-new", {"key": "bob"})
@@ -194,12 +197,12 @@ def test_redis_cli_and_the_api_mix(redis_server: RedisProcess, prefix: str) -> N
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_an_event_stream_that_stops_reading_is_closed_not_buffered(broker: str, redis_server: RedisProcess,
+def test_an_event_stream_that_stops_reading_is_closed_not_buffered(shell: str, broker: str, redis_server: RedisProcess,
                                                                     prefix: str) -> None:
     """Like a slow WebSocket client: over webSocket.maxOutboundBuffer the stream is aborted, the others go on."""
 
     async def scenario() -> None:
-        async with api_hub(broker, redis_server, prefix, webSocket_maxOutboundBuffer=65536,
+        async with api_hub(shell, broker, redis_server, prefix, webSocket_maxOutboundBuffer=65536,
                            webSocket_writeWait=2) as server:
             stalled = socket.socket()
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, soon full

@@ -39,11 +39,12 @@ def run_bench(*args: str) -> dict[str, Any]:
     return result
 
 
-def test_fanout_on_both_brokers_and_the_old_tree() -> None:
-    """The memory broker's listener and publisher go through the HTTP API; ``proto`` is the A/B copy."""
-    result = run_bench("fanout", "--server", "wshub,wshub-memory,proto", "--hub-pythonpath", str(ROOT),
+def test_fanout_on_both_brokers_both_shells_and_the_old_tree() -> None:
+    """The memory broker's listener and publisher go through the HTTP API; ``proto`` is the A/B copy;
+    ``wshub-trio`` is ``python -m wshub_trio``."""
+    result = run_bench("fanout", "--server", "wshub,wshub-memory,proto,wshub-trio", "--hub-pythonpath", str(ROOT),
                        "--clients", "20", "--groups", "2", "--rates", "20", "--seconds", "0.5", "--drain", "5")
-    for server in ("wshub", "wshub-memory", "proto"):
+    for server in ("wshub", "wshub-memory", "proto", "wshub-trio"):
         res = result["results"][server]
         assert res["clients"] == 20
         [step] = res["steps"]
@@ -57,6 +58,7 @@ def test_fanout_on_both_brokers_and_the_old_tree() -> None:
     assert result["results"]["wshub"]["steps"][0]["no_subscriber"] == 0
     assert set(result["ratio_wshub-memory_over_wshub"]) == {"max_deliveries_per_s"}
     assert set(result["ratio_proto_over_wshub"]) == {"max_deliveries_per_s"}
+    assert set(result["ratio_wshub-trio_over_wshub"]) == {"max_deliveries_per_s"}
 
 
 def test_api_publish_counts_every_publish_and_delivery() -> None:
@@ -77,7 +79,8 @@ def test_api_publish_counts_every_publish_and_delivery() -> None:
 
 def test_memory_broker_refuses_what_needs_redis() -> None:
     for args in (["upstream", "--server", "wshub-memory"], ["fanout", "--server", "peer-memory"],
-                 ["api_publish", "--server", "peer"], ["fanout", "--server", "wshub-memory", "--workers", "2"]):
+                 ["api_publish", "--server", "peer"], ["fanout", "--server", "wshub-memory", "--workers", "2"],
+                 ["fanout", "--server", "peer-trio"]):
         proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=30,
                               check=False)
         assert proc.returncode == 2, (args, proc.stderr)

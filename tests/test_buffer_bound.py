@@ -40,11 +40,11 @@ def gauge(text: str, name: str) -> int:
 
 
 @pytest.mark.parametrize("new_loop", loops())
-def test_held_bytes_never_exceed_twice_the_bound(own_redis: RedisProcess, prefix: str,
+def test_held_bytes_never_exceed_twice_the_bound(shell: str, own_redis: RedisProcess, prefix: str,
                                                  new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
     async def scenario() -> int:
         config = hub_config(own_redis.port, prefix, redis_timeout=60, redis_maxBufferedBytes=BOUND)
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             clients = [await raw_websocket(server.port, f"k{i}") for i in range(CLIENTS)]
             frame = ws_frame(0x2, b"m" * MESSAGE)
             own_redis.pause()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import RedisProcess, free_port, http_exchange, upgrade_head, within, ws_frame
+from helpers import RedisProcess, free_port, http_exchange, shell_module, upgrade_head, within, ws_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_WAIT = 2.0
@@ -45,7 +45,7 @@ async def wait_fds(pid: int, want: int, timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(redis_server: RedisProcess,
+def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(shell: str, redis_server: RedisProcess,
                                                                             prefix: str,
                                                                             tmp_path: Path) -> None:
     """The client floods pings and reads nothing: the hub's pongs fill its socket. groupsTimeout then
@@ -61,7 +61,7 @@ def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(redi
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
 
     async def scenario() -> None:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", "--config", str(config),
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), "--config", str(config),
                                                     cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
         assert proc.stderr is not None
         stderr = proc.stderr

@@ -36,9 +36,9 @@ async def api(port: int, method: str, path: str, body: bytes = b"") -> int:
         await client.close()
 
 
-def test_a_compressing_client_and_a_plain_one_get_the_same_group_message() -> None:
+def test_a_compressing_client_and_a_plain_one_get_the_same_group_message(shell: str) -> None:
     async def scenario() -> None:
-        async with running_hub(compressed_config()) as server:
+        async with running_hub(compressed_config(), shell) as server:
             deflating = await websockets.connect(ws_url(server.port, "deflating"), proxy=None, compression="deflate")
             plain = await websockets.connect(ws_url(server.port, "plain"), proxy=None, compression=None)
             try:
@@ -60,9 +60,9 @@ def test_a_compressing_client_and_a_plain_one_get_the_same_group_message() -> No
     run(scenario())
 
 
-def test_a_compressed_client_message_reaches_the_backend_inflated() -> None:
+def test_a_compressed_client_message_reaches_the_backend_inflated(shell: str) -> None:
     async def scenario() -> None:
-        async with running_hub(compressed_config()) as server:
+        async with running_hub(compressed_config(), shell) as server:
             stream = await EventStream.open(server.port)
             try:
                 async with websockets.connect(ws_url(server.port, "k"), proxy=None, compression="deflate") as ws:
@@ -78,11 +78,11 @@ def test_a_compressed_client_message_reaches_the_backend_inflated() -> None:
     run(scenario())
 
 
-def test_a_compression_bomb_is_closed_with_1009() -> None:
+def test_a_compression_bomb_is_closed_with_1009(shell: str) -> None:
     """8 MiB of zeros arrive as about 8 KiB; the hub stops inflating at maxMessageSize (64 KiB)."""
 
     async def scenario() -> None:
-        async with running_hub(compressed_config()) as server:
+        async with running_hub(compressed_config(), shell) as server:
             ws = await websockets.connect(ws_url(server.port, "bomber"), proxy=None, compression="deflate",
                                           max_size=None)
             await ws.send(b"\0" * (8 << 20))
@@ -93,10 +93,10 @@ def test_a_compression_bomb_is_closed_with_1009() -> None:
     run(scenario())
 
 
-def test_compression_off_negotiates_nothing() -> None:
+def test_compression_off_negotiates_nothing(shell: str) -> None:
     async def scenario() -> None:
         config = hub_config(0, "c:", broker="memory", api={"key": TEST_API_KEY})
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             factory = ClientPerMessageDeflateFactory()
             async with websockets.connect(ws_url(server.port, "k"), proxy=None, extensions=[factory],
                                           compression=None) as ws:

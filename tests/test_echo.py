@@ -1,4 +1,4 @@
-"""The echo app: EchoHub on the core alone, then the real shell with a real client.
+"""The echo app: EchoHub on the core alone, then each real shell (asyncio, trio) with a real client.
 
 The full protocol check is Autobahn (conformance/run_autobahn.sh); these are
 the quick guards: kinds and ordering of echoes (RFC 6455 5.6, 5.5.1), the
@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
-from wshub_asyncio import Server
+from helpers import serving, shell_module
 from wshub_asyncio.echo import parse_address
 from wshub_core import CloseClient, SendToClient
 from wshub_core._echo import EchoHub
@@ -175,42 +175,34 @@ async def _echo_roundtrips(uri: str) -> None:
     assert ws.close_code == 1000
 
 
-def test_echo_server_in_process() -> None:
+def test_echo_server_in_process(shell: str) -> None:
     async def main() -> None:
-        server = Server(EchoHub())
-        await server.start(host="127.0.0.1", port=0)
-        try:
+        async with serving(EchoHub(), shell) as server:
             await _echo_roundtrips(f"ws://127.0.0.1:{server.port}/")
             server.shutdown()
             await asyncio.wait_for(server.stopped.wait(), 5)
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
 
-def test_shutdown_closes_clients_with_1001() -> None:
+def test_shutdown_closes_clients_with_1001(shell: str) -> None:
     async def main() -> None:
-        server = Server(EchoHub())
-        await server.start(host="127.0.0.1", port=0)
-        try:
+        async with serving(EchoHub(), shell) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
                 server.shutdown()
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1001
             await asyncio.wait_for(server.stopped.wait(), 5)
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
 
 @pytest.fixture
-def echo_process() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``python -m wshub_asyncio.echo`` on a port of its choosing (it prints it)."""
+def echo_process(shell: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``python -m wshub_<shell>.echo`` on a port of its choosing (it prints it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wshub_asyncio.echo", "--address", "127.0.0.1:0"],
+        [sys.executable, "-m", f"{shell_module(shell)}.echo", "--address", "127.0.0.1:0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

@@ -200,10 +200,10 @@ class TestOnTheMemoryBroker:
         asyncio.run(scenario())
 
 
-def test_on_the_redis_broker_it_works_as_well(redis_server: RedisProcess, prefix: str) -> None:
+def test_on_the_redis_broker_it_works_as_well(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         r = redis_server.client()
-        async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
+        async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
                                WSHUB_REDIS_CHANNEL_PREFIX=prefix) as hub:
             assert "redis broker at" in hub.log[-1], hub.log
             await hub.lines_matching(r"link up", 2)  # so that the stream's subscriptions go out now, in order

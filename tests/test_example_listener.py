@@ -22,7 +22,7 @@ async def start_listener(*args: str) -> asyncio.subprocess.Process:
 
 
 @pytest.mark.parametrize("address_form", ["host:port", "url"])
-def test_listener_answers_each_client_with_its_groups(redis_server: RedisProcess, prefix: str,
+def test_listener_answers_each_client_with_its_groups(shell: str, redis_server: RedisProcess, prefix: str,
                                                       address_form: str) -> None:
     address = (f"127.0.0.1:{redis_server.port}" if address_form == "host:port"
                else f"redis://127.0.0.1:{redis_server.port}/0")
@@ -31,7 +31,7 @@ def test_listener_answers_each_client_with_its_groups(redis_server: RedisProcess
         r = redis_server.client()
         listener = await start_listener("--redis", address, "--prefix", prefix, "--groups", "all, news")
         try:
-            async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
                 alice = await websockets.connect(ws_url(server.port, "alice"), proxy=None)
                 assert await next_line(listener) == "new alice -> all,news,user-alice"
                 await wait_groups(server, prefix, {"all", "news", "user-alice"})
@@ -60,13 +60,13 @@ def test_listener_answers_each_client_with_its_groups(redis_server: RedisProcess
     asyncio.run(scenario())
 
 
-def test_listener_key_group_templates(redis_server: RedisProcess, prefix: str) -> None:
+def test_listener_key_group_templates(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         r = redis_server.client()
         listener = await start_listener("--redis", f"127.0.0.1:{redis_server.port}", "--prefix", prefix,
                                         "--groups", "", "--key-group", "room-{key}", "--key-group", "audit")
         try:
-            async with running_hub(hub_config(redis_server.port, prefix)) as server:
+            async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
                 ws = await websockets.connect(ws_url(server.port, "7"), proxy=None)
                 assert await next_line(listener) == "new 7 -> room-7,audit"
                 await wait_groups(server, prefix, {"room-7", "audit"})

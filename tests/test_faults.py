@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from helpers import RedisProcess, Subscriber, http_exchange, hub_config, running_hub, wait_for, within
+from helpers import RedisProcess, Subscriber, http_exchange, hub_config, running_hub, wait_confirmed, wait_for, within
 from wshub_asyncio import Server
 from wshub_core import Hub
 
@@ -42,14 +42,14 @@ async def join(server: Server[Hub], r: aredis.Redis, sub: Subscriber, prefix: st
 
 
 @contextlib.asynccontextmanager
-async def client_a_in_group_g(own_redis: RedisProcess, prefix: str,
+async def client_a_in_group_g(shell: str, own_redis: RedisProcess, prefix: str,
                               **config: Any) -> AsyncIterator[tuple[Server[Hub], Subscriber, ClientConnection]]:
     """A hub on ``own_redis``, client "a" in group "g", and a subscriber to client-data:a."""
     r = own_redis.client()
     sub = Subscriber(r)
     await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
     try:
-        async with running_hub(hub_config(own_redis.port, prefix, **config)) as server:
+        async with running_hub(hub_config(own_redis.port, prefix, **config), shell) as server:
             yield server, sub, await join(server, r, sub, prefix, "a", ["g"])
     finally:
         await sub.close()
@@ -61,7 +61,7 @@ async def redis_channels(r: aredis.Redis, prefix: str) -> set[bytes]:
     return {ch for ch in await r.pubsub_channels(f"{prefix}*") if not ch.startswith(f"{prefix}probe:".encode())}
 
 
-def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_redis: RedisProcess,
+def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(shell: str, own_redis: RedisProcess,
                                                                         prefix: str) -> None:
     """Clients stay connected through a Redis crash; messages sent meanwhile arrive in order.
 
@@ -76,7 +76,7 @@ def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_red
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new", f"{prefix}client-data:a")
         config = hub_config(own_redis.port, prefix, redis_password="pw")
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             a = await join(server, r, sub, prefix, "a", ["g1", "g2"])
             b = await join(server, r, sub, prefix, "b", ["g2", "g3"])
             needed = server.core.needed_channels()
@@ -115,13 +115,13 @@ def test_sigkill_and_restart_loses_no_client_message_and_no_subscription(own_red
     run(scenario)
 
 
-def test_client_kill_pubsub_recovers_every_subscription(own_redis: RedisProcess, prefix: str) -> None:
+def test_client_kill_pubsub_recovers_every_subscription(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     """What Redis does to a pub/sub reader over client-output-buffer-limit: the hub recovers."""
     async def scenario() -> None:
         r = own_redis.client()
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new")
-        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
             clients = [await join(server, r, sub, prefix, f"k{i}", [f"g{i % 3}", "all"]) for i in range(6)]
             await sub.close()
             needed = server.core.needed_channels()
@@ -138,10 +138,10 @@ def test_client_kill_pubsub_recovers_every_subscription(own_redis: RedisProcess,
     run(scenario)
 
 
-def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: RedisProcess,
+def test_sigstop_buffers_client_messages_and_delivers_them_in_order(shell: str, own_redis: RedisProcess,
                                                                    prefix: str) -> None:
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30) as (server, sub, a):
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=30) as (server, sub, a):
             own_redis.pause()
             try:
                 for i in range(200):
@@ -158,10 +158,10 @@ def test_sigstop_buffers_client_messages_and_delivers_them_in_order(own_redis: R
     run(scenario)
 
 
-def test_full_buffer_pauses_the_sender_instead_of_dropping(own_redis: RedisProcess, prefix: str) -> None:
+def test_full_buffer_pauses_the_sender_instead_of_dropping(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     """Above redis.maxBufferedBytes the hub stops reading the sender; TCP pushes back; nothing is lost."""
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30,
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=30,
                                        redis_maxBufferedBytes=4096) as (server, sub, a):
             payload = "x" * 1000
             own_redis.pause()
@@ -186,10 +186,10 @@ async def _send_all(ws: ClientConnection, payload: str, n: int) -> None:
         await ws.send(f"{i}:{payload}")
 
 
-def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own_redis: RedisProcess,
+def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(shell: str, own_redis: RedisProcess,
                                                                             prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
             own_redis.kill()
             await wait_for(lambda: not server.core.ready, what="hub notices")
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=late")
@@ -202,8 +202,7 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own
             # The hub reconnects, subscribes groups-new:late, and only then announces the client.
             assert await sub.next(10) == (f"{prefix}client-new", b"late")
             await gate.publish(f"{prefix}groups-new:late", '["g"]')
-            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
-                           in server.core.subscribed_channels(), what="group live")
+            await wait_confirmed(server, f"{prefix}group-data:g".encode(), what="group live")
             await gate.publish(f"{prefix}group-data:g", "welcome back")
             assert await within(ws.recv()) == "welcome back"
             await sub.close()
@@ -212,9 +211,9 @@ def test_clients_that_connect_while_redis_is_down_are_served_when_it_returns(own
     run(scenario)
 
 
-def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, prefix: str) -> None:
+def test_shutdown_flushes_buffered_client_messages(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30) as (server, sub, a):
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=30) as (server, sub, a):
             own_redis.pause()
             try:
                 for i in range(20):
@@ -233,10 +232,11 @@ def test_shutdown_flushes_buffered_client_messages(own_redis: RedisProcess, pref
     run(scenario)
 
 
-def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_redis: RedisProcess,
+def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(shell: str, own_redis: RedisProcess,
                                                                           prefix: str) -> None:
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=30, shutdownTimeout=0.5) as (server, _, a):
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=30,
+                                       shutdownTimeout=0.5) as (server, _, a):
             own_redis.pause()
             try:
                 await a.send("stuck")
@@ -251,14 +251,19 @@ def test_shutdown_gives_up_after_shutdown_timeout_when_redis_never_answers(own_r
     run(scenario)
 
 
-def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(own_redis: RedisProcess, prefix: str) -> None:
+def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(shell: str,
+                                                                   own_redis: RedisProcess, prefix: str) -> None:
     """Redis kills a pub/sub reader whose output buffer passes the limit; the hub reads fast enough."""
     async def scenario() -> None:
         r = own_redis.client()
         await r.config_set("client-output-buffer-limit", "pubsub 512kb 256kb 5")
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new")
-        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+        # Each client is sent 3 MB: the outbound bound above that keeps the slow-consumer policy (tested in
+        # test_hostile_clients) out of a test of the Redis link. 20 Python clients in this process fall behind a
+        # hub that runs in a thread of its own (trio) as they do behind one on another machine.
+        config = hub_config(own_redis.port, prefix, webSocket_maxOutboundBuffer=4 * 1024 * 1024)
+        async with running_hub(config, shell) as server:
             clients = [await join(server, r, sub, prefix, f"k{i}", ["hot"]) for i in range(20)]
             await sub.close()
             payload = "p" * 1024
@@ -283,12 +288,12 @@ def test_heavy_fanout_never_trips_redis_pubsub_output_buffer_limit(own_redis: Re
     run(scenario)
 
 
-def test_sigstop_is_found_by_the_probe_and_the_hub_delivers_again_after_sigcont(own_redis: RedisProcess,
+def test_sigstop_is_found_by_the_probe_and_the_hub_delivers_again_after_sigcont(shell: str, own_redis: RedisProcess,
                                                                                 prefix: str) -> None:
     """A stopped Redis keeps its TCP connections: only the probe can tell, long before redis.timeout."""
     async def scenario() -> None:
-        async with client_a_in_group_g(own_redis, prefix, redis_timeout=60, redis_probeInterval=0.5) as (server, sub,
-                                                                                                         a):
+        async with client_a_in_group_g(shell, own_redis, prefix, redis_timeout=60,
+                                       redis_probeInterval=0.5) as (server, sub, a):
             r = own_redis.client()
             own_redis.pause()
             try:

@@ -20,6 +20,7 @@ from helpers import (
     RawWebSocket,
     raw_websocket,
     upgrade_head,
+    wait_confirmed,
     wait_for,
     within,
     ws_frame,
@@ -45,8 +46,7 @@ async def good_client(server: Server[Hub], backend: Backend, key: str) -> websoc
     ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
     await backend.key_ready(key)
     await backend.set_groups(key, '["g"]')
-    await wait_for(lambda: server.core.ready and f"{backend.prefix}group-data:g".encode()
-                   in server.core.subscribed_channels(), what="group subscribed")
+    await wait_confirmed(server, f"{backend.prefix}group-data:g".encode(), what="group subscribed")
     return ws
 
 
@@ -85,9 +85,13 @@ class TestRFC6455Section7ClosingCodes:
         asyncio.run(scenario())
 
 
-def test_slow_consumer_is_closed_and_does_not_delay_the_others(broker: str, redis_port: int, prefix: str) -> None:
+def test_slow_consumer_is_closed_and_does_not_delay_the_others(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_maxOutboundBuffer=256 * 1024,
+        # 1 MiB: the stuck client (a 4 KiB window, at most 4 MiB in the hub's send buffer) is over it long
+        # before the 9.6 MB end, and a reader in this process that the hub (on trio: in a thread of its own)
+        # runs ahead of by a few messages is not.
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxOutboundBuffer=1024 * 1024,
                                    webSocket_writeWait=30) as (server, backend):
             readers = [await good_client(server, backend, f"ok{i}") for i in range(5)]
             # A client that completes the upgrade, joins the group, and then never reads.
@@ -119,9 +123,9 @@ def test_slow_consumer_is_closed_and_does_not_delay_the_others(broker: str, redi
     asyncio.run(scenario())
 
 
-def test_slowloris_is_closed_after_handshake_timeout(broker: str, redis_port: int, prefix: str) -> None:
+def test_slowloris_is_closed_after_handshake_timeout(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_handshakeTimeout=0.3) as (server, _):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_handshakeTimeout=0.3) as (server, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET /ws?session_key=slow HTTP/1.1\r\nHost: x\r\n")  # and never the rest
             started = asyncio.get_running_loop().time()
@@ -132,9 +136,9 @@ def test_slowloris_is_closed_after_handshake_timeout(broker: str, redis_port: in
     asyncio.run(scenario())
 
 
-def test_connection_limit_answers_503(broker: str, redis_port: int, prefix: str) -> None:
+def test_connection_limit_answers_503(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_maxConnections=2) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_maxConnections=2) as (server, backend):
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             first, second = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             raw = await raw_upgrade(server.port, "c")
@@ -149,9 +153,9 @@ def test_connection_limit_answers_503(broker: str, redis_port: int, prefix: str)
     asyncio.run(scenario())
 
 
-def test_allowed_origins_rejects_cross_site_with_403(broker: str, redis_port: int, prefix: str) -> None:
+def test_allowed_origins_rejects_cross_site_with_403(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix,
+        async with hub_and_backend(broker, redis_port, prefix, shell,
                                    webSocket_allowedOrigins=["https://app.example"]) as (server, _):
             raw = await raw_upgrade(server.port, "a", origin="https://evil.example")
             assert raw.status_line.startswith(b"HTTP/1.1 403")
@@ -166,9 +170,10 @@ def test_allowed_origins_rejects_cross_site_with_403(broker: str, redis_port: in
     asyncio.run(scenario())
 
 
-def test_groups_timeout_closes_an_unanswered_client_with_1008(broker: str, redis_port: int, prefix: str) -> None:
+def test_groups_timeout_closes_an_unanswered_client_with_1008(shell: str,
+                                                              broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix, webSocket_groupsTimeout=0.3) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell, webSocket_groupsTimeout=0.3) as (server, backend):
             await backend.listen("client-new")
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             ignored = await websockets.connect(url + "ignored")
@@ -185,10 +190,11 @@ def test_groups_timeout_closes_an_unanswered_client_with_1008(broker: str, redis
     asyncio.run(scenario())
 
 
-def test_http10_upgrade_without_host_gets_400_not_an_exception(broker: str, redis_port: int, prefix: str) -> None:
+def test_http10_upgrade_without_host_gets_400_not_an_exception(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     """An upgrade without Host (HTTP/1.0 allows it, WebSocket does not) gets 400, never an exception."""
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             head = (b"GET /ws?session_key=k HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
             raw = await raw_websocket(server.port, None, head=head)

@@ -85,10 +85,11 @@ CASES: list[tuple[str, bytes, int, bytes, dict[str, str]]] = [
 
 @pytest.mark.parametrize(("what", "request_bytes", "status", "body", "headers"), CASES,
                          ids=[c[0] for c in CASES])
-def test_answer_and_close(redis_server: RedisProcess, prefix: str, what: str, request_bytes: bytes, status: int,
+def test_answer_and_close(shell: str,
+                          redis_server: RedisProcess, prefix: str, what: str, request_bytes: bytes, status: int,
                           body: bytes, headers: dict[str, str]) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             answer = await http_exchange(server.port, request_bytes)  # returns only once the hub closed
             assert answer.status == status, answer.raw
             assert body in answer.body, answer.raw
@@ -102,9 +103,10 @@ def test_answer_and_close(redis_server: RedisProcess, prefix: str, what: str, re
     asyncio.run(scenario())
 
 
-def test_upgrade_answers_101_with_the_accept_key_and_no_extension(redis_server: RedisProcess, prefix: str) -> None:
+def test_upgrade_answers_101_with_the_accept_key_and_no_extension(shell: str,
+                                                                  redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             head = upgrade_head("k", extra=("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
                                             "Sec-WebSocket-Protocol: chat"))
             raw = await raw_websocket(server.port, "k", head=head)
@@ -123,9 +125,10 @@ def test_upgrade_answers_101_with_the_accept_key_and_no_extension(redis_server: 
     asyncio.run(scenario())
 
 
-def test_a_request_head_sent_one_byte_at_a_time_is_upgraded(redis_server: RedisProcess, prefix: str) -> None:
+def test_a_request_head_sent_one_byte_at_a_time_is_upgraded(shell: str,
+                                                            redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             for byte in upgrade_head("slowly"):
                 writer.write(bytes([byte]))
@@ -137,9 +140,10 @@ def test_a_request_head_sent_one_byte_at_a_time_is_upgraded(redis_server: RedisP
     asyncio.run(scenario())
 
 
-def test_request_head_growing_past_max_header_size_gets_431(redis_server: RedisProcess, prefix: str) -> None:
+def test_request_head_growing_past_max_header_size_gets_431(shell: str,
+                                                            redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024), shell) as server:
             # A head that is still incomplete when it passes the limit.
             unfinished = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", *UPGRADE, PADDING)[:-4] + b"\r\n"
             answer = await http_exchange(server.port, unfinished)
@@ -152,7 +156,8 @@ def test_request_head_growing_past_max_header_size_gets_431(redis_server: RedisP
     asyncio.run(scenario())
 
 
-def test_complete_request_head_over_max_header_size_gets_431(redis_server: RedisProcess, prefix: str) -> None:
+def test_complete_request_head_over_max_header_size_gets_431(shell: str,
+                                                             redis_server: RedisProcess, prefix: str) -> None:
     """webSocket.maxHeaderSize is "the largest HTTP request head; larger is answered 431" (_config.py).
 
     A complete head that arrives in one read must not slip past the limit just
@@ -160,7 +165,7 @@ def test_complete_request_head_over_max_header_size_gets_431(redis_server: Redis
     """
 
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxHeaderSize=1024), shell) as server:
             complete = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", *UPGRADE, PADDING)
             assert len(complete) > 2 * 1024
             answer = await http_exchange(server.port, complete, timeout=2)
@@ -169,9 +174,10 @@ def test_complete_request_head_over_max_header_size_gets_431(redis_server: Redis
     asyncio.run(scenario())
 
 
-def test_one_answer_per_connection_even_if_requests_are_pipelined(redis_server: RedisProcess, prefix: str) -> None:
+def test_one_answer_per_connection_even_if_requests_are_pipelined(shell: str,
+                                                                  redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             two = _head("GET /healthz HTTP/1.1", "Host: x") + _head("GET /ws?session_key=k HTTP/1.1", "Host: x",
                                                                      *UPGRADE)
             answer = await http_exchange(server.port, two)
@@ -182,11 +188,11 @@ def test_one_answer_per_connection_even_if_requests_are_pipelined(redis_server: 
     asyncio.run(scenario())
 
 
-def test_an_empty_first_key_value_is_refused(redis_server: RedisProcess, prefix: str) -> None:
+def test_an_empty_first_key_value_is_refused(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """docs/protocol.md: the first value counts; an empty key is refused with 400."""
 
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             answer = await http_exchange(server.port, _head("GET /ws?session_key=&session_key=k HTTP/1.1",
                                                             "Host: x", *UPGRADE), timeout=2)
             assert answer.status == 400, answer.raw
@@ -194,9 +200,9 @@ def test_an_empty_first_key_value_is_refused(redis_server: RedisProcess, prefix:
     asyncio.run(scenario())
 
 
-def test_metrics_count_each_answer_under_its_own_status(redis_server: RedisProcess, prefix: str) -> None:
+def test_metrics_count_each_answer_under_its_own_status(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             assert (await http_exchange(server.port, upgrade_head("k", version="8"))).status == 426
             assert (await http_exchange(server.port, _head("GET /nope HTTP/1.1", "Host: x"))).status == 404
             no_key = _head("GET /ws?session_key=k HTTP/1.1", "Host: x", "Upgrade: websocket",
@@ -246,12 +252,12 @@ FETCH_CASES: list[tuple[str, list[str], bytes, int, bytes, dict[str, str], tuple
 
 @pytest.mark.parametrize(("what", "origins", "request_bytes", "status", "body", "present", "absent"), FETCH_CASES,
                          ids=[c[0] for c in FETCH_CASES])
-def test_a_plain_get_gets_the_upgrades_answer_with_cors_for_allowed_origins(
+def test_a_plain_get_gets_the_upgrades_answer_with_cors_for_allowed_origins(shell: str,
         redis_server: RedisProcess, prefix: str, what: str, origins: list[str], request_bytes: bytes, status: int,
         body: bytes, present: dict[str, str], absent: tuple[str, ...]) -> None:
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=origins)
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             answer = await http_exchange(server.port, request_bytes)
             assert answer.status == status, answer.raw
             assert body in answer.body, answer.raw
@@ -263,9 +269,10 @@ def test_a_plain_get_gets_the_upgrades_answer_with_cors_for_allowed_origins(
     asyncio.run(scenario())
 
 
-def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(redis_server: RedisProcess, prefix: str) -> None:
+def test_a_plain_get_to_a_full_hub_gets_503_readable_by_the_page(shell: str,
+                                                                 redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1), shell) as server:
             first = await raw_websocket(server.port, "first")
             assert first.status_line.startswith(b"HTTP/1.1 101")
             answer = await http_exchange(server.port, _plain_get("/ws?session_key=k", f"Origin: {PAGE}"))
@@ -322,10 +329,10 @@ def test_the_page_says_the_hub_is_unreachable_and_backs_off() -> None:
 
 
 @needs_chromium
-def test_the_page_shows_an_origin_refusal(redis_server: RedisProcess, prefix: str) -> None:
+def test_the_page_shows_an_origin_refusal(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, webSocket_allowedOrigins=["http://app.example"])
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
                 text = await until(lambda t: "Reconnecting in" in t)
             assert "does not let this page (origin null (a page opened from disk)) read why" in text, text
@@ -335,9 +342,9 @@ def test_the_page_shows_an_origin_refusal(redis_server: RedisProcess, prefix: st
 
 
 @needs_chromium
-def test_the_page_shows_a_full_hub_and_then_connects(redis_server: RedisProcess, prefix: str) -> None:
+def test_the_page_shows_a_full_hub_and_then_connects(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxConnections=1), shell) as server:
             first = await raw_websocket(server.port, "first")
             async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
                 text = await until(lambda t: "Reconnecting in" in t)
@@ -348,11 +355,11 @@ def test_the_page_shows_a_full_hub_and_then_connects(redis_server: RedisProcess,
     asyncio.run(scenario())
 
 
-def test_a_key_that_is_not_utf8_is_refused(redis_server: RedisProcess, prefix: str) -> None:
+def test_a_key_that_is_not_utf8_is_refused(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """docs/protocol.md: %FF%FE and %FE%FF are two byte strings, not one key of two U+FFFD."""
 
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             for raw in ("%FF%FE", "%FE%FF"):
                 answer = await http_exchange(server.port, _head(f"GET /ws?session_key={raw} HTTP/1.1",
                                                                 "Host: x", *UPGRADE), timeout=2)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import websockets
 
-from helpers import RedisProcess, free_port, hub_env, raw_websocket, upgrade_head, within, ws_frame
+from helpers import RedisProcess, free_port, hub_env, raw_websocket, shell_module, upgrade_head, within, ws_frame
 
 FORGED = "x\r\n2026-01-01 12:00:00,000 WARNING wshub: fake\x00"
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
@@ -55,12 +55,12 @@ class HubLog:
 
 
 @contextlib.asynccontextmanager
-async def hub_process(redis: RedisProcess, prefix: str, tmp_path: Path, *args: str,
+async def hub_process(shell: str, redis: RedisProcess, prefix: str, tmp_path: Path, *args: str,
                       **env: str) -> AsyncIterator[tuple[int, HubLog]]:
     port = free_port()
     environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
                       WSHUB_REDIS_CHANNEL_PREFIX=prefix, **env)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", *args, cwd=tmp_path,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), *args, cwd=tmp_path,
                                                 env=environ, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     log = HubLog(proc.stderr)
@@ -99,10 +99,10 @@ async def publish(redis: RedisProcess, channel: str, payload: bytes | str) -> No
         await r.aclose()
 
 
-def test_a_client_cannot_forge_a_log_line(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_a_client_cannot_forge_a_log_line(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     """Item 3: CR/LF/NUL in a key and in a close reason are escaped; every line is a real record."""
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path, "--debug") as (port, log):
+        async with hub_process(shell, redis_server, prefix, tmp_path, "--debug") as (port, log):
             ws = await raw_websocket(port, quote(FORGED))
             assert ws.status_line.endswith(b"101 Switching Protocols")
             await log.until(lambda line: "connected:" in line)
@@ -120,14 +120,14 @@ def test_a_client_cannot_forge_a_log_line(redis_server: RedisProcess, prefix: st
     asyncio.run(scenario())
 
 
-def test_long_keys_and_many_groups_make_bounded_lines(redis_server: RedisProcess, prefix: str,
+def test_long_keys_and_many_groups_make_bounded_lines(shell: str, redis_server: RedisProcess, prefix: str,
                                                       tmp_path: Path) -> None:
     """Item 3: a 10 KB key and a 10,000-group answer each make one short line."""
     key = "k" * 10240
     groups = [f"group-{i:05d}" for i in range(10000)]
 
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path, "--debug") as (port, log):
+        async with hub_process(shell, redis_server, prefix, tmp_path, "--debug") as (port, log):
             ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key={key}", proxy=None)
             connected = await log.until(lambda line: "connected:" in line)
             assert len(connected) < 500 and connected.endswith("k...(+9984 chars))"), connected[:600]
@@ -142,10 +142,11 @@ def test_long_keys_and_many_groups_make_bounded_lines(redis_server: RedisProcess
     asyncio.run(scenario())
 
 
-def test_redis_bytes_are_text_not_python_reprs(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_redis_bytes_are_text_not_python_reprs(shell: str,
+                                               redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     """Item 12: a malformed groups answer is logged as escaped text, without b'...'."""
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path) as (port, log):
+        async with hub_process(shell, redis_server, prefix, tmp_path) as (port, log):
             ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key=k", proxy=None)
             await wait_subscribed(redis_server, f"{prefix}groups-new:k")
             await publish(redis_server, f"{prefix}groups-new:k", b"{\xff\n\x00}")
@@ -158,13 +159,13 @@ def test_redis_bytes_are_text_not_python_reprs(redis_server: RedisProcess, prefi
     asyncio.run(scenario())
 
 
-def test_keys_are_fingerprinted_at_info_and_whole_only_with_debug(redis_server: RedisProcess, prefix: str,
+def test_keys_are_fingerprinted_at_info_and_whole_only_with_debug(shell: str, redis_server: RedisProcess, prefix: str,
                                                                   tmp_path: Path) -> None:
     """Item 13: a session key is a credential; INFO shows a stable fingerprint, --debug the key too."""
     key = "secret-session-key-1234"
 
     async def connect_and_read(*args: str) -> tuple[str, list[str]]:
-        async with hub_process(redis_server, prefix, tmp_path, *args) as (port, log):
+        async with hub_process(shell, redis_server, prefix, tmp_path, *args) as (port, log):
             ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key={key}", proxy=None)
             await ws.close()
             await log.until(lambda line: "closed:" in line)
@@ -183,11 +184,11 @@ def test_keys_are_fingerprinted_at_info_and_whole_only_with_debug(redis_server: 
     asyncio.run(scenario())
 
 
-def test_disallowed_origin_is_logged_with_the_origin(redis_server: RedisProcess, prefix: str,
+def test_disallowed_origin_is_logged_with_the_origin(shell: str, redis_server: RedisProcess, prefix: str,
                                                      tmp_path: Path) -> None:
     """Item 12: a 403 for an origin names the origin (escaped), so a misconfigured page can be found."""
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path,
+        async with hub_process(shell, redis_server, prefix, tmp_path,
                                WSHUB_WEBSOCKET_ALLOWED_ORIGINS="https://good.example") as (port, log):
             ws = await raw_websocket(port, "k", head=upgrade_head("k", extra=("Origin: https://evil.example\x7f",)))
             assert ws.status_line.endswith(b"403 Forbidden")
@@ -198,10 +199,11 @@ def test_disallowed_origin_is_logged_with_the_origin(redis_server: RedisProcess,
     asyncio.run(scenario())
 
 
-def test_json_lines_carry_structured_fields(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_json_lines_carry_structured_fields(shell: str,
+                                            redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     """Item 12: event, conn, key, code, reason (and origin, status) are fields, not only text in message."""
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path, "--log-json",
+        async with hub_process(shell, redis_server, prefix, tmp_path, "--log-json",
                                WSHUB_WEBSOCKET_ALLOWED_ORIGINS="https://good.example") as (port, log):
             ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key={quote('k' + FORGED)}",
                                           proxy=None, origin=websockets.Origin("https://good.example"))
@@ -228,7 +230,7 @@ def test_json_lines_carry_structured_fields(redis_server: RedisProcess, prefix: 
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_with_workers_every_line_names_its_worker_and_client_ids_are_unique(
+def test_with_workers_every_line_names_its_worker_and_client_ids_are_unique(shell: str,
         redis_server: RedisProcess, prefix: str, tmp_path: Path, fmt: str) -> None:
     """Item 12: with workers: 2, lines say w1/w2 and client ids are w1-N / w2-N, never the same twice."""
     args = ("--log-json",) if fmt == "json" else ()
@@ -247,7 +249,7 @@ def test_with_workers_every_line_names_its_worker_and_client_ids_are_unique(
         return found.group(1) if found else None
 
     async def scenario() -> None:
-        async with hub_process(redis_server, prefix, tmp_path, *args, WSHUB_WORKERS="2") as (port, log):
+        async with hub_process(shell, redis_server, prefix, tmp_path, *args, WSHUB_WORKERS="2") as (port, log):
             clients = []
             # The kernel spreads connects over the two workers by a hash: connect until both have some.
             while len({worker_of(line) for line in log.lines if client_of(line)}) < 2:

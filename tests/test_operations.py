@@ -15,7 +15,17 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, free_port, hub_config, hub_env, running_hub, wait_for, within
+from helpers import (
+    RedisProcess,
+    free_port,
+    hub_config,
+    hub_env,
+    running_hub,
+    shell_module,
+    wait_confirmed,
+    wait_for,
+    within,
+)
 from wshub_asyncio import Server
 from wshub_core import KEYS, Hub, env_name, load_config
 
@@ -39,9 +49,9 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def test_readyz_follows_redis_and_healthz_does_not(own_redis: RedisProcess, prefix: str) -> None:
+def test_readyz_follows_redis_and_healthz_does_not(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(own_redis.port, prefix)) as server:
+        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
             assert await http_get(server.port, "/readyz") == (200, "ready\n")
             own_redis.kill()
             await wait_for(lambda: not server.core.ready, what="hub saw Redis go")
@@ -55,18 +65,16 @@ def test_readyz_follows_redis_and_healthz_does_not(own_redis: RedisProcess, pref
     asyncio.run(scenario())
 
 
-def test_metrics_count_what_happened(redis_server: RedisProcess, prefix: str) -> None:
+def test_metrics_count_what_happened(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         r = redis_server.client()
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=100)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=100), shell) as server:
             url = f"ws://127.0.0.1:{server.port}/ws?session_key="
             a, b = await websockets.connect(url + "a"), await websockets.connect(url + "b")
             for key in ("a", "b"):
-                await wait_for(lambda k=key: f"{prefix}groups-new:{k}".encode()  # type: ignore[misc]
-                               in server.core.subscribed_channels(), what="subscribed")
+                await wait_confirmed(server, f"{prefix}groups-new:{key}".encode(), what="subscribed")
                 await r.publish(f"{prefix}groups-new:{key}", '["g"]')
-            await wait_for(lambda: server.core.ready and f"{prefix}group-data:g".encode()
-                           in server.core.subscribed_channels(), what="group live")
+            await wait_confirmed(server, f"{prefix}group-data:g".encode(), what="group live")
             await r.publish(f"{prefix}group-data:g", "hello")
             assert await within(a.recv()) == await within(b.recv()) == "hello"
             await a.send("up")
@@ -151,11 +159,11 @@ def test_wshub_command_check_config_shows_env_overrides(tmp_path: Path) -> None:
     assert "pw-4711" not in out  # never printed
 
 
-def test_json_logs_one_object_per_line(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_json_logs_one_object_per_line(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     port = free_port()
     env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}",
                WSHUB_REDIS_CHANNEL_PREFIX=prefix)
-    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio", "--log-json"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", shell_module(shell), "--log-json"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -180,13 +188,13 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_wss_with_certificate_from_config(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_wss_with_certificate_from_config(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     client_tls = ssl.create_default_context(cafile=str(cert))
 
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, tls={"certFile": str(cert), "keyFile": str(key)})
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             ws = await websockets.connect(f"wss://localhost:{server.port}/ws?session_key=tls", ssl=client_tls)
             await within(await ws.ping())
             await ws.close()
@@ -214,10 +222,10 @@ def test_bare_port_and_exponent_numbers_are_read_as_a_user_means_them() -> None:
         load_config("", environ={"WSHUB_WEBSOCKET_MAX_CONNECTIONS": "1.5"})
 
 
-def test_debug_logs_each_message_only_when_asked(redis_server: RedisProcess, prefix: str,
+def test_debug_logs_each_message_only_when_asked(shell: str, redis_server: RedisProcess, prefix: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key=dbg")
             await ws.send("hi")
             await wait_for(lambda: server.core.stats.messages_in == 1, what="message read")

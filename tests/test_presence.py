@@ -98,11 +98,12 @@ def redis() -> Any:
     server.kill()
 
 
-def test_two_hubs_answer_the_same_presence_and_a_killed_hub_s_keys_leave(redis: RedisProcess) -> None:
+def test_two_hubs_answer_the_same_presence_and_a_killed_hub_s_keys_leave(shell: str, redis: RedisProcess) -> None:
     prefix = "p2:"
 
     async def scenario() -> None:
-        async with hub_process(**presence_env(redis, prefix)) as a, hub_process(**presence_env(redis, prefix)) as b, \
+        async with hub_process(shell=shell, **presence_env(redis, prefix)) as a, \
+                hub_process(shell=shell, **presence_env(redis, prefix)) as b, \
                 events(redis, prefix, "room") as heard:
             alice1 = await connect(a, "alice", "room")
             assert await next_event(heard) == {"event": "join", "group": "room", "key": "alice"}
@@ -135,11 +136,12 @@ async def _equals(answer: Any, expected: dict[str, int]) -> bool:
     return bool(await answer == expected)
 
 
-def test_a_reload_within_the_grace_does_not_flap_and_a_real_leave_comes_after_it(redis: RedisProcess) -> None:
+def test_a_reload_within_the_grace_does_not_flap_and_a_real_leave_comes_after_it(shell: str,
+                                                                                 redis: RedisProcess) -> None:
     prefix = "pg:"
 
     async def scenario() -> None:
-        async with hub_process(**presence_env(redis, prefix)) as hub, events(redis, prefix, "g") as heard:
+        async with hub_process(shell=shell, **presence_env(redis, prefix)) as hub, events(redis, prefix, "g") as heard:
             first = await connect(hub, "carol", "g")
             assert await next_event(heard) == {"event": "join", "group": "g", "key": "carol"}
             await first.close()
@@ -156,12 +158,12 @@ def test_a_reload_within_the_grace_does_not_flap_and_a_real_leave_comes_after_it
     run(scenario())
 
 
-def test_presence_survives_a_redis_restart_and_a_script_flush(redis: RedisProcess) -> None:
+def test_presence_survives_a_redis_restart_and_a_script_flush(shell: str, redis: RedisProcess) -> None:
     """Counts are written again whole when the command link comes back (rule 2 of _redis_presence.py)."""
     prefix = "pr:"
 
     async def scenario() -> None:
-        async with hub_process(**presence_env(redis, prefix)) as hub:
+        async with hub_process(shell=shell, **presence_env(redis, prefix)) as hub:
             ws = await connect(hub, "dave", "g")
             # _safe_equals: a 503 while the hub's Redis links are still coming up (just started) means "not yet".
             await wait_until(lambda: _safe_equals(hub.port, "g", {"dave": 1}), what="dave present")
@@ -189,11 +191,12 @@ async def _safe_equals(port: int, group: str, expected: dict[str, int]) -> bool:
 
 
 @pytest.mark.parametrize("broker", ["memory", "redis"])
-def test_join_and_leave_reach_the_event_stream(broker: str, redis_server: RedisProcess, prefix: str) -> None:
+def test_join_and_leave_reach_the_event_stream(shell: str,
+                                               broker: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, broker=broker, api={"key": TEST_API_KEY},
                             auth={"jwt": {"secret": SECRET}}, presence={"enabled": True, "grace": 0})
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             stream = await EventStream.open(server.port)
             try:
                 if broker == "redis":  # the stream's PSUBSCRIBE presence:* must be in effect first
@@ -220,10 +223,10 @@ async def _next_named(stream: EventStream, name: str) -> dict[str, Any]:
             return data
 
 
-def test_presence_off_answers_404_with_the_key_to_set(redis_server: RedisProcess, prefix: str) -> None:
+def test_presence_off_answers_404_with_the_key_to_set(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     async def scenario() -> None:
         config = hub_config(redis_server.port, prefix, broker="memory", api={"key": TEST_API_KEY})
-        async with running_hub(config) as server:
+        async with running_hub(config, shell) as server:
             client = await HttpClient.open(server.port)
             status, _, body = await client.request("GET", "/api/groups/g/presence")
             await client.close()

@@ -1,4 +1,5 @@
-"""The hub as a real process: ``python -m wshub_asyncio --config FILE``, signals, exit status, config errors."""
+"""The hub as a real process on each shell: ``python -m wshub_<shell> --config FILE``, signals, exit status,
+config errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import websockets
 import yaml
 
-from helpers import RedisProcess, Subscriber, free_port, hub_env, wait_until, within, ws_url
+from helpers import RedisProcess, Subscriber, free_port, hub_env, shell_module, wait_until, within, ws_url
 
 
 def clean_env() -> dict[str, str]:
@@ -26,13 +27,13 @@ def write_config(tmp_path: Path, tree: dict[str, object]) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wshub_asyncio", *args], cwd=cwd, env=clean_env(),
+def run_cli(*args: str, cwd: Path, shell: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", shell_module(shell), *args], cwd=cwd, env=clean_env(),
                           capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_closes_every_client_with_1001_and_exits_0(redis_server: RedisProcess, prefix: str,
+def test_signal_closes_every_client_with_1001_and_exits_0(shell: str, redis_server: RedisProcess, prefix: str,
                                                           tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     config = write_config(tmp_path, {"address": f"127.0.0.1:{port}",
@@ -42,7 +43,7 @@ def test_signal_closes_every_client_with_1001_and_exits_0(redis_server: RedisPro
         r = redis_server.client()
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-new", f"{prefix}client-gone", f"{prefix}client-data:a")
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", "--config", str(config),
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), "--config", str(config),
                                                     cwd=tmp_path, env=clean_env(), stderr=asyncio.subprocess.PIPE)
         log: list[str] = []
         assert proc.stderr is not None
@@ -96,11 +97,12 @@ def test_signal_closes_every_client_with_1001_and_exits_0(redis_server: RedisPro
     asyncio.run(scenario())
 
 
-def test_shutdown_without_clients_exits_0_at_once(redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
+def test_shutdown_without_clients_exits_0_at_once(shell: str,
+                                                  redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, {"address": f"127.0.0.1:{port}", "shutdownTimeout": 30,
                                      "redis": {"address": f"127.0.0.1:{redis_server.port}", "channelPrefix": prefix}})
-    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio", "--config", str(config)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", shell_module(shell), "--config", str(config)], cwd=tmp_path,
                             env=clean_env(), stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -122,29 +124,30 @@ def test_shutdown_without_clients_exits_0_at_once(redis_server: RedisProcess, pr
     ({"serverUrl": "ws"}, "serverUrl"),
     ({"webSocket": {"pongwait": 5}}, "webSocket.pongwait"),  # unknown key (wrong case)
 ], ids=["negative pongWait", "not a number", "bad redis port", "serverUrl without slash", "unknown key"])
-def test_bad_config_exits_2_naming_the_key_and_the_file(tmp_path: Path, tree: dict[str, object], key: str) -> None:
+def test_bad_config_exits_2_naming_the_key_and_the_file(shell: str,
+                                                        tmp_path: Path, tree: dict[str, object], key: str) -> None:
     path = write_config(tmp_path, {"address": f"127.0.0.1:{free_port()}", **tree})
-    result = run_cli("--config", str(path), cwd=tmp_path)
+    result = run_cli("--config", str(path), cwd=tmp_path, shell=shell)
     assert result.returncode == 2, result
     assert key in result.stderr and str(path) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_unreadable_config_exits_2(tmp_path: Path) -> None:
-    result = run_cli("--config", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+def test_unreadable_config_exits_2(shell: str, tmp_path: Path) -> None:
+    result = run_cli("--config", str(tmp_path / "missing.yaml"), cwd=tmp_path, shell=shell)
     assert result.returncode == 2 and "missing.yaml" in result.stderr, result
     broken = tmp_path / "broken.yaml"
     broken.write_text("webSocket: [unclosed\n", encoding="utf-8")
-    result = run_cli("--config", str(broken), cwd=tmp_path)
+    result = run_cli("--config", str(broken), cwd=tmp_path, shell=shell)
     assert result.returncode == 2 and "broken.yaml" in result.stderr and "YAML" in result.stderr, result
     assert "Traceback" not in result.stderr
 
 
-def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+def test_check_config_prints_the_effective_config(shell: str, tmp_path: Path) -> None:
     port = free_port()
     path = write_config(tmp_path, {"address": f"127.0.0.1:{port}", "clientKey": "sid",
                                    "webSocket": {"pongWait": 7, "maxMessageSize": 4096}})
-    result = run_cli("--config", str(path), "--check-config", cwd=tmp_path)
+    result = run_cli("--config", str(path), "--check-config", cwd=tmp_path, shell=shell)
     assert result.returncode == 0, result
     effective = yaml.safe_load(result.stdout)
     assert effective["address"] == f"127.0.0.1:{port}"

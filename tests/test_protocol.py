@@ -57,7 +57,7 @@ async def redis_released(backend: RedisBackend, channel: str) -> None:
 # -- step 2: subscribe, then announce ----------------------------------------------------------------------
 
 
-def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(redis_server: RedisProcess,
+def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(shell: str, redis_server: RedisProcess,
                                                                               prefix: str) -> None:
     """A listener that answers the instant it sees client-new must never answer into the void.
 
@@ -76,7 +76,7 @@ def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(re
         await sub.subscribe(f"{prefix}client-new")
         proxy = DelayingProxy(redis_server.port, hold=lambda chunk: b"SUBSCRIBE" in chunk, delay=0.2)
         await proxy.start()
-        async with running_hub(hub_config(proxy.port, prefix)) as server:
+        async with running_hub(hub_config(proxy.port, prefix), shell) as server:
             keys = [f"k{i}" for i in range(5)]
             clients = await asyncio.gather(*(connect(server, k) for k in keys))
             answered = []
@@ -102,9 +102,10 @@ def test_client_new_is_published_only_after_the_key_subscription_is_confirmed(re
 
 
 @both_brokers
-def test_the_key_is_url_decoded_and_the_first_value_counts(broker: str, redis_port: int, prefix: str) -> None:
+def test_the_key_is_url_decoded_and_the_first_value_counts(shell: str,
+                                                           broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             await backend.listen("client-new")
             url = f"ws://127.0.0.1:{server.port}/ws?x=1&session_key=%41b+c%2Fd&session_key=second"
             ws = await websockets.connect(url, proxy=None)
@@ -119,9 +120,9 @@ def test_the_key_is_url_decoded_and_the_first_value_counts(broker: str, redis_po
 
 
 @both_brokers
-def test_groups_answer_as_json_array_and_as_comma_list(broker: str, redis_port: int, prefix: str) -> None:
+def test_groups_answer_as_json_array_and_as_comma_list(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             a, b = await connect(server, "a"), await connect(server, "b")
             await backend.key_ready("a")
             await backend.key_ready("b")
@@ -144,9 +145,10 @@ def test_groups_answer_as_json_array_and_as_comma_list(broker: str, redis_port: 
 
 
 @both_brokers
-def test_keys_sharing_groups_each_receive_exactly_their_groups(broker: str, redis_port: int, prefix: str) -> None:
+def test_keys_sharing_groups_each_receive_exactly_their_groups(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             a, b, c = [await connect(server, k) for k in ("a", "b", "c")]
             for key in ("a", "b", "c"):
                 await backend.key_ready(key)
@@ -168,11 +170,11 @@ def test_keys_sharing_groups_each_receive_exactly_their_groups(broker: str, redi
 
 
 @both_brokers
-def test_a_new_answer_replaces_the_groups(broker: str, redis_port: int, prefix: str) -> None:
+def test_a_new_answer_replaces_the_groups(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     """Joins the new groups, leaves the old: a message to an old group no longer arrives."""
 
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             ws, other = await connect(server, "k"), await connect(server, "other")
             await backend.key_ready("k")
             await backend.key_ready("other")
@@ -201,7 +203,8 @@ def test_a_new_answer_replaces_the_groups(broker: str, redis_port: int, prefix: 
 
 
 @both_brokers
-def test_invalid_groups_answers_are_ignored_and_the_groups_kept(broker: str, redis_port: int, prefix: str) -> None:
+def test_invalid_groups_answers_are_ignored_and_the_groups_kept(shell: str,
+                                                                broker: str, redis_port: int, prefix: str) -> None:
     """On Redis the hub hears each invalid answer and ignores it; the API refuses each with 400."""
     invalid = [
         b'{"a":1}',  # a JSON object
@@ -213,7 +216,7 @@ def test_invalid_groups_answers_are_ignored_and_the_groups_kept(broker: str, red
     ]
 
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             ws = await connect(server, "k")
             await backend.key_ready("k")
             await backend.set_groups("k", '["g"]')
@@ -239,7 +242,8 @@ def test_invalid_groups_answers_are_ignored_and_the_groups_kept(broker: str, red
 
 
 @both_brokers
-def test_group_data_arrives_as_text_when_utf8_else_binary(broker: str, redis_port: int, prefix: str) -> None:
+def test_group_data_arrives_as_text_when_utf8_else_binary(shell: str,
+                                                          broker: str, redis_port: int, prefix: str) -> None:
     payloads: list[tuple[bytes, str | bytes]] = [
         ("héllo ✓ 🙂".encode(), "héllo ✓ 🙂"),
         (b'{"json": [1, 2]}', '{"json": [1, 2]}'),
@@ -252,7 +256,7 @@ def test_group_data_arrives_as_text_when_utf8_else_binary(broker: str, redis_por
     ]
 
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             ws = await websockets.connect(ws_url(server.port, "k"), proxy=None, max_size=None)
             raw = await raw_websocket(server.port, "raw")
             await backend.key_ready("k")
@@ -280,9 +284,9 @@ def test_group_data_arrives_as_text_when_utf8_else_binary(broker: str, redis_por
 
 
 @both_brokers
-def test_client_messages_are_published_raw_and_in_order(broker: str, redis_port: int, prefix: str) -> None:
+def test_client_messages_are_published_raw_and_in_order(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             await backend.listen("client-data:k")
             ws = await connect(server, "k")
             sent: list[bytes] = []
@@ -311,11 +315,12 @@ def test_client_messages_are_published_raw_and_in_order(broker: str, redis_port:
 
 
 @both_brokers
-def test_fragments_controls_and_early_frames_from_a_raw_client(broker: str, redis_port: int, prefix: str) -> None:
+def test_fragments_controls_and_early_frames_from_a_raw_client(shell: str,
+                                                               broker: str, redis_port: int, prefix: str) -> None:
     """Frames sent with the request head, a ping between fragments, a character split across fragments."""
 
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             await backend.listen("client-data:raw")
             early = ws_frame(0x1, b"in the same packet as the head")
             raw = await raw_websocket(server.port, "raw", head=upgrade_head("raw"), trailing=early)
@@ -343,9 +348,9 @@ def test_fragments_controls_and_early_frames_from_a_raw_client(broker: str, redi
 
 
 @both_brokers
-def test_two_connections_of_one_key(broker: str, redis_port: int, prefix: str) -> None:
+def test_two_connections_of_one_key(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             await backend.listen("client-new", "client-gone", "client-data:k")
             first = await connect(server, "k")
             assert await backend.next_event() == ("client-new", "k", None)
@@ -385,11 +390,11 @@ def test_two_connections_of_one_key(broker: str, redis_port: int, prefix: str) -
 
 
 @both_brokers
-def test_client_gone_for_every_way_a_connection_ends(broker: str, redis_port: int, prefix: str) -> None:
+def test_client_gone_for_every_way_a_connection_ends(shell: str, broker: str, redis_port: int, prefix: str) -> None:
     """A clean close, a dropped TCP connection and a protocol error each publish client-gone once."""
 
     async def scenario() -> None:
-        async with hub_and_backend(broker, redis_port, prefix) as (server, backend):
+        async with hub_and_backend(broker, redis_port, prefix, shell) as (server, backend):
             await backend.listen("client-gone")
             clean = await connect(server, "clean")
             dropped = await raw_websocket(server.port, "dropped")
@@ -410,11 +415,11 @@ def test_client_gone_for_every_way_a_connection_ends(broker: str, redis_port: in
 # -- subscriptions follow need ------------------------------------------------------------------------------
 
 
-def test_subscriptions_follow_need(redis_server: RedisProcess, prefix: str) -> None:
+def test_subscriptions_follow_need(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """Redis-only: what Redis itself reports (PUBSUB CHANNELS) is the point; the memory broker has no server."""
 
     async def scenario() -> None:
-        async with hub_and_backend("redis", redis_server.port, prefix) as (server, backend):
+        async with hub_and_backend("redis", redis_server.port, prefix, shell) as (server, backend):
             assert isinstance(backend, RedisBackend)
 
             async def redis_sees(expected: set[str]) -> None:

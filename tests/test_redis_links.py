@@ -42,14 +42,14 @@ def redis_with_password() -> Iterator[RedisProcess]:
     server.kill()
 
 
-def test_a_wrong_password_is_not_a_reconnect_storm(redis_with_password: RedisProcess) -> None:
-    asyncio.run(_wrong_password(redis_with_password))
+def test_a_wrong_password_is_not_a_reconnect_storm(shell: str, redis_with_password: RedisProcess) -> None:
+    asyncio.run(_wrong_password(shell, redis_with_password))
 
 
-async def _wrong_password(redis_with_password: RedisProcess) -> None:
+async def _wrong_password(shell: str, redis_with_password: RedisProcess) -> None:
     # Before: the TCP accept reset the backoff and logged "link up": ~100 dials in 5 s, /readyz 200.
     address = f"redis://:wrongpw@127.0.0.1:{redis_with_password.port}"
-    async with hub_process(WSHUB_REDIS_ADDRESS=address) as hub:
+    async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=address) as hub:
         pattern = (rf"redis commands link to 127\.0\.0\.1:{redis_with_password.port}: AUTH failed: WRONGPASS"
                    r".*; retrying in (?P<delay>[0-9.]+)s")
         failures = await hub.lines_matching(pattern, 6)
@@ -67,11 +67,11 @@ async def _wrong_password(redis_with_password: RedisProcess) -> None:
     assert received <= 2 * 8 + 1  # both links, about 6 to 7 attempts each in the time 6 lines took
 
 
-def test_a_port_that_is_not_redis_is_never_called_up() -> None:
-    asyncio.run(_a_port_that_is_not_redis_is_never_called_up())
+def test_a_port_that_is_not_redis_is_never_called_up(shell: str) -> None:
+    asyncio.run(_a_port_that_is_not_redis_is_never_called_up(shell))
 
 
-async def _a_port_that_is_not_redis_is_never_called_up() -> None:
+async def _a_port_that_is_not_redis_is_never_called_up(shell: str) -> None:
     async def not_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
         writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
@@ -81,7 +81,7 @@ async def _a_port_that_is_not_redis_is_never_called_up() -> None:
     server = await asyncio.start_server(not_redis, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
+        async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
             await hub.line_matching(rf"redis subscriber link to 127\.0\.0\.1:{port}: protocol error")
             status, body = await readyz(hub.port)
             assert status == 503 and b"protocol error" in body, body
@@ -91,13 +91,13 @@ async def _a_port_that_is_not_redis_is_never_called_up() -> None:
         await server.wait_closed()
 
 
-def test_a_refused_connect_names_the_address_and_the_reason() -> None:
-    asyncio.run(_a_refused_connect_names_the_address_and_the_reason())
+def test_a_refused_connect_names_the_address_and_the_reason(shell: str) -> None:
+    asyncio.run(_a_refused_connect_names_the_address_and_the_reason(shell))
 
 
-async def _a_refused_connect_names_the_address_and_the_reason() -> None:
+async def _a_refused_connect_names_the_address_and_the_reason(shell: str) -> None:
     port = free_port()  # nothing listens there
-    async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
+    async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
         failures = await hub.lines_matching(
             rf"redis commands link to 127\.0\.0\.1:{port}: connect failed: Connection refused"
             r"; retrying in (?P<delay>[0-9.]+)s", 3)
@@ -106,22 +106,22 @@ async def _a_refused_connect_names_the_address_and_the_reason() -> None:
         assert status == 503 and b"connect failed: Connection refused" in body, body
 
 
-def test_a_name_that_does_not_resolve_names_the_host() -> None:
-    asyncio.run(_a_name_that_does_not_resolve_names_the_host())
+def test_a_name_that_does_not_resolve_names_the_host(shell: str) -> None:
+    asyncio.run(_a_name_that_does_not_resolve_names_the_host(shell))
 
 
-async def _a_name_that_does_not_resolve_names_the_host() -> None:
-    async with hub_process(WSHUB_REDIS_ADDRESS="no-such-host.invalid:6379") as hub:
+async def _a_name_that_does_not_resolve_names_the_host(shell: str) -> None:
+    async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS="no-such-host.invalid:6379") as hub:
         line = await hub.line_matching(r"redis \w+ link to no-such-host\.invalid:6379: connect failed: (?P<why>.+);")
         assert "refused" not in line.group("why")  # the resolver's own words, not a made-up reason
 
 
-def test_a_link_lost_after_it_was_up_says_so_and_comes_back(own_redis: RedisProcess) -> None:
-    asyncio.run(_lost_after_up(own_redis))
+def test_a_link_lost_after_it_was_up_says_so_and_comes_back(shell: str, own_redis: RedisProcess) -> None:
+    asyncio.run(_lost_after_up(shell, own_redis))
 
 
-async def _lost_after_up(redis: RedisProcess) -> None:
-    async with hub_process(WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
+async def _lost_after_up(shell: str, redis: RedisProcess) -> None:
+    async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis.port}",
                            WSHUB_REDIS_RECONNECT_MAX="0.5") as hub:
         await hub.lines_matching(r"link up", 2)
         redis.kill()
@@ -132,13 +132,13 @@ async def _lost_after_up(redis: RedisProcess) -> None:
         assert status == 200
 
 
-def test_sentinel_mode_with_no_sentinel_answering_tries_each_in_turn_and_says_so() -> None:
-    asyncio.run(_no_sentinel_answers())
+def test_sentinel_mode_with_no_sentinel_answering_tries_each_in_turn_and_says_so(shell: str) -> None:
+    asyncio.run(_no_sentinel_answers(shell))
 
 
-async def _no_sentinel_answers() -> None:
+async def _no_sentinel_answers(shell: str) -> None:
     ports = [free_port(), free_port()]  # nothing listens there
-    async with hub_process(WSHUB_REDIS_MODE="sentinel", WSHUB_REDIS_MASTER_NAME="mymaster",
+    async with hub_process(shell=shell, WSHUB_REDIS_MODE="sentinel", WSHUB_REDIS_MASTER_NAME="mymaster",
                            WSHUB_REDIS_ADDRESS=",".join(f"127.0.0.1:{p}" for p in ports)) as hub:
         start = next(line for line in hub.log if "listening on" in line)
         assert f"redis broker at master 'mymaster' of sentinels 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in start

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
@@ -42,13 +43,13 @@ from helpers import (
     Subscriber,
     free_port,
     http_exchange,
+    on_hub,
     running_hub,
     wait_for,
     wait_until,
     within,
 )
-from wshub_asyncio import Server
-from wshub_core import Config, Hub, load_config
+from wshub_core import Config, load_config
 
 MASTER_NAME = "mymaster"
 HUB_USER = ("--user", "hub", "on", ">hubpw", "~*", "&*", "+@all")
@@ -179,13 +180,14 @@ def sentinel_hub_config(topo: Topology, prefix: str) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def hub_with_members(topo: Topology, prefix: str) -> AsyncIterator[tuple[Server[Hub], list[ClientConnection]]]:
+async def hub_with_members(shell: str, topo: Topology,
+                           prefix: str) -> AsyncIterator[tuple[Any, list[ClientConnection]]]:
     """A hub in sentinel mode; client "a" in group g1 and client "b" in g1 and g2, answered by a listener."""
     master = aredis.Redis(port=topo.master_port())
     listener = Subscriber(master)
     await listener.subscribe(f"{prefix}client-new")
     config = sentinel_hub_config(topo, prefix)
-    async with running_hub(config) as server:
+    async with running_hub(config, shell) as server:
         clients = []
         for key, groups in (("a", '["g1"]'), ("b", '["g1", "g2"]')):
             ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key={key}")
@@ -193,7 +195,8 @@ async def hub_with_members(topo: Topology, prefix: str) -> AsyncIterator[tuple[S
             await master.publish(f"{prefix}groups-new:{key}", groups)
             clients.append(ws)
         channels = {f"{prefix}group-data:{g}".encode() for g in ("g1", "g2")}
-        await wait_for(lambda: channels <= server.core.needed_channels() and server.core.ready, what="groups live")
+        await wait_for(lambda: on_hub(server, lambda s: channels <= s.core.needed_channels() and s.core.ready),
+                       what="groups live")
         await listener.close()
         await master.aclose()
         try:
@@ -203,7 +206,7 @@ async def hub_with_members(topo: Topology, prefix: str) -> AsyncIterator[tuple[S
                 await ws.close()
 
 
-async def readyz(server: Server[Hub]) -> tuple[int, bytes]:
+async def readyz(server: Any) -> tuple[int, bytes]:
     answer = await http_exchange(server.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
     return answer.status, answer.body
 
@@ -214,7 +217,7 @@ def first_occurrences(items: list[bytes]) -> list[bytes]:
     return [x for x in items if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 
 
-async def send_during(server: Server[Hub], clients: list[ClientConnection], count: int) -> dict[str, list[bytes]]:
+async def send_during(server: Any, clients: list[ClientConnection], count: int) -> dict[str, list[bytes]]:
     """Each client sends ``count`` messages, each read by the hub before the next; what each key sent."""
     sent: dict[str, list[bytes]] = {"a": [], "b": []}
     for i in range(count):
@@ -269,12 +272,12 @@ async def role_of(port: int) -> bytes:
         await r.aclose()
 
 
-async def failover_scenario(topo: Topology, prefix: str, fault: Callable[[int], None]) -> int:
+async def failover_scenario(shell: str, topo: Topology, prefix: str, fault: Callable[[int], None]) -> int:
     """``fault(old master)`` makes the replica the master; the hub follows with no client lost. The new master."""
     old, new = topo.master_port(), topo.replica_port()
     hub_user(new, "off")  # the gate: the hub cannot log in to the new master yet
     try:
-        async with hub_with_members(topo, prefix) as (server, clients):
+        async with hub_with_members(shell, topo, prefix) as (server, clients):
             fault(old)
             await wait_until(lambda: _is_master(new), timeout=SETTLE, what="the replica promoted")
             observer = await observe(new, prefix)  # after the promotion's CLIENT KILL: it stays subscribed
@@ -305,13 +308,13 @@ async def _is_master(port: int) -> bool:
     return await role_of(port) == b"master"
 
 
-def test_sigkill_of_the_master(topology: Topology, prefix: str) -> None:
+def test_sigkill_of_the_master(shell: str, topology: Topology, prefix: str) -> None:
     old = topology.master_port()
 
     def kill(port: int) -> None:
         topology.servers[port].kill()
 
-    new = asyncio.run(failover_scenario(topology, prefix, kill))
+    new = asyncio.run(failover_scenario(shell, topology, prefix, kill))
     # Back as a replica of the new master, for the next test.
     server = topology.servers[old]
     server.extra = (*HUB_USER, "--replicaof", "127.0.0.1", str(new))
@@ -319,12 +322,12 @@ def test_sigkill_of_the_master(topology: Topology, prefix: str) -> None:
     poll(topology.healthy, what="the old master back as a replica")
 
 
-def test_sentinel_failover(topology: Topology, prefix: str) -> None:
+def test_sentinel_failover(shell: str, topology: Topology, prefix: str) -> None:
     def failover(port: int) -> None:
         with topology.sentinels[0].client() as s:
             poll(lambda: _failover_started(s), what="SENTINEL FAILOVER accepted")
 
-    asyncio.run(failover_scenario(topology, prefix, failover))
+    asyncio.run(failover_scenario(shell, topology, prefix, failover))
     poll(topology.healthy, what="the old master demoted to a replica")
 
 
@@ -338,13 +341,16 @@ def _failover_started(s: redis.Redis) -> bool:
 
 
 def test_sigkill_of_the_watched_sentinel(topology: Topology, prefix: str) -> None:
-    asyncio.run(_sigkill_of_the_watched_sentinel(topology, prefix))
+    """On the asyncio shell only: the recorder samples readiness once per loop iteration of the hub's own
+    loop, which sees every change; a hub in another thread (trio) can be not ready and ready again between
+    two samples (4 of 6 runs never saw the 503 window)."""
+    asyncio.run(_sigkill_of_the_watched_sentinel("asyncio", topology, prefix))
 
 
-async def _sigkill_of_the_watched_sentinel(topo: Topology, prefix: str) -> None:
+async def _sigkill_of_the_watched_sentinel(shell: str, topo: Topology, prefix: str) -> None:
     master = topo.master_port()
     observer = await observe(master, prefix)
-    async with hub_with_members(topo, prefix) as (server, clients):
+    async with hub_with_members(shell, topo, prefix) as (server, clients):
         watched = next(s for s in topo.sentinels if _watches(s))
         readiness: list[bool] = []
         stop = asyncio.Event()

@@ -1,13 +1,14 @@
-"""Every shell input that can move the core's next deadline re-arms the shell's single timer.
+"""Every shell input that can move the core's next deadline re-arms the shell's single timer, on both shells.
 
-The asyncio shell arms one loop timer at ``hub.next_deadline()``, and only when it
-drains. So an input fed to the core without a drain afterwards leaves the timer
-where it was: the deadline that input created (a handshake timeout, a ping, a
-write stall, a reconnect, the shutdown timeout) is missed until something else
-wakes the loop. Each test performs one input with every other timer far away
-(redis.timeout 60 s: the idle pings are 30 s off; pongWait 60 s unless the test
-needs a ping) and checks both the effect and the invariant: once no drain is
-pending, the armed timer is the core's next deadline.
+Each shell arms one timer at ``hub.next_deadline()`` (asyncio: a loop timer;
+trio: the deadline of one cancel scope), and only when it drains. So an input
+fed to the core without a drain afterwards leaves the timer where it was: the
+deadline that input created (a handshake timeout, a ping, a write stall, a
+reconnect, the shutdown timeout) is missed until something else wakes the loop.
+Each test performs one input with every other timer far away (redis.timeout
+60 s: the idle pings are 30 s off; pongWait 60 s unless the test needs a ping)
+and checks both the effect and the invariant: once no drain is pending, the
+armed timer is the core's next deadline.
 """
 
 from __future__ import annotations
@@ -29,31 +30,42 @@ from helpers import (
     RedisProcess,
     free_port,
     hub_config,
+    hub_now,
+    on_hub,
     raw_websocket,
     running_hub,
+    shell_module,
     upgrade_head,
+    wait_confirmed,
     wait_for,
     within,
     ws_frame,
 )
-from wshub_asyncio import Server
-from wshub_core import Hub, RedisLink
+from wshub_core import RedisLink
 
 ROOT = Path(__file__).resolve().parent.parent
 FAR = {"redis_timeout": 60}  # link keepalive timers 30 s away: they never wake the loop during a test
 
 
-async def assert_armed(server: Server[Any]) -> None:
-    """Once the shell has nothing left to drain, its timer is armed at the core's next deadline."""
-    await wait_for(lambda: not server._drain_pending, what="the shell drained")
-    assert server._timer_at == server.core.next_deadline(), (
-        f"timer armed at {server._timer_at}, the core's next deadline is {server.core.next_deadline()} "
-        f"(now {server.loop.time()})")
+async def assert_armed(server: Any) -> None:
+    """Once the shell has nothing left to drain, its timer is armed at the core's next deadline.
+
+    The three are read in one step where the hub runs (``on_hub``): on trio, in its thread.
+    """
+    seen: list[tuple[bool, float | None, float | None]] = []
+
+    def drained() -> bool:
+        seen.append(on_hub(server, lambda s: (s._drain_pending, s._timer_at, s.core.next_deadline())))
+        return not seen[-1][0]
+
+    await wait_for(drained, what="the shell drained")
+    _, armed, deadline = seen[-1]
+    assert armed == deadline, f"timer armed at {armed}, the core's next deadline is {deadline}"
 
 
 @asynccontextmanager
-async def hub(redis: RedisProcess, prefix: str, **overrides: Any) -> AsyncIterator[Server[Hub]]:
-    async with running_hub(hub_config(redis.port, prefix, **{**FAR, **overrides})) as server:
+async def hub(shell: str, redis: RedisProcess, prefix: str, **overrides: Any) -> AsyncIterator[Any]:
+    async with running_hub(hub_config(redis.port, prefix, **{**FAR, **overrides}), shell) as server:
         await assert_armed(server)
         yield server
 
@@ -62,11 +74,11 @@ async def silent_tcp(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return await asyncio.open_connection("127.0.0.1", port)
 
 
-def test_accept_arms_the_handshake_deadline(redis_server: RedisProcess, prefix: str) -> None:
+def test_accept_arms_the_handshake_deadline(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """connection_made: a socket that sends nothing is closed at webSocket.handshakeTimeout."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        async with hub(redis_server, prefix, webSocket_handshakeTimeout=1) as server:
+        async with hub(shell, redis_server, prefix, webSocket_handshakeTimeout=1) as server:
             started = loop.time()
             reader, writer = await silent_tcp(server.port)
             await wait_for(lambda: server.core.client_count() == 1, what="accepted")
@@ -78,10 +90,10 @@ def test_accept_arms_the_handshake_deadline(redis_server: RedisProcess, prefix: 
     asyncio.run(scenario())
 
 
-def test_client_data_arms_the_ping_deadline(redis_server: RedisProcess, prefix: str) -> None:
+def test_client_data_arms_the_ping_deadline(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """data_received: the upgrade schedules the first ping at 0.9 x pongWait, earlier than anything else."""
     async def scenario() -> None:
-        async with hub(redis_server, prefix, webSocket_pongWait=1, webSocket_handshakeTimeout=60) as server:
+        async with hub(shell, redis_server, prefix, webSocket_pongWait=1, webSocket_handshakeTimeout=60) as server:
             ws = await raw_websocket(server.port, "k")
             assert ws.status_line == b"HTTP/1.1 101 Switching Protocols"
             await assert_armed(server)
@@ -92,10 +104,10 @@ def test_client_data_arms_the_ping_deadline(redis_server: RedisProcess, prefix: 
     asyncio.run(scenario())
 
 
-def test_timer_re_arms_for_the_next_deadline(redis_server: RedisProcess, prefix: str) -> None:
+def test_timer_re_arms_for_the_next_deadline(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """_on_timer: after a ping the next one is armed (the client answers, so it stays)."""
     async def scenario() -> None:
-        async with hub(redis_server, prefix, webSocket_pongWait=1) as server:
+        async with hub(shell, redis_server, prefix, webSocket_pongWait=1) as server:
             ws = await raw_websocket(server.port, "k")
             for _ in range(2):
                 frame = await ws.read_frame(timeout=0.9 + 1.0)
@@ -107,14 +119,14 @@ def test_timer_re_arms_for_the_next_deadline(redis_server: RedisProcess, prefix:
     asyncio.run(scenario())
 
 
-def test_eof_and_connection_lost_re_arm(redis_server: RedisProcess, prefix: str) -> None:
+def test_eof_and_connection_lost_re_arm(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """eof_received / connection_lost: the client and its deadlines go; the timer follows the core.
 
     handshakeTimeout 60 s and pings 18 s away: only the input itself can close the socket in time,
     and a timer left at the forgotten client's deadline is not the core's next deadline (the links' 30 s).
     """
     async def scenario() -> None:
-        async with hub(redis_server, prefix, webSocket_handshakeTimeout=60, webSocket_pongWait=20) as server:
+        async with hub(shell, redis_server, prefix, webSocket_handshakeTimeout=60, webSocket_pongWait=20) as server:
             reader, writer = await silent_tcp(server.port)
             await wait_for(lambda: server.core.client_count() == 1, what="accepted")
             await assert_armed(server)
@@ -135,11 +147,11 @@ def test_eof_and_connection_lost_re_arm(redis_server: RedisProcess, prefix: str)
     asyncio.run(scenario())
 
 
-def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str) -> None:
+def test_pause_and_resume_writing_re_arm(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """pause_writing arms the write stall (writeWait); a client that never reads is aborted then."""
     async def scenario() -> None:
         r = redis_server.client()
-        async with hub(redis_server, prefix, webSocket_writeWait=1) as server:
+        async with hub(shell, redis_server, prefix, webSocket_writeWait=1) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
                                                            limit=1 << 30)
             sock = writer.get_extra_info("socket")
@@ -148,15 +160,14 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
             await within(reader.readuntil(b"\r\n\r\n"))
             writer.transport.pause_reading()  # a client that stops reading
             channel = f"{prefix}groups-new:k".encode()
-            await wait_for(lambda: server.core.ready and channel in server.core.subscribed_channels(),
-                           what="key confirmed")
+            await wait_confirmed(server, channel, what="key confirmed")
             await r.publish(f"{prefix}groups-new:k", '["g"]')
             await wait_for(lambda: server.core.ready and len(server.core.needed_channels()) == 4, what="in g")
             payload = "x" * 60_000
             paused = asyncio.get_running_loop().create_future()
             while not paused.done():
                 await r.publish(f"{prefix}group-data:g", payload)
-                conn = next(iter(server.transports))
+                conn = next(iter(server.transports if shell == "asyncio" else server.clients))
                 client = server.core._clients.get(conn)
                 if client is not None and client.write_paused_since is not None:
                     paused.set_result(asyncio.get_running_loop().time())
@@ -171,12 +182,12 @@ def test_pause_and_resume_writing_re_arm(redis_server: RedisProcess, prefix: str
     asyncio.run(scenario())
 
 
-def test_link_lost_arms_the_reconnect_under_a_new_link_id(own_redis: RedisProcess, prefix: str) -> None:
+def test_link_lost_arms_the_reconnect_under_a_new_link_id(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     """_LinkProtocol.connection_lost: the reconnect (reconnectMin 0.02 s) is armed; each role is redialled
     under a new link id, the dead links are gone from the shell, and the hub is ready again."""
     async def scenario() -> None:
         r = own_redis.client()
-        async with hub(own_redis, prefix) as server:
+        async with hub(shell, own_redis, prefix) as server:
             before = server.core.broker.current_links()
             assert sorted(server.links) == sorted(before.values()) and not server._dials
             # Both hub links: the commands link (type normal) and the subscriber link (subscribed to its stall
@@ -197,12 +208,11 @@ def test_link_lost_arms_the_reconnect_under_a_new_link_id(own_redis: RedisProces
     asyncio.run(scenario())
 
 
-def test_link_data_arms_the_next_idle_ping(redis_server: RedisProcess, prefix: str) -> None:
+def test_link_data_arms_the_next_idle_ping(shell: str, redis_server: RedisProcess, prefix: str) -> None:
     """_LinkProtocol.data_received: a PING reply moves the link's deadline from the reply timeout
     (sent + redis.timeout) to the next idle PING (reply + timeout / 2), which is earlier."""
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        async with hub(redis_server, prefix, redis_timeout=2) as server:
+        async with hub(shell, redis_server, prefix, redis_timeout=2) as server:
             cmd = server.core.broker._sessions[RedisLink.COMMANDS]
             first = cmd.last_rx
             await wait_for(lambda: cmd.last_rx > first and not cmd.waiting_since, timeout=1 + 1.0,
@@ -210,16 +220,16 @@ def test_link_data_arms_the_next_idle_ping(redis_server: RedisProcess, prefix: s
             await assert_armed(server)
             second = cmd.last_rx
             await wait_for(lambda: cmd.last_rx > second, timeout=1 + 1.0, what="the next idle PING on time")
-            assert loop.time() - second < 1 + 1.0
+            assert hub_now(server) - second < 1 + 1.0  # the core's times are the hub's clock
 
     asyncio.run(scenario())
 
 
-def test_shutdown_arms_the_shutdown_timeout(own_redis: RedisProcess, prefix: str) -> None:
+def test_shutdown_arms_the_shutdown_timeout(shell: str, own_redis: RedisProcess, prefix: str) -> None:
     """signal shutdown: with Redis frozen a client message cannot flush; Stopped at shutdownTimeout."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        async with hub(own_redis, prefix, shutdownTimeout=1) as server:
+        async with hub(shell, own_redis, prefix, shutdownTimeout=1) as server:
             ws = await raw_websocket(server.port, "k")
             await wait_for(lambda: server.core.ready, what="ready")
             own_redis.pause()
@@ -238,10 +248,11 @@ def test_shutdown_arms_the_shutdown_timeout(own_redis: RedisProcess, prefix: str
     asyncio.run(scenario())
 
 
-def test_a_silent_tcp_client_is_closed_within_handshake_timeout_by_the_process(redis_server: RedisProcess,
+def test_a_silent_tcp_client_is_closed_within_handshake_timeout_by_the_process(shell: str,
+                                                                                redis_server: RedisProcess,
                                                                                 prefix: str,
                                                                                 tmp_path: Path) -> None:
-    """``python -m wshub_asyncio`` with WSHUB_WEBSOCKET_HANDSHAKE_TIMEOUT=1: closed within 1 + 1 s."""
+    """``python -m wshub_<shell>`` with WSHUB_WEBSOCKET_HANDSHAKE_TIMEOUT=1: closed within 1 + 1 s."""
     port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"address": f"127.0.0.1:{port}",
@@ -251,7 +262,7 @@ def test_a_silent_tcp_client_is_closed_within_handshake_timeout_by_the_process(r
     env["WSHUB_WEBSOCKET_HANDSHAKE_TIMEOUT"] = "1"
 
     async def scenario() -> None:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "wshub_asyncio", "--config", str(config),
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), "--config", str(config),
                                                     cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
         assert proc.stderr is not None
         stderr = proc.stderr

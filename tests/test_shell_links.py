@@ -1,4 +1,4 @@
-"""The one shell ``Server`` executes the link actions: ``OpenLink`` (with or without TLS), ``CloseLink``.
+"""Each shell's one ``Server`` executes the link actions: ``OpenLink`` (with or without TLS), ``CloseLink``.
 
 A stand-in server that accepts TCP and never answers shows what the shell
 dialled: the first bytes of a plain link are the hub's prelude PING, of a TLS
@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from helpers import hub_config, wait_for
-from wshub_asyncio import Server
-from wshub_core import Hub, RedisLink, RedisState
+from helpers import hub_config, running_hub, wait_for
+from wshub_core import RedisLink, RedisState
 
 TLS_HANDSHAKE_RECORD = b"\x16\x03"  # content type 22 (handshake), protocol major version 3
 PING = b"*1\r\n$4\r\nPING\r\n"  # the prelude without AUTH/SELECT, as RESP
@@ -57,23 +56,21 @@ class SilentServer:
 
 
 @asynccontextmanager
-async def hub_dialling(scheme: str, **overrides: Any) -> AsyncIterator[tuple[Server[Hub], SilentServer]]:
+async def hub_dialling(shell: str, scheme: str, **overrides: Any) -> AsyncIterator[tuple[Any, SilentServer]]:
     silent = SilentServer()
     port = await silent.start()
     config = hub_config(port, "links:", redis_address=f"{scheme}://127.0.0.1:{port}", **overrides)
-    server = Server(Hub(config=config, seed=1), config=config)
-    await server.start()
     try:
-        yield server, silent
+        async with running_hub(config, shell, ready=False) as server:
+            yield server, silent
     finally:
-        await server.close()
         await silent.close()
 
 
 @pytest.mark.parametrize("scheme, first_bytes", [("redis", PING), ("rediss", TLS_HANDSHAKE_RECORD)])
-def test_open_link_dials_with_tls_exactly_when_the_action_says_so(scheme: str, first_bytes: bytes) -> None:
+def test_open_link_dials_with_tls_exactly_when_the_action_says_so(shell: str, scheme: str, first_bytes: bytes) -> None:
     async def scenario() -> None:
-        async with hub_dialling(scheme) as (server, silent):
+        async with hub_dialling(shell, scheme) as (server, silent):
             await wait_for(lambda: len(silent.received) == 2 and all(len(r) >= 2 for r in silent.received),
                            what="both links dialled and writing")
             assert all(bytes(r).startswith(first_bytes) for r in silent.received), silent.received
@@ -86,10 +83,10 @@ def test_open_link_dials_with_tls_exactly_when_the_action_says_so(scheme: str, f
     asyncio.run(scenario())
 
 
-def test_close_link_abandons_a_dial_in_flight_and_the_redial_is_a_new_link() -> None:
+def test_close_link_abandons_a_dial_in_flight_and_the_redial_is_a_new_link(shell: str) -> None:
     """A TLS handshake nobody answers: at redis.timeout the core closes the dial; the shell cancels it."""
     async def scenario() -> None:
-        async with hub_dialling("rediss", redis_timeout=1) as (server, silent):
+        async with hub_dialling(shell, "rediss", redis_timeout=1) as (server, silent):
             hub = server.core
             first = hub.broker.current_links()
             assert sorted(server._dials) == sorted(first.values()) and not server.links

@@ -53,7 +53,7 @@ async def still_served(r: aredis.Redis, sub: Subscriber, prefix: str, ws: websoc
 # -- keepalive (webSocket.pongWait) ------------------------------------------------------------------------------
 
 
-def test_keepalive_keeps_answering_clients_and_closes_silent_ones_with_1011(redis_server: RedisProcess,
+def test_keepalive_keeps_answering_clients_and_closes_silent_ones_with_1011(shell: str, redis_server: RedisProcess,
                                                                             prefix: str) -> None:
     pong_wait = 1.0  # pings every 0.9 s; a client has 0.1 s to answer (generous even on a busy CPU)
 
@@ -62,7 +62,7 @@ def test_keepalive_keeps_answering_clients_and_closes_silent_ones_with_1011(redi
         r = redis_server.client()
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-data:answering", f"{prefix}client-data:chatty", f"{prefix}client-gone")
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_pongWait=pong_wait)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_pongWait=pong_wait), shell) as server:
             # websockets answers pings by itself; ping_interval=None: it sends nothing of its own.
             good = await member(server, r, prefix, "good", ping_interval=None)
             started = loop.time()
@@ -130,7 +130,7 @@ def test_keepalive_keeps_answering_clients_and_closes_silent_ones_with_1011(redi
 # -- webSocket.maxMessageSize --------------------------------------------------------------------------------------
 
 
-def test_oversize_messages_are_closed_with_1009_and_others_are_served(redis_server: RedisProcess,
+def test_oversize_messages_are_closed_with_1009_and_others_are_served(shell: str, redis_server: RedisProcess,
                                                                       prefix: str) -> None:
     limit = 1024
 
@@ -138,7 +138,7 @@ def test_oversize_messages_are_closed_with_1009_and_others_are_served(redis_serv
         r = redis_server.client()
         sub = Subscriber(r)
         await sub.subscribe(f"{prefix}client-data:good", f"{prefix}client-data:big")
-        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=limit)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix, webSocket_maxMessageSize=limit), shell) as server:
             good = await member(server, r, prefix, "good")
             big = await websockets.connect(ws_url(server.port, "big"), proxy=None, compression=None)
             # Exactly the limit passes, counted in bytes (512 two-byte characters are 1024 bytes).
@@ -181,7 +181,7 @@ async def _violate(server: Server[Hub], key: str, data: bytes) -> int:
     return close.close_code
 
 
-def test_protocol_errors_get_their_close_code_and_others_are_unaffected(redis_server: RedisProcess,
+def test_protocol_errors_get_their_close_code_and_others_are_unaffected(shell: str, redis_server: RedisProcess,
                                                                         prefix: str) -> None:
     cases = [
         ("unmasked client frame (5.1)", ws_frame(0x1, b"hi", masked=False), 1002),
@@ -200,7 +200,7 @@ def test_protocol_errors_get_their_close_code_and_others_are_unaffected(redis_se
         sub = Subscriber(r)
         channels = [f"{prefix}client-data:bad{i}" for i in range(len(cases))]
         await sub.subscribe(f"{prefix}client-data:good", *channels)
-        async with running_hub(hub_config(redis_server.port, prefix)) as server:
+        async with running_hub(hub_config(redis_server.port, prefix), shell) as server:
             good = await member(server, r, prefix, "good")
             for i, (what, data, code) in enumerate(cases):
                 assert await _violate(server, f"bad{i}", data) == code, what

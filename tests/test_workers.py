@@ -11,15 +11,16 @@ from pathlib import Path
 
 import websockets
 
-from helpers import RedisProcess, free_port, hub_env, within
+from helpers import RedisProcess, free_port, hub_env, shell_module, within
 
 
-def test_two_workers_share_the_port_serve_everyone_and_stop_together(redis_server: RedisProcess, prefix: str,
+def test_two_workers_share_the_port_serve_everyone_and_stop_together(shell: str,
+                                                                     redis_server: RedisProcess, prefix: str,
                                                                      tmp_path: Path) -> None:
     port = free_port()
     env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_WORKERS="2",
                WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}", WSHUB_REDIS_CHANNEL_PREFIX=prefix)
-    proc = subprocess.Popen([sys.executable, "-m", "wshub_asyncio"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", shell_module(shell)], cwd=tmp_path, env=env,
                             stderr=subprocess.DEVNULL)
 
     async def scenario() -> None:

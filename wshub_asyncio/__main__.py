@@ -1,171 +1,19 @@
-"""Command line: load the config, then serve until SIGINT/SIGTERM."""
+"""Command line: load the config, then serve on asyncio (uvloop when installed) until SIGINT/SIGTERM.
+
+Everything but the event loop is ``_cli``'s, shared with ``python -m wshub_trio``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import dataclasses
-import importlib.metadata
-import json
-import logging
-import os
-import resource
-import secrets
-import signal
 import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import yaml
+from wshub_core import Config
 
-from wshub_core import Config, ConfigError, env_name, load_config, token_verifier
-
-from ._logging import set_worker, setup_logging
-from ._server import reuseport_socket, run, server_tls_context
+from . import _cli
+from ._server import run
 
 __all__ = ["main"]
-
-log = logging.getLogger("wshub")
-
-EPILOG = """\
-Every config key can also be set from the environment, which wins over the
-file: WSHUB_<SECTION>_<KEY> in upper snake case, e.g. redis.address is
-WSHUB_REDIS_ADDRESS and webSocket.pongWait is WSHUB_WEBSOCKET_PONG_WAIT; an
-unknown WSHUB_* variable is an error, like an unknown key in the file.
-Exit status: 0 stopped (or config valid), 1 cannot start, 2 bad config.
-Every key, its variable and default: docs/configuration.md
-"""
-
-
-def raise_file_limit() -> int:
-    """Every client is a file descriptor: lift the soft limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return hard
-    return soft
-
-
-def report_error(message: str, *, json_lines: bool) -> None:
-    """One line on stderr, also before logging is set up: a log shipper reading JSON must not choke on it.
-
-    The fields are those of ``_logging._JsonFormatter``.
-    """
-    if json_lines:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        line = json.dumps({"time": stamp, "level": "error", "logger": "wshub", "message": message})
-    else:
-        line = f"wshub: {message}"
-    print(line, file=sys.stderr, flush=True)
-
-
-class _Version(argparse.Action):
-    """``--version``, read from the installed package's metadata only when asked for."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
-        print(f"wshub {importlib.metadata.version('wshub')}")
-        parser.exit()
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="wshub", description="Redis pub/sub <-> WebSocket hub.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
-    parser.add_argument("--config", metavar="PATH", help="YAML config file (default: ./config.yaml if present)")
-    parser.add_argument("--check-config", action="store_true",
-                        help="check, print the effective config, exit 0 (or 2)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines (same as logFormat: json)")
-    parser.add_argument("--debug", action="store_true", help="log at DEBUG level instead of INFO")
-    return parser.parse_args(argv)
-
-
-def read_config_file(option: str | None) -> tuple[Path, str | None]:
-    """The file's path and text; no text when ``--config`` is not given and ``./config.yaml`` does not exist.
-
-    Anything that is there but cannot be read (a directory, not UTF-8, no
-    permission) is a config error: a hub silently running on defaults is worse.
-    """
-    path = Path(option or "config.yaml")
-    if option is None and not (path.exists() or path.is_symlink()):
-        return path, None
-    json_logs = os.environ.get(env_name("logFormat")) == "json"
-    try:
-        return path, path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}", json_logs=json_logs) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})",
-                          json_logs=json_logs) from None
-
-
-def check_output(config: Config) -> str:
-    """``--check-config``'s YAML; with a comment when secrets are masked, so it is not taken for a usable file."""
-    text = yaml.safe_dump(config.as_dict(), sort_keys=False)
-    hidden = config.hidden_keys()
-    if hidden:
-        text = (f"# {', '.join(hidden)}: hidden as ***; set the real value before using this as a config file\n"
-                + text)
-    return text
-
-
-def read_key_files(config: Config) -> Config:
-    """The config with ``auth.jwt.publicKey``'s file read (the core reads no file), checked by building the verifier.
-
-    A missing or unreadable file, or one that holds no RSA/EC public key, is a
-    config error naming the key and where its value came from.
-    """
-    path = config.jwt_public_key
-    if path and not config.jwt_public_key_pem:
-        try:
-            config = dataclasses.replace(config, jwt_public_key_pem=Path(path).read_text(encoding="ascii"))
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not a PEM text file"
-            raise ConfigError(f"{config.where('auth.jwt.publicKey')}: cannot read {path!r}: {why}",
-                              json_logs=config.log_format == "json") from None
-    token_verifier(config)
-    return config
-
-
-def with_api_key(config: Config) -> Config:
-    """The config with an API key: the configured one, else one generated now and logged once.
-
-    The API is never open without a key. Generated here, before workers fork,
-    so every worker of one start accepts the same key.
-    """
-    if config.api_key:
-        return config
-    key = secrets.token_urlsafe(18)
-    log.warning("HTTP API key (generated at start; set api.key or WSHUB_API_KEY to keep one): %s", key,
-                extra={"event": "api_key_generated"})
-    return dataclasses.replace(config, api_key=key, origins={**config.origins, "api.key": "api.key (generated)"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        path, text = read_config_file(args.config)
-        config = read_key_files(load_config(text, source=str(path), environ=os.environ))
-        if args.check_config:
-            server_tls_context(config)  # the start loads the files too: a check that passes must start
-    except ConfigError as exc:
-        report_error(f"bad config: {exc}", json_lines=args.log_json or exc.json_logs)
-        return 2
-    if args.check_config:
-        print(check_output(config), end="")
-        return 0
-    json_lines = args.log_json or config.log_format == "json"
-    setup_logging(json_lines=json_lines, debug=args.debug)
-    config = with_api_key(config)
-    raise_file_limit()
-    config_file = str(path.absolute()) if text is not None else None
-    if config.workers > 1:
-        return supervise(config, config_file=config_file, json_errors=json_lines)
-    return serve(config, config_file=config_file, json_errors=json_lines)
 
 
 def serve(config: Config, *, config_file: str | None, json_errors: bool, reuseport: bool = False) -> int:
@@ -176,46 +24,12 @@ def serve(config: Config, *, config_file: str | None, json_errors: bool, reusepo
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    try:
-        sock = reuseport_socket(config) if reuseport else None
-        return asyncio.run(run(config, config_file=config_file, sock=sock))
-    except ConfigError as exc:  # found while starting (e.g. an unreadable TLS key)
-        report_error(f"bad config: {exc}", json_lines=json_errors)
-        return 2
-    except OSError as exc:  # e.g. the address is in use
-        report_error(f"cannot start: {exc}", json_lines=json_errors)
-        return 1
+    return _cli.serve_guarded(lambda sock: asyncio.run(run(config, config_file=config_file, sock=sock)), config,
+                              json_errors=json_errors, reuseport=reuseport)
 
 
-def supervise(config: Config, *, config_file: str | None, json_errors: bool) -> int:
-    """Fork ``workers`` hub processes on one SO_REUSEPORT port; relay SIGINT/SIGTERM; exit when all have."""
-    children: list[int] = []
-
-    def relay(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGINT, relay)  # before forking: no window where a signal kills only us
-    signal.signal(signal.SIGTERM, relay)
-    for number in range(1, config.workers + 1):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                set_worker(f"w{number}")  # every line, and every client id, names its worker
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker's loop installs its own
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = serve(config, config_file=config_file, json_errors=json_errors, reuseport=True)
-            finally:
-                os._exit(code)
-        children.append(pid)
-    worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
-        worst = max(worst, code if code >= 0 else 1)  # killed by a signal counts as failure
-    return worst
+def main(argv: list[str] | None = None) -> int:
+    return _cli.main(argv, serve=serve)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from wshub_core import (
     CloseClient,
     CloseLink,
     Config,
-    ConfigError,
     Core,
     Hub,
     OpenLink,
@@ -43,9 +42,9 @@ from wshub_core import (
     StopListening,
     Stopped,
 )
-from wshub_core._logs import host_port
 
 from ._logging import worker_name
+from ._neutral import execute_actions, log_listening, os_reason, reuseport_socket, server_tls_context
 
 __all__ = ["ClientProtocol", "Server", "reuseport_socket", "run", "server_tls_context"]
 
@@ -134,34 +133,6 @@ class _LinkProtocol(asyncio.Protocol):
             self._server.drain()
 
 
-def os_reason(exc: BaseException) -> str:
-    """What failed, in the OS's words ("Connection refused", "Name or service not known").
-
-    asyncio words a refused connect as "Connect call failed ('127.0.0.1', 6379)", uvloop
-    as the errno's text; the errno's text is the same on both loops.
-    """
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
-        text = exc.strerror if isinstance(exc, socket.gaierror) else os.strerror(exc.errno)
-        if text:
-            return text
-    return str(exc) or type(exc).__name__
-
-
-def server_tls_context(config: Config) -> ssl.SSLContext | None:
-    """The wss:// context, or None for plain ws://; errors name the keys and where each value came from."""
-    if not config.tls_cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"{config.where('tls.certFile')} and {config.where('tls.keyFile')}: cannot load "
-            f"{config.tls_cert_file!r} with {config.tls_key_file!r}: {exc}", json_logs=config.log_format == "json",
-        ) from None
-    return context
-
-
 class Server(Generic[CoreT]):
     """A listening socket, a core, and the glue between them: every action kind is executed here.
 
@@ -235,13 +206,7 @@ class Server(Generic[CoreT]):
     def drain(self) -> None:
         """Execute what the core asked for, then re-arm the single timer."""
         self._drain_pending = False
-        core = self.core
-        actions = core.actions()
-        while actions:
-            for action in actions:
-                self._execute(action)
-            actions = core.actions()  # executing may call back into the core
-        deadline = core.next_deadline()
+        deadline = execute_actions(self.core, self._execute)
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -349,21 +314,6 @@ class Server(Generic[CoreT]):
         self.transports.clear()
 
 
-def reuseport_socket(config: Config) -> socket.socket:
-    """A listening socket that sibling worker processes bind too; the kernel spreads connects."""
-    every_interface = not config.host  # ":8080": IPv6 and IPv4, as create_server does
-    family = socket.AF_INET6 if every_interface or ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if every_interface:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::" if every_interface else config.host, config.port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
 async def run(config: Config, *, config_file: str | None, sock: socket.socket | None = None) -> int:
     """Serve until SIGINT/SIGTERM has closed every client; the exit status.
 
@@ -375,16 +325,7 @@ async def run(config: Config, *, config_file: str | None, sock: socket.socket | 
     server = Server(hub, config=config)
     await server.start(sock=sock)
     server.install_signal_handlers()
-    host = config.host or "*"
-    if ":" in host:
-        host = f"[{host}]"  # "::1:8080" would be ambiguous
-    broker = ("memory broker (in this process)" if config.broker == "memory"
-              else f"redis broker at {host_port(config.redis_host, config.redis_port)}" if not config.redis_sentinels
-              else f"redis broker at master {config.redis_master_name!r} of sentinels "
-                   + ", ".join(host_port(*a) for a in config.redis_sentinels))
-    log.info("listening on %s:%d%s (%s event loop), %s, %s, %s", host, server.port, config.server_url,
-             type(server.loop).__module__.split(".")[0], "TLS on (wss://)" if config.tls_cert_file else "TLS off (ws://)",
-             broker, f"config file {config_file}" if config_file else "no config file")
+    log_listening(config, port=server.port, loop=type(server.loop).__module__.split(".")[0], config_file=config_file)
     await server.stopped.wait()
     await server.close()
     return 0

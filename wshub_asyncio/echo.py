@@ -19,7 +19,7 @@ from wshub_core._echo import MiB
 
 from ._server import Server
 
-__all__ = ["main", "parse_address", "serve"]
+__all__ = ["echo_options", "main", "parse_address", "serve"]
 
 log = logging.getLogger("wshub.echo")
 
@@ -45,8 +45,9 @@ async def serve(host: str, port: int, hub: EchoHub) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wshub_asyncio.echo",
+def echo_options(argv: list[str] | None, *, prog: str) -> tuple[str, int, EchoHub]:
+    """The echo's command line (every shell's echo takes the same flags): where to listen, and the core to drive."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="WebSocket echo server on the WS-Hub core (conformance target)")
     parser.add_argument("--address", default="127.0.0.1:9001", help="HOST:PORT to listen on (default %(default)s)")
     parser.add_argument("--path", default="/", help="the WebSocket path (default %(default)s)")
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hub = EchoHub(path=args.path, max_message_size=args.max_message_size,
                   max_outbound_buffer=args.max_outbound_buffer, compression=args.compression)
+    return host, port, hub
+
+
+def main(argv: list[str] | None = None) -> int:
+    host, port, hub = echo_options(argv, prog="python -m wshub_asyncio.echo")
     try:
         return asyncio.run(serve(host, port, hub))
     except OSError as exc:  # e.g. the address is in use
