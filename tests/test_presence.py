@@ -119,10 +119,8 @@ def test_two_hubs_answer_the_same_presence_and_a_killed_hub_s_keys_leave(shell: 
             # SIGKILL hub b: no goodbye. Its entries leave every answer within presence.timeout, and a
             # survivor publishes leave for bob (alice is still on a).
             b.proc.send_signal(signal.SIGKILL)
-            killed_at = asyncio.get_running_loop().time()
             await wait_until(lambda: _equals(keys_of(a.port, "room"), {"alice": 1}), timeout=TIMEOUT + 3,
                              what="b's entries gone from a's answer")
-            assert asyncio.get_running_loop().time() - killed_at < TIMEOUT + 3
             left = await next_event(heard, timeout=TIMEOUT * 2 + 3)
             assert left == {"event": "leave", "group": "room", "key": "bob"}
             assert await keys_of(a.port, "other") == {}

@@ -69,14 +69,14 @@ class Compressor:
         self._encoders: dict[int, FrameProtocol] = {}
         self.threshold = threshold
 
-    def frame(self, payload: bytes, text: bool, bits: int) -> bytes:
-        """``payload`` as one compressed frame for clients whose server window is ``bits``."""
+    def frame(self, message: str | bytes, bits: int) -> bytes:
+        """``message`` (text if a str) as one compressed frame for clients whose server window is ``bits``."""
         encoder = self._encoders.get(bits)
         if encoder is None:
             extension = PerMessageDeflate(server_no_context_takeover=True)
             extension.accept(f"permessage-deflate; server_max_window_bits={bits}")  # enabled, as negotiated
             encoder = self._encoders[bits] = FrameProtocol(client=False, extensions=[extension])
-        return bytes(encoder.send_data(payload.decode("utf-8") if text else payload, fin=True))
+        return bytes(encoder.send_data(message, fin=True))
 
 
 def window_bits(extensions: list[object]) -> int | None:

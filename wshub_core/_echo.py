@@ -138,7 +138,7 @@ class EchoHub:
                 # the echo in front of its close frame.
                 bits = client.deflate_bits
                 frame = encode_echo(outcome.data, binary=outcome.binary) if bits is None else \
-                    self._compressor.frame(outcome.data, not outcome.binary, bits)
+                    self._compressor.frame(outcome.data if outcome.binary else outcome.data.decode("utf-8"), bits)
                 self._clients.send_frame(client.conn, frame)
             elif isinstance(outcome, HttpRequest):
                 self._on_request(client, outcome, now)

@@ -515,13 +515,13 @@ class Hub:
         by_window: dict[int | None, list[int]] = {}
         for conn in conns:
             by_window.setdefault(members[conn].deflate, []).append(conn)
+        message: str | bytes
         try:
-            payload.decode("utf-8")
-            text = True
+            message = payload.decode("utf-8")  # once for every frame below: text if it is UTF-8, as encode_message
         except UnicodeDecodeError:
-            text = False
+            message = payload
         for bits, part in by_window.items():
-            frame = encode_message(payload) if bits is None else compressor.frame(payload, text, bits)
+            frame = bytes(_ENCODER.send_data(message, fin=True)) if bits is None else compressor.frame(message, bits)
             self._clients.broadcast(part, frame)
             self.stats.bytes_out += len(frame) * len(part)
         self.stats.messages_out += len(conns)

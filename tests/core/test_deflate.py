@@ -98,7 +98,7 @@ class TestBroadcast:
     def test_the_shared_encoder_keeps_no_context(self) -> None:
         """Two identical messages compress to identical bytes: nothing carried from the first."""
         compressor = Compressor(threshold=0)
-        assert compressor.frame(BIG.encode(), True, 15) == compressor.frame(BIG.encode(), True, 15)
+        assert compressor.frame(BIG, 15) == compressor.frame(BIG, 15)
 
 
 class TestInbound:
