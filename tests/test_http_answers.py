@@ -18,11 +18,13 @@ import pytest
 
 from helpers import (
     RedisProcess,
+    Subscriber,
     chromium_page,
     free_port,
     http_exchange,
     hub_config,
     needs_chromium,
+    on_hub,
     raw_websocket,
     running_hub,
     upgrade_head,
@@ -366,5 +368,40 @@ def test_a_key_that_is_not_utf8_is_refused(shell: str, redis_server: RedisProces
                 assert answer.status == 400, answer.raw
                 assert answer.body == b"query parameter session_key is not valid UTF-8\n"
             assert server.core.stats.connects == 0
+
+    asyncio.run(scenario())
+
+
+@needs_chromium
+def test_the_page_resumes_after_a_dropped_socket_and_shows_every_message_once(
+        shell: str, own_redis: RedisProcess, prefix: str) -> None:
+    """The page connects with recover=1; its socket is kicked; messages are published while it is away; it
+    reconnects with since= and shows each of them exactly once (issue 11)."""
+    async def scenario() -> None:
+        r = own_redis.client()
+        listener = Subscriber(r)
+        await listener.subscribe(f"{prefix}client-new")
+        channel = f"{prefix}group-data:news"
+        async with running_hub(hub_config(own_redis.port, prefix), shell) as server:
+            async with example_page(f"ws://127.0.0.1:{server.port}/ws") as until:
+                assert await listener.next() == (f"{prefix}client-new", b"alice")
+                await r.publish(f"{prefix}groups-new:alice", '["news"]')
+                await wait_for(lambda: on_hub(server, lambda s: s.core.ready and channel.encode()
+                                              in s.core.needed_channels()), what="alice in news")
+                await r.fcall("wshub_publish", 1, channel, "before the drop")  # type: ignore[misc]
+                await until(lambda t: "before the drop" in t)
+                await r.publish(f"{prefix}client-kick:alice", "dropped by the test")
+                await until(lambda t: "Reconnecting in" in t)
+                for i in range(5):
+                    await r.fcall("wshub_publish", 1, channel, f"while away {i}")  # type: ignore[misc]
+                assert await listener.next(timeout=10) == (f"{prefix}client-new", b"alice")  # it is back
+                await r.publish(f"{prefix}groups-new:alice", '["news"]')
+                await r.fcall("wshub_publish", 1, channel, "after the return")  # type: ignore[misc]
+                text = await until(lambda t: "after the return" in t)
+            for line in ["before the drop", *(f"while away {i}" for i in range(5)), "after the return"]:
+                assert text.count(line) == 1, (line, text)
+            assert text.index("while away 4") < text.index("after the return"), text
+        await listener.close()
+        await r.aclose()
 
     asyncio.run(scenario())

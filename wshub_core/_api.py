@@ -141,17 +141,25 @@ class Api:
         self._next_ticket += 1
         ticket = self._next_ticket
         self._tickets[ticket] = conn
-        broker.publish(channel, data, ticket=ticket)  # the memory broker confirms inside this call
+        if call.kind is ApiKind.GROUP_PUBLISH and self._config.history:
+            broker.publish_history(channel, data, message_id=call.message_id, ticket=ticket)  # answers the offset
+        else:
+            broker.publish(channel, data, ticket=ticket)  # the memory broker confirms inside this call
 
-    def published(self, ticket: int, error: str) -> None:
-        """The broker took (or refused) the publish of ``ticket``: answer its caller, if still there."""
+    def published(self, ticket: int, error: str, offset: str = "") -> None:
+        """The broker took (or refused) the publish of ``ticket``: answer its caller, if still there.
+
+        A group message kept in history is answered with its ``offset``.
+        """
         conn = self._tickets.pop(ticket, None)
         if conn is None or self._clients.get(conn) is None:
             return
         if error:
-            _reply(self._clients, conn, api_error(502, f"the broker refused the message: {error}"))
+            status = 503 if error == "link lost" else 502
+            _reply(self._clients, conn, api_error(status, f"the broker refused the message: {error}"))
         else:
-            self._clients.answer(conn, 200, _OK, content_type=JSON, keep_alive=True)
+            body = json.dumps({"ok": True, "offset": offset}) + "\n" if offset else _OK
+            self._clients.answer(conn, 200, body, content_type=JSON, keep_alive=True)
 
     def _query(self, conn: int, group: str) -> None:
         if not self._config.presence:

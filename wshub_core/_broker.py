@@ -28,12 +28,16 @@ from typing import Protocol
 
 from ._metrics import Sample
 
-__all__ = ["Broker", "OnConfirmed", "OnMessage", "OnPresence", "OnPublished", "OnPublisherBack", "Sample"]
+__all__ = ["Broker", "OnConfirmed", "OnEntry", "OnHistory", "OnMessage", "OnPresence", "OnPublished",
+           "OnPublisherBack", "Sample"]
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, payload) on a needed channel
 OnConfirmed = Callable[[bytes], None]  # the latest need() of a channel is in effect
 OnPublisherBack = Callable[[], None]  # publishing works again after an outage
-OnPublished = Callable[[int, str], None]  # (ticket, error): the server took (error "") or refused a publish
+OnPublished = Callable[[int, str, str], None]  # (ticket, error, position): taken (error "") or refused
+OnEntry = Callable[[bytes, str, str, bytes], None]  # (channel, position, previous position, payload): with history
+# (ticket, the history's last position or "", entries (position, previous, payload) or None on error, error)
+OnHistory = Callable[[int, str, "list[tuple[str, str, bytes]] | None", str], None]
 OnPresence = Callable[[int, "dict[str, int] | None", str], None]  # (ticket, key -> connections, error)
 
 
@@ -65,6 +69,25 @@ class Broker(Protocol):
 
         A nonzero ``ticket`` asks for ``on_published(ticket, error)`` once the server took it (or refused it).
         """
+
+    def publish_history(self, channel: bytes, payload: bytes, *, message_id: bytes = b"", ticket: int = 0) -> None:
+        """Append ``payload`` to ``channel``'s history and publish it as an entry (``on_entry`` on every hub).
+
+        ``on_published(ticket, error, position)`` gives its position; a
+        ``message_id`` seen within ``history.ttl`` is not published again (its
+        first position is answered). Without history (``history_error``) it is
+        a plain ``publish``.
+        """
+
+    def read_history(self, channel: bytes, after: str, count: int, ticket: int) -> None:
+        """Up to ``count`` entries of ``channel``'s history after position ``after``: ``on_history(ticket, ...)``.
+
+        ``count`` 0 asks only where the history ends.
+        """
+
+    @property
+    def history_error(self) -> str:
+        """Why this broker has no history now ("" when it has)."""
 
     def presence_set(self, group: str, key: str, count: int) -> None:
         """This hub has ``count`` connections of ``key`` in ``group`` now (0: none).

@@ -123,6 +123,13 @@ KEYS: tuple[Key, ...] = (
         doc="a hub that stops refreshing (killed) leaves no entry in any answer longer than this"),
     Key(path="presence.grace", attr="presence_grace", kind="seconds", default=5.0, minimum=0,
         doc="a key's last connection in a group leaves only after this long, so a page reload does not flap"),
+    Key(path="history.enabled", attr="history", kind="bool", default=True,
+        doc="keep each group's recent messages (published with wshub_publish or the HTTP API): hubs repair "
+            "gaps after any Redis interruption, clients resume with recover=1"),
+    Key(path="history.size", attr="history_size", kind="int", default=1000, minimum=1,
+        doc="entries kept per group (at least this many: Redis trims in whole nodes, MAXLEN ~)"),
+    Key(path="history.ttl", attr="history_ttl", kind="seconds", default=300.0, minimum=1,
+        doc="a group's history is dropped this long after its last message"),
     Key(path="tls.certFile", attr="tls_cert_file", kind="str", default="",
         doc="PEM certificate (chain) for wss://; empty: plain ws://"),
     Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
@@ -214,6 +221,9 @@ class Config:
     presence: bool = False
     presence_timeout: float = 30.0
     presence_grace: float = 5.0
+    history: bool = True
+    history_size: int = 1000
+    history_ttl: float = 300.0
     tls_cert_file: str = ""
     tls_key_file: str = ""
     redis_mode: str = "standalone"

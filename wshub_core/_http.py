@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 from ._admin_page import PAGE, PAGE_HEADERS
 from ._auth import Identity, TokenVerifier
 from ._client import HttpRequest
+from ._redis_history import valid_position
 
 __all__ = ["ADMIN_PATHS", "API_PREFIX", "Admin", "Answer", "ApiCall", "ApiKind", "RouteContext", "Upgrade",
            "admin_answer", "api_error", "route"]
@@ -68,6 +69,8 @@ class Upgrade:
     key: str
     groups: frozenset[str] | None = None  # the token's groups claim: set at once, no listener round trip
     expires: float | None = None  # the token's exp (wall clock): the connection is closed then
+    envelopes: bool = False  # recover=1: group messages as JSON envelopes with their offsets
+    since: tuple[tuple[str, str], ...] = ()  # since=: (group, offset) to resume from
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +98,7 @@ class ApiCall:
 
     kind: ApiKind
     name: str = ""
+    message_id: bytes = b""  # a group publish's Idempotency-Key: a retry within history.ttl is not delivered twice
 
 
 def api_error(status: int, reason: str, headers: Headers = ()) -> Answer:
@@ -135,7 +139,10 @@ def _api_route(request: HttpRequest, path: str, ctx: RouteContext) -> Answer | A
         decoded = unquote_to_bytes(name).decode("utf-8")
     except UnicodeDecodeError:
         return api_error(400, f"the name in {path} is not valid UTF-8 once percent-decoded")
-    return ApiCall(kind=kind, name=decoded)
+    message_id = (request.header(b"idempotency-key") or b"") if kind is ApiKind.GROUP_PUBLISH else b""
+    if len(message_id) > 200:
+        return api_error(400, "Idempotency-Key is longer than 200 bytes")
+    return ApiCall(kind=kind, name=decoded, message_id=message_id)
 
 
 def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin | ApiCall:
@@ -159,7 +166,8 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
     if request.method != b"GET":
         return Answer(status=405, body="only GET upgrades to WebSocket\n", headers=(("allow", "GET"), *cors))
     param = ctx.client_key.encode().decode("latin-1")  # as parse_qs(encoding="latin-1") reads it
-    raw_keys = parse_qs(query, keep_blank_values=True, encoding="latin-1").get(param, [])
+    params = parse_qs(query, keep_blank_values=True, encoding="latin-1")
+    raw_keys = params.get(param, [])
     raw_key = raw_keys[0] if raw_keys else ""  # the first value counts
     if not raw_key and ctx.verifier is None:
         return Answer(status=400, body=f"missing query parameter {ctx.client_key}\n", headers=cors)
@@ -167,6 +175,9 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
         key = raw_key.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         return Answer(status=400, body=f"query parameter {ctx.client_key} is not valid UTF-8\n", headers=cors)
+    resume = _resume(params)
+    if isinstance(resume, str):
+        return Answer(status=400, body=f"{resume}\n", headers=cors)
     if not allowed:
         return Answer(status=403, body="origin not allowed\n", headers=cors, origin_refused=True)
     identity = Identity(key=key)
@@ -184,7 +195,30 @@ def route(request: HttpRequest, ctx: RouteContext) -> Answer | Upgrade | Admin |
     if b"websocket" not in (request.header(b"upgrade") or b"").lower():
         return Answer(status=426, body="this endpoint speaks WebSocket only\n",
                       headers=(("upgrade", "websocket"), *cors))
-    return Upgrade(key=identity.key, groups=identity.groups, expires=identity.expires)
+    return Upgrade(key=identity.key, groups=identity.groups, expires=identity.expires, envelopes=resume[0],
+                   since=resume[1])
+
+
+def _resume(params: dict[str, list[str]]) -> tuple[bool, tuple[tuple[str, str], ...]] | str:
+    """``recover`` and ``since`` from the query (docs/protocol.md, "Resume"), or why they are wrong."""
+    recover = params.get("recover", ["0"])[0]
+    if recover not in ("0", "1"):
+        return f"query parameter recover must be 1 or 0, not {recover!r}"
+    raw = params.get("since")
+    if raw is None:
+        return recover == "1", ()
+    if recover != "1":
+        return "query parameter since needs recover=1"
+    try:
+        value = json.loads(raw[0].encode("latin-1").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"query parameter since is not JSON: {exc}"
+    if not isinstance(value, dict):
+        return f"query parameter since must be a JSON object of group: offset, got {type(value).__name__}"
+    for group, offset in value.items():
+        if not isinstance(offset, str) or not valid_position(offset):
+            return f"query parameter since: the offset of group {group!r} must be a string like \"1700000000000-0\""
+    return True, tuple(value.items())
 
 
 def admin_answer(request: HttpRequest, admin: Admin, *, ready: bool, not_ready_reason: Callable[[], str],

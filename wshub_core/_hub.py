@@ -18,8 +18,11 @@ Rules:
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections import deque
+from collections.abc import Collection
 
 from wsproto.frame_protocol import FrameProtocol
 
@@ -36,13 +39,15 @@ from ._client import ClientConnection, ClientState, CloseCode, HttpBody, HttpReq
 from ._clients import ClientTable, Pause
 from ._config import Config
 from ._deflate import Compressor
+from ._history import History
 from ._http import Admin, Answer, ApiCall, RouteContext, admin_answer, route
 from ._logs import fingerprint
 from ._memory_broker import MemoryBroker
-from ._metrics import Stats, render
+from ._metrics import Sample, Stats, render
 from ._presence import Presence
 from ._redis import RedisState
 from ._redis_broker import RedisBroker, RedisLink
+from ._redis_history import READ_PAGE
 from ._routing import Routing, parse_groups
 from ._status import LAST_CLOSES, Close
 from ._status import status as build_status
@@ -57,6 +62,18 @@ _SHUTDOWN = "shutdown"  # timer owner for the shutdown deadline
 _EXPIRY = "exp"  # (_EXPIRY, conn): timer owner for the token expiry of a connection
 
 
+def _envelope(group: str | None, offset: str | None, payload: bytes) -> bytes:
+    """The JSON a member with recover=1 gets for a message (docs/protocol.md, "Resume"): built once per message."""
+    fields: dict[str, object] = {} if group is None else {"group": group}
+    if offset is not None:
+        fields["offset"] = offset
+    try:
+        fields["data"], fields["binary"] = payload.decode("utf-8"), False
+    except UnicodeDecodeError:
+        fields["data"], fields["binary"] = base64.b64encode(payload).decode(), True
+    return json.dumps(fields, ensure_ascii=False).encode()
+
+
 def encode_message(payload: bytes) -> bytes:
     """One WebSocket frame: text if the payload is valid UTF-8, else binary."""
     try:
@@ -69,7 +86,7 @@ class _Member:
     """Hub-side facts about an upgraded connection."""
 
     __slots__ = ("key", "data_channel", "joined_at", "has_groups", "announced", "fp", "messages", "bytes",
-                 "filled_at", "deflate")
+                 "filled_at", "deflate", "envelopes", "since")
 
     def __init__(self, key: str, data_channel: bytes, joined_at: float) -> None:
         self.key = key
@@ -83,6 +100,8 @@ class _Member:
         self.bytes = 0.0
         self.filled_at = joined_at
         self.deflate: int | None = None  # permessage-deflate's server window, if negotiated
+        self.envelopes = False  # recover=1: group messages as JSON envelopes with their offsets
+        self.since: dict[str, str] = {}  # since=: group -> offset, until the group is joined and caught up from
 
 
 class Hub:
@@ -130,14 +149,22 @@ class Hub:
         self._channels = Channels(config.channel_prefix)
         self._routing = Routing(channels=self._channels)
         self.broker: Broker
+        self._enveloped = 0  # members with recover=1: while none, a group message needs no envelope
         if config.broker == "memory":
             self.broker = MemoryBroker(on_message=self._on_pubsub, on_published=self._on_published,
-                                       channels=self._channels, on_presence=self._on_presence)
+                                       channels=self._channels, on_presence=self._on_presence,
+                                       on_entry=self._on_entry, on_history=self._on_history,
+                                       history=(config.history_size, config.history_ttl) if config.history else None,
+                                       wall=lambda: self._latest() + self._wall_offset)
         else:
             self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
                                       on_published=self._on_published, channels=self._channels,
-                                      on_presence=self._on_presence)
+                                      on_presence=self._on_presence, on_entry=self._on_entry,
+                                      on_history=self._on_history)
+        self._history = History(broker=self.broker, page=READ_PAGE, on_deliver=self._history_deliver,
+                                on_replay=self._history_replay, on_reset=self._history_reset,
+                                clock=self._latest) if config.history else None
         self._presence = Presence(broker=self.broker, grace=config.presence_grace) if config.presence else None
         self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
                         not_ready_reason=self._not_ready_reason, status=self.status)
@@ -203,6 +230,8 @@ class Hub:
         self.broker.handle_timer(now)
         if self._presence is not None:
             self._presence.handle_timer(now)
+        if self._history is not None:
+            self._history.handle_timer(now)
         for owner in self._timers.pop_due(now):
             if isinstance(owner, int):
                 self._groups_deadline(owner)
@@ -223,7 +252,8 @@ class Hub:
         """The earliest deadline of the client table, the broker and the hub's own (groups, shutdown)."""
         deadlines = [d for d in (self._timers.next_deadline(), self._clients.next_deadline(),
                                  self.broker.next_deadline(),
-                                 self._presence.next_deadline() if self._presence is not None else None)
+                                 self._presence.next_deadline() if self._presence is not None else None,
+                                 self._history.next_deadline() if self._history is not None else None)
                      if d is not None]
         return min(deadlines) if deadlines else None
 
@@ -371,6 +401,10 @@ class Hub:
         member.messages = cfg.max_messages_per_second  # full buckets: a client may start with a burst
         member.bytes = cfg.max_bytes_per_second
         member.deflate = client.deflate_bits
+        if decision.envelopes:
+            member.envelopes = True
+            self._enveloped += 1
+            member.since = dict(decision.since)
         self._members[conn] = member
         key_channel = self._routing.key_channel(key)
         siblings = self._routing.conns_of_key(key_channel)
@@ -434,9 +468,14 @@ class Hub:
             now = self._latest()
             for channel in self._routing.groups_of(conn):
                 self._presence.remove(self._routing.group_name(channel), member.key, now)
+        if member.envelopes:
+            self._enveloped -= 1
+        if self._history is not None:
+            for channel in self._routing.groups_of(conn):
+                self._history.leave(conn, channel)
         removed, last = self._routing.remove(conn)
         for channel in removed:
-            self.broker.release(channel)
+            self._release(channel)
         if last:
             self.broker.publish(self._channels.client_gone, member.key.encode())
         if self._info:
@@ -460,11 +499,31 @@ class Hub:
                 self._presence.add(self._routing.group_name(channel), member.key)
             for channel in old - channels:
                 self._presence.remove(self._routing.group_name(channel), member.key, now)
+        history = self._history
+        old_groups = self._routing.groups_of(conn) if history is not None else frozenset()
         added, removed = self._routing.set_groups(conn, channels)
         for channel in added:
             self.broker.need(channel)
         for channel in removed:
-            self.broker.release(channel)
+            self._release(channel)
+        if history is not None:
+            for channel in old_groups - channels:
+                history.leave(conn, channel)
+            if member.since:
+                for channel in channels - old_groups:
+                    offset = member.since.pop(self._routing.group_name(channel), None)
+                    if offset is not None:
+                        history.resume(conn, channel, offset)
+        elif member.since:
+            for channel in channels:
+                if member.since.pop(self._routing.group_name(channel), None) is not None:
+                    self._history_reset(channel, conn)  # no history here: nothing to resume from
+
+    def _release(self, channel: bytes) -> None:
+        """A channel nobody here needs any more: the broker stops delivering it, history forgets its cursor."""
+        self.broker.release(channel)
+        if self._history is not None:
+            self._history.release(channel)
 
     # -- internals: Redis -----------------------------------------------------------
 
@@ -472,7 +531,7 @@ class Hub:
         members = self._routing.members(channel)
         if members is not None:
             self.stats.group_messages += 1
-            self._deliver(members, payload)
+            self._deliver_group(channel, members, payload, None)
             if self._debug:
                 log.debug("group %s: %d bytes to %d members", self._routing.group_name(channel), len(payload),
                           len(members), extra={"event": "group_message", "count": len(members)})
@@ -498,7 +557,61 @@ class Hub:
                      fp, len(groups), groups, len(conns),
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
-    def _deliver(self, conns: dict[int, None], payload: bytes) -> None:
+    def _deliver_group(self, channel: bytes, conns: Collection[int], payload: bytes, offset: str | None) -> None:
+        """A group message to ``conns``: the payload as it is, or to members with recover=1 an envelope."""
+        if not self._enveloped:
+            self._deliver(conns, payload)
+            return
+        members = self._members
+        wrapped = [conn for conn in conns if members[conn].envelopes]
+        if wrapped:
+            self._deliver(wrapped, _envelope(self._routing.group_name(channel), offset, payload))
+            self._deliver([conn for conn in conns if not members[conn].envelopes], payload)
+        else:
+            self._deliver(conns, payload)
+
+    def _on_entry(self, channel: bytes, offset: str, prev: str, payload: bytes) -> None:
+        """A message with history: the history part decides whether it is new (and who catches up)."""
+        members = self._routing.members(channel)
+        if members is None:
+            self._on_pubsub(channel, payload)  # not a group's channel (someone's FCALL on another channel)
+            return
+        self.stats.group_messages += 1
+        if self._history is None:
+            self._deliver_group(channel, members, payload, offset)
+        else:
+            self._history.live(channel, offset, prev, payload)
+
+    def _on_history(self, ticket: int, last: str, entries: list[tuple[str, str, bytes]] | None, error: str) -> None:
+        if self._history is not None:
+            self._history.answer(ticket, last, entries, error)
+
+    def _history_deliver(self, channel: bytes, offset: str, payload: bytes, leave_out: Collection[int]) -> None:
+        """A new entry of a group: to every member but those still catching up from history."""
+        members = self._routing.members(channel)
+        if members is None:
+            return
+        if leave_out:
+            self._deliver_group(channel, [conn for conn in members if conn not in leave_out], payload, offset)
+        else:
+            self._deliver_group(channel, members, payload, offset)
+
+    def _history_replay(self, conn: int, channel: bytes, offset: str, payload: bytes) -> None:
+        """An entry from history for one connection catching up."""
+        if conn in self._members:
+            self._deliver_group(channel, (conn,), payload, offset)
+
+    def _history_reset(self, channel: bytes, conn: int | None, leave_out: Collection[int] = ()) -> None:
+        """Entries were lost between what a member got and what follows: ``{"group", "reset": true}`` says so."""
+        members = self._routing.members(channel) if conn is None else (conn,)
+        if not members or not self._enveloped:
+            return
+        wrapped = [c for c in members if c in self._members and self._members[c].envelopes and c not in leave_out]
+        if wrapped:
+            frame = json.dumps({"group": self._routing.group_name(channel), "reset": True}).encode()
+            self._deliver(wrapped, frame)
+
+    def _deliver(self, conns: Collection[int], payload: bytes) -> None:
         """One message to every one of ``conns``: encoded once, the same frame queued to each.
 
         With compression, once per window size among them (``_deflate.py``): the members are split by
@@ -532,7 +645,14 @@ class Hub:
         if conns is None:
             return False
         if channel.startswith(self._channels.client_send_prefix):
-            self._deliver(conns, payload)
+            if self._enveloped:
+                members = self._members
+                raw = [conn for conn in conns if not members[conn].envelopes]
+                if len(raw) < len(conns):
+                    self._deliver([conn for conn in conns if members[conn].envelopes], _envelope(None, None, payload))
+                self._deliver(raw, payload)
+            else:
+                self._deliver(conns, payload)
             return True
         reason = payload[:123].decode("utf-8", "ignore") or "closed by the backend"  # a close reason's bound
         for conn in list(conns):
@@ -543,8 +663,8 @@ class Hub:
                      CloseCode.KICKED, extra={"event": "kick", "key": fp, "count": len(conns)})
         return True
 
-    def _on_published(self, ticket: int, error: str) -> None:
-        self._api.published(ticket, error)
+    def _on_published(self, ticket: int, error: str, offset: str) -> None:
+        self._api.published(ticket, error, offset)
 
     def _on_presence(self, ticket: int, counts: dict[str, int] | None, error: str) -> None:
         self._api.presence(ticket, counts, error)
@@ -567,6 +687,9 @@ class Hub:
                 self.broker.publish(self._channels.client_new, member.key.encode(), resend=False)
 
     def _on_confirmed(self, channel: bytes) -> None:
+        if self._history is not None and self._routing.members(channel) is not None:
+            self._history.confirmed(channel)  # a group's (again): repair what an interruption cost
+            return
         conns = self._routing.conns_of_key(channel)
         if not conns:
             return
@@ -602,6 +725,27 @@ class Hub:
             groups=self._routing.group_sizes(), closes=self._closes,
         )
 
+    def _history_samples(self) -> list[Sample]:
+        history = self._history
+        if history is None:
+            return []
+        return [
+            ("wshub_history_duplicates_total", "counter", "Group messages dropped because they were delivered already.",
+             [("", history.duplicates)]),
+            ("wshub_history_repairs_total", "counter",
+             "History reads for a gap or an interrupted subscription.", [("", history.repairs)]),
+            ("wshub_history_repaired_total", "counter",
+             "Group messages delivered from history by a repair (they had not come live).", [("", history.repaired)]),
+            ("wshub_history_resets_total", "counter",
+             "Gaps the history no longer held (a group's, or a resuming connection's).", [("", history.resets)]),
+            ("wshub_history_resumes_total", "counter", "Connections that caught up from history.",
+             [("", history.resumes)]),
+            ("wshub_history_catching_up", "gauge", "Connections catching up from history now.",
+             [("", history.catching_up())]),
+            ("wshub_history_up", "gauge", "1 if the broker keeps history now.",
+             [("", int(not self.broker.history_error))]),
+        ]
+
     def metrics_text(self) -> str:
         """The Prometheus text of the hub's counters, the client table's and the broker's gauges."""
         s = self.stats
@@ -626,6 +770,7 @@ class Hub:
              [("", s.rate_limited)]),
             *self._clients.samples(),
             *self.broker.samples(),
+            *self._history_samples(),
             *self._api.samples(),
             ("wshub_event_loop_lag_seconds", "gauge", "Lateness of the last timer, measured by the shell.",
              [("", s.loop_lag)]),

@@ -460,7 +460,7 @@ class CommandSession(RedisSession):
         return data
 
     def feed(self, data: bytes, now: float) -> list[hiredis.ReplyError]:
-        """Replies, in order; the errors are returned, and each ticket answered goes to ``acknowledged``."""
+        """Replies, in order; each ticket answered goes to ``acknowledged``, the errors of the others are returned."""
         errors: list[hiredis.ReplyError] = []
         for reply in self._replies(data, now):
             if not self._inflight:
@@ -471,13 +471,12 @@ class CommandSession(RedisSession):
                 self.buffered_bytes -= len(cmd)
                 if self._volatile:
                     self._volatile.discard(id(cmd))
-            if isinstance(reply, hiredis.ReplyError):
+            ticket = self._tickets.pop(id(cmd), 0) if self._tickets else 0
+            if ticket:  # its owner hears of an error with the reply
+                self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else "",
+                                          reply))
+            elif isinstance(reply, hiredis.ReplyError):
                 errors.append(reply)
-            if self._tickets:
-                ticket = self._tickets.pop(id(cmd), 0)
-                if ticket:
-                    self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else "",
-                                              reply))
         if not self._prelude_pending:
             self.waiting_since = now if self._inflight else None
         return errors

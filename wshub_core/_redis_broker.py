@@ -21,6 +21,11 @@ Rules:
    ROLE in their prelude, and both move at once on ``+switch-master``.
 6. In every mode the subscriber link must deliver the probe the command link
    publishes to it (``_probe.py``), or it is dropped as stalled.
+7. History (``history.enabled``): the command link loads the ``wshub``
+   function library each time it comes up (``_redis_history.py``); a Redis
+   that refuses it is said so once, and the broker runs without history
+   (``history_error``). Envelopes on a subscribed channel are entries
+   (``on_entry``), every other message is a message (``on_message``).
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ import enum
 import logging
 
 from ._actions import Action, CloseLink, OpenLink, SendToLink
-from ._broker import OnConfirmed, OnMessage, OnPresence, OnPublished, OnPublisherBack
+from ._broker import OnConfirmed, OnEntry, OnHistory, OnMessage, OnPresence, OnPublished, OnPublisherBack
 from ._channels import Channels
 from ._config import Config
 from ._logs import host_port
 from ._metrics import Sample
 from ._probe import Probe
 from ._redis import Backoff, CommandSession, Confirmed, PubMessage, RedisSession, RedisState, SubscriberSession
+from ._redis_history import MAGIC, library, parse_envelope, parse_read
 from ._redis_presence import RedisPresence
 from ._sentinel import MasterAddress, Sentinels, SentinelSession
 from ._timers import Timers
@@ -60,6 +66,9 @@ class RedisLink(enum.Enum):
 
 
 _PROBE = "probe"  # the probe's owner in the broker's timers (the links' owners are their roles)
+# History's tickets on the command link: far above the API's (which count up from 1); the first loads the library.
+_HISTORY_TICKETS = 1 << 60
+_LOAD = _HISTORY_TICKETS
 
 
 class RedisBroker:
@@ -68,9 +77,16 @@ class RedisBroker:
     def __init__(self, *, config: Config, seed: int, sink: list[Action], on_message: OnMessage,
                  on_confirmed: OnConfirmed, on_publisher_back: OnPublisherBack,
                  on_published: OnPublished | None = None, channels: Channels | None = None,
-                 on_presence: OnPresence | None = None) -> None:
+                 on_presence: OnPresence | None = None, on_entry: OnEntry | None = None,
+                 on_history: OnHistory | None = None) -> None:
         """``seed`` feeds the reconnect jitter (a test can replay it) and names this hub's presence entries;
-        ``sink`` is the hub's action list."""
+        ``sink`` is the hub's action list; ``on_entry`` and ``on_history`` are history's (entries, reads)."""
+        self._on_entry = on_entry
+        self._on_history = on_history
+        self._library = library(size=config.history_size, ttl=config.history_ttl) if config.history else b""
+        self._history_error = "" if config.history else "history.enabled is false"
+        self._history_reads: dict[int, int] = {}  # internal ticket -> the caller's
+        self._history_ticket = _HISTORY_TICKETS
         self._config = config
         self._on_published = on_published
         self._sink = sink
@@ -175,6 +191,52 @@ class RedisBroker:
         """
         self._cmd.publish(channel, payload, resend=resend, ticket=ticket)
 
+    def publish_history(self, channel: bytes, payload: bytes, *, message_id: bytes = b"", ticket: int = 0) -> None:
+        """``FCALL wshub_publish`` (resent in order after a reconnect, as a PUBLISH is); a PUBLISH without history."""
+        if self._history_error:
+            self._cmd.publish(channel, payload, ticket=ticket)
+            return
+        args = (payload, message_id) if message_id else (payload,)
+        self._cmd.command(b"FCALL", b"wshub_publish", b"1", channel, *args, ticket=ticket)
+
+    def read_history(self, channel: bytes, after: str, count: int, ticket: int) -> None:
+        """``FCALL_RO wshub_read``; dropped, not resent, at a lost link (its reader asks again)."""
+        if self._history_error:
+            if self._on_history is not None:
+                self._on_history(ticket, "", None, self._history_error)
+            return
+        self._history_ticket += 1
+        self._history_reads[self._history_ticket] = ticket
+        self._cmd.command(b"FCALL_RO", b"wshub_read", b"1", channel, after.encode(), str(count).encode(),
+                          resend=False, ticket=self._history_ticket)
+
+    @property
+    def history_error(self) -> str:
+        """"" while the function library is loaded (or being loaded); else why there is no history."""
+        return self._history_error
+
+    def _load_library(self) -> None:
+        self._cmd.command(b"FUNCTION", b"LOAD", b"REPLACE", self._library, resend=False, ticket=_LOAD)
+
+    def _history_reply(self, ticket: int, error: str, reply: object) -> None:
+        """The library's load, or a read's answer, or either dropped at a lost link."""
+        if ticket == _LOAD:
+            if error and error != "link lost" and not self._history_error:
+                self._history_error = f"Redis refused FUNCTION LOAD: {error}"
+                log.warning("history is off: %s (group messages are delivered, but not kept, repaired or "
+                            "replayed)", self._history_error, extra={"event": "history_off", "reason": error})
+            return
+        caller = self._history_reads.pop(ticket, 0)
+        if "Function not found" in error:
+            self._load_library()  # flushed (FUNCTION FLUSH, a failover to an instance without it): load again
+        if self._on_history is None:
+            return
+        answer = error or parse_read(reply)
+        if isinstance(answer, str):
+            self._on_history(caller, "", None, answer)
+        else:
+            self._on_history(caller, answer[0], answer[1], "")
+
     def presence_set(self, group: str, key: str, count: int) -> None:
         """Written at the next flush, coalesced per group (``_redis_presence.py``)."""
         if self._presence is not None:
@@ -243,6 +305,9 @@ class RedisBroker:
                     self._probe_event(event, now)
                 elif isinstance(event, Confirmed):
                     self._on_confirmed(event.channel)
+                elif event.payload[:7] == MAGIC and self._on_entry is not None \
+                        and (entry := parse_envelope(event.payload)) is not None:
+                    self._on_entry(event.channel, entry[0], entry[1], entry[2])
                 else:
                     self._on_message(event.channel, event.payload)
         elif session is not self._cmd:
@@ -250,11 +315,8 @@ class RedisBroker:
             for named in self._sentinels.session.feed(data, now):
                 self._master_named(named, now)
         else:
-            for error in self._cmd.feed(data, now):
-                if self._presence is None or not str(error).startswith("NOSCRIPT"):
-                    self.publish_errors += 1
-                    log.warning("redis refused a PUBLISH: %s", error,
-                                extra={"event": "publish_refused", "reason": str(error)})
+            for error in self._cmd.feed(data, now):  # the untracked ones: client messages, announcements
+                self._refused(str(error))
             self._acknowledged()
         if session.broken:
             self._drop_link(role, session, now, session.broken, close=True)
@@ -269,6 +331,8 @@ class RedisBroker:
                     # now; announcing again would tell the listener twice.
                     self._cmd.dropped = False
                     self._on_publisher_back()
+                if self._library:
+                    self._load_library()  # first: reads and publishes pipelined behind it find it
                 if self._presence is not None:
                     self._presence.restore()
             elif session is self._sub and self._probe.enabled:
@@ -444,6 +508,10 @@ class RedisBroker:
                     session.connect_at - now, extra={"event": "link_down", "link": role.value, "reason": why})
         self._timers.schedule(role, session.connect_at)
 
+    def _refused(self, error: str) -> None:
+        self.publish_errors += 1
+        log.warning("redis refused a PUBLISH: %s", error, extra={"event": "publish_refused", "reason": error})
+
     def _acknowledged(self) -> None:
         """Hand each answered (or dropped) ticket to its owner: the probe's and presence's are negative, the hub's
         positive (the probe's far below presence's: ``_probe.py``)."""
@@ -452,7 +520,9 @@ class RedisBroker:
         acknowledged = self._cmd.acknowledged
         self._cmd.acknowledged = []
         for ticket, error, reply in acknowledged:
-            if self._probe.owns(ticket):
+            if ticket >= _HISTORY_TICKETS:
+                self._history_reply(ticket, error, reply)
+            elif self._probe.owns(ticket):
                 if not (reply is None and error == "link lost"):
                     self._probe.acknowledged(ticket)
             elif ticket < 0:
@@ -462,7 +532,9 @@ class RedisBroker:
                     else:
                         self._presence.reply(ticket, error, reply)
             elif self._on_published is not None:
-                self._on_published(ticket, error)
+                if error and error != "link lost":
+                    self._refused(error)
+                self._on_published(ticket, error, reply.decode("ascii", "replace") if isinstance(reply, bytes) else "")
 
     def _link_timer(self, role: RedisLink, now: float) -> None:
         session = self._sessions[role]

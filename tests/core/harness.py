@@ -139,6 +139,10 @@ def make_config(text: str | None = None, **overrides: object) -> Config:
         # The stall probe's SUBSCRIBE and PUBLISHes would be in every command list a test checks: off unless
         # a test asks for it (tests/core/test_probe.py, the fuzz and the simulation do).
         overrides.setdefault("redis_probe_interval", 0.0)
+    if "history" not in (text or ""):
+        # History's FUNCTION LOAD and reads would be in every command list too: off unless a test asks for it
+        # (tests/core/test_history.py does).
+        overrides.setdefault("history", False)
     return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
 
 

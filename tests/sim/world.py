@@ -830,6 +830,7 @@ class World:
             groups_timeout=rng.choice([0.0, 0.0, 0.0, 3.0]),
             shutdown_timeout=rng.choice([2.0, 5.0]),
             handshake_timeout=rng.choice([1.0, 5.0]),
+            history=False,  # the simulated Redis has no functions or streams (yet)
         )
         # A quarter of the seeds run behind Sentinel (no rng draw: the other seeds replay as before).
         self.sentinel_mode = seed % 4 == 3
