@@ -497,6 +497,32 @@ class RawWebSocket:
         """True once the server has closed the TCP connection (read returns b'')."""
         return await within(self.reader.read(), timeout) == b""
 
+    async def flood_until_close(self, frame: bytes, *, times: int, timeout: float = 10.0) -> tuple[Frame, bool]:
+        """Write ``frame`` ``times`` times, reading meanwhile; (the server's close frame, EOF rather than reset).
+
+        The writes go on after the server closed (a client that has not read
+        the close yet), until the EOF after the close frame is read: False
+        there means a reset (the server closed with bytes of ours unread).
+        """
+        async def write() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(times):
+                    self.writer.write(frame)
+                    await self.writer.drain()
+
+        writing = asyncio.ensure_future(write())
+        try:
+            close, _ = await self.read_until_close(timeout)
+            try:
+                eof = await self.at_eof(timeout)
+            except ConnectionResetError:
+                eof = False
+            return close, eof
+        finally:
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+
     async def aclose(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError):
