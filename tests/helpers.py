@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -121,6 +123,15 @@ class RedisProcess:
 
     def client(self) -> aredis.Redis:
         return aredis.Redis(host="127.0.0.1", port=self.port)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and its key, made by openssl in ``folder``: (cert.pem, key.pem)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 def hub_config(redis_port: int, prefix: str, **overrides: Any) -> Config:
@@ -529,10 +540,12 @@ class RawWebSocket:
             await self.writer.wait_closed()
 
 
-async def raw_websocket(port: int, key: str | None, *, head: bytes | None = None,
-                        trailing: bytes = b"") -> RawWebSocket:
-    """Open a TCP connection, send an upgrade head (plus ``trailing`` bytes in the same write), read the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def raw_websocket(port: int, key: str | None, *, head: bytes | None = None, trailing: bytes = b"",
+                        tls: ssl.SSLContext | None = None) -> RawWebSocket:
+    """Open a TCP connection (TLS to ``localhost`` with ``tls``), send an upgrade head (plus ``trailing`` bytes
+    in the same write), read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls,
+                                                   server_hostname="localhost" if tls else None)
     writer.write((head if head is not None else upgrade_head(key)) + trailing)
     answer = await within(reader.readuntil(b"\r\n\r\n"))
     return RawWebSocket(reader, writer, answer)

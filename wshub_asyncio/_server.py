@@ -318,9 +318,11 @@ class Server(Generic[CoreT]):
 
         A client that already half-closed left nothing unread, and a TLS
         transport cannot half-close (``can_write_eof()`` is False): both are
-        closed at once. asyncio's TLS close sends close_notify and reads on
-        (decrypting and dropping records) until the client's close_notify or
-        ``ssl_shutdown_timeout``, which is a linger of its own.
+        closed at once. The TLS close sends close_notify and reads on until the
+        client's; a record of the client's arriving after our close_notify is
+        an SSL error (OpenSSL 3: APPLICATION_DATA_AFTER_CLOSE_NOTIFY) on the
+        standard loop, which then aborts: the close frame has gone out, a reset
+        follows it. uvloop's TLS close ended with EOF instead (docs/protocol.md).
         """
         proto = transport.get_protocol()
         if (isinstance(proto, ClientProtocol) and proto.eof) or not transport.can_write_eof():

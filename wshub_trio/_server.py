@@ -35,6 +35,10 @@ Rules:
    until its EOF; only then is the socket closed, so no unread byte makes the
    kernel send a reset ahead of the close frame. The core's abort at
    ``writeWait`` cancels a linger that does not end, as it cancels a flush.
+   Not on TLS: ``SSLStream.aclose()`` closes the socket right after its
+   close_notify, and sending close_notify while the client's records wait
+   fails in OpenSSL 3 (``SSLObject.unwrap``: APPLICATION_DATA_AFTER_CLOSE_NOTIFY),
+   so there is no way to shut the TLS write side and read on.
 """
 
 from __future__ import annotations
@@ -314,7 +318,7 @@ class Server(Generic[CoreT]):
                     if client.paused and not client.closing:
                         continue
                 elif client.closing:
-                    return  # TLS: no linger (the sender's aclose sends close_notify); nothing more is read
+                    return  # TLS: no linger (rule 6); the sender's aclose sends close_notify
                 data = await stream.receive_some(READ_SIZE)
             except _GONE:  # a reset, a failed TLS handshake, or our own close after a flush
                 client.scope.cancel()
@@ -346,6 +350,11 @@ class Server(Generic[CoreT]):
                             # the client sends until its EOF; the core's abort at writeWait cancels it.
                             await stream.send_eof()
                             await client.read_done.wait()
+                        else:
+                            # TLS cannot linger (the module's rule 6): one scheduler pass first, as asyncio
+                            # closes one loop iteration after its buffer drained, which makes the reset
+                            # less likely to overtake the close frame (Autobahn 4.1.5 sends byte by byte).
+                            await trio.lowlevel.checkpoint()
                         await stream.aclose()  # TLS: close_notify; the core's abort at writeWait cancels it
                     client.scope.cancel()
                     return
