@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -121,6 +123,15 @@ class RedisProcess:
 
     def client(self) -> aredis.Redis:
         return aredis.Redis(host="127.0.0.1", port=self.port)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and its key, made by openssl in ``folder``: (cert.pem, key.pem)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 def hub_config(redis_port: int, prefix: str, **overrides: Any) -> Config:
@@ -497,16 +508,44 @@ class RawWebSocket:
         """True once the server has closed the TCP connection (read returns b'')."""
         return await within(self.reader.read(), timeout) == b""
 
+    async def flood_until_close(self, frame: bytes, *, times: int, timeout: float = 10.0) -> tuple[Frame, bool]:
+        """Write ``frame`` ``times`` times, reading meanwhile; (the server's close frame, EOF rather than reset).
+
+        The writes go on after the server closed (a client that has not read
+        the close yet), until the EOF after the close frame is read: False
+        there means a reset (the server closed with bytes of ours unread).
+        """
+        async def write() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(times):
+                    self.writer.write(frame)
+                    await self.writer.drain()
+
+        writing = asyncio.ensure_future(write())
+        try:
+            close, _ = await self.read_until_close(timeout)
+            try:
+                eof = await self.at_eof(timeout)
+            except ConnectionResetError:
+                eof = False
+            return close, eof
+        finally:
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+
     async def aclose(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
 
 
-async def raw_websocket(port: int, key: str | None, *, head: bytes | None = None,
-                        trailing: bytes = b"") -> RawWebSocket:
-    """Open a TCP connection, send an upgrade head (plus ``trailing`` bytes in the same write), read the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def raw_websocket(port: int, key: str | None, *, head: bytes | None = None, trailing: bytes = b"",
+                        tls: ssl.SSLContext | None = None) -> RawWebSocket:
+    """Open a TCP connection (TLS to ``localhost`` with ``tls``), send an upgrade head (plus ``trailing`` bytes
+    in the same write), read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls,
+                                                   server_hostname="localhost" if tls else None)
     writer.write((head if head is not None else upgrade_head(key)) + trailing)
     answer = await within(reader.readuntil(b"\r\n\r\n"))
     return RawWebSocket(reader, writer, answer)

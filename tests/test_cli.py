@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import TEST_API_KEY, free_port, hub_env, shell_module
+from helpers import TEST_API_KEY, free_port, hub_env, self_signed, shell_module
 
 
 def wshub(*args: str, cwd: Path, shell: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -158,13 +158,6 @@ class TestStartUpErrorsAsJson:
         assert json_error(result.stderr)["message"].startswith("cannot start:"), result.stderr
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 def start_line(args: list[str], cwd: Path, env: dict[str, str], shell: str) -> str:
     """Start the hub, return its ``listening on`` line, stop it with SIGTERM (exit 0)."""
     return stderr_lines(args, cwd, env, shell)[0]
@@ -195,7 +188,7 @@ class TestStartLine:
     """Item 12: the start line says which config file was loaded (or none) and whether TLS is on."""
 
     def test_file_tls_and_an_ipv6_host_in_brackets(self, shell: str, tmp_path: Path) -> None:
-        cert, key = _self_signed(tmp_path)
+        cert, key = self_signed(tmp_path)
         port = free_port()
         path = tmp_path / "hub.yaml"
         redis_port = free_port()

@@ -1,10 +1,13 @@
-"""A graceful close to a peer that does not read ends by writeWait (the hub process holds no socket for it).
+"""A graceful close: it reaches a client that is still sending, and it ends by writeWait for one that never reads.
 
-``transport.close()`` flushes before closing, and asyncio reports
-``connection_lost`` only when the flush is done: for a peer that never reads
+A graceful close flushes, shuts the write side, and reads and discards what
+the client still sends until its EOF (the lingering close): the client reads
+the close frame and then EOF, never a reset. The transport reports its loss
+only when the flush and the linger are done: for a peer that never reads
 again, never. The core keeps such a socket as *closing* and aborts it at
-``webSocket.writeWait``. Observed where it matters: the socket file
-descriptors of a real ``python -m wshub_asyncio`` process.
+``webSocket.writeWait``. Observed where it matters: a real hub process
+(``python -m wshub_asyncio`` on uvloop, ``python -m wshub_trio``), the client
+sockets it holds and what a raw-socket client reads.
 """
 
 from __future__ import annotations
@@ -13,35 +16,55 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
 import yaml
 
-from helpers import RedisProcess, free_port, http_exchange, shell_module, upgrade_head, within, ws_frame
+from helpers import (
+    RedisProcess,
+    free_port,
+    http_exchange,
+    hub_process,
+    raw_websocket,
+    self_signed,
+    shell_module,
+    upgrade_head,
+    within,
+    ws_frame,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_WAIT = 2.0
 GROUPS_TIMEOUT = 1.0
 
 
-def socket_fds(pid: int) -> int:
-    count = 0
+def client_sockets(pid: int, port: int) -> int:
+    """How many TCP connections accepted on ``port`` (127.0.0.1) the process holds a descriptor of."""
+    inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                count += 1
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
-            pass  # closed while we looked
-    return count
+            continue  # closed while we looked
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    accepted = set()
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()  # sl local_address rem_address st ... inode (the 10th)
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":  # 0A: LISTEN
+                accepted.add(fields[9])
+    return len(inodes & accepted)
 
 
-async def wait_fds(pid: int, want: int, timeout: float, what: str) -> None:
+async def wait_clients(pid: int, port: int, want: int, timeout: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while socket_fds(pid) != want:
+    while (held := client_sockets(pid, port)) != want:
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {socket_fds(pid)} sockets, want {want}")
+            raise AssertionError(f"timed out waiting for {what}: {held} client sockets, want {want}")
         await asyncio.sleep(0.01)
 
 
@@ -76,8 +99,6 @@ def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(shel
             drain = asyncio.ensure_future(stderr.read())
             while (await http_exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")).status != 200:
                 await asyncio.sleep(0.02)  # polling the hub's own readiness endpoint
-            await asyncio.sleep(0)
-            baseline = socket_fds(proc.pid)  # listening socket, two Redis links, the loop's self-pipe
 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, quickly full
             sock.setblocking(False)
@@ -89,14 +110,15 @@ def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(shel
                 head += await within(loop.sock_recv(sock, 1))  # byte by byte: nothing after the head is read
             upgraded = loop.time()
             assert head.startswith(b"HTTP/1.1 101")
-            await wait_fds(proc.pid, baseline + 1, 5, "the client's socket")
+            # The readiness probes' sockets go when the hub has read their EOF (the lingering close).
+            await wait_clients(proc.pid, port, 1, 5, "the client's socket alone")
             # 8 MiB of pings, never reading the pongs: far more than the kernel buffers hold.
             ping = ws_frame(0x9, b"p" * 125)
             flood = asyncio.ensure_future(loop.sock_sendall(sock, ping * (8 * 1024 * 1024 // len(ping))))
             # Slack for a loaded 2-core machine (it took 4.4 s there); without the abort the socket would
             # stay until pongWait (60 s), so the bound still tells the two apart.
             deadline = GROUPS_TIMEOUT + WRITE_WAIT + 5.0
-            await wait_fds(proc.pid, baseline, deadline, "the unflushable socket aborted")
+            await wait_clients(proc.pid, port, 0, deadline, "the unflushable socket aborted")
             assert loop.time() - upgraded <= deadline
             proc.send_signal(signal.SIGTERM)
             assert await within(proc.wait(), 10) == 0
@@ -110,3 +132,31 @@ def test_a_graceful_close_the_peer_never_reads_is_aborted_within_write_wait(shel
                 await proc.wait()
 
     asyncio.run(scenario())
+
+
+def test_a_client_flooding_past_its_rate_limit_reads_the_close_frame_then_eof(shell: str) -> None:
+    """It goes on writing after the hub closed it (20 messages a second allowed, 1000 sent at once): without
+    the lingering close its unread bytes make the hub's kernel reset the connection, which discards the
+    close frame still queued, and the client sees no close frame (1006) or a reset after it."""
+    asyncio.run(flood_past_the_rate_limit(shell))
+
+
+def test_over_tls_the_asyncio_hub_on_uvloop_delivers_the_close_frame_then_eof(tmp_path: Path) -> None:
+    """``wss://`` has no half-close; uvloop's TLS close (close_notify, then reading on) still ends with EOF.
+    Not so on the standard asyncio loop, whose TLS close fails on the client's records after its
+    close_notify and aborts (a reset after the close frame), nor on trio, which closes right after its
+    close_notify (the client may see no close frame): docs/protocol.md, Limits."""
+    cert, key = self_signed(tmp_path)
+    asyncio.run(flood_past_the_rate_limit("asyncio", tls=ssl.create_default_context(cafile=str(cert)),
+                                          WSHUB_TLS_CERT_FILE=str(cert), WSHUB_TLS_KEY_FILE=str(key)))
+
+
+async def flood_past_the_rate_limit(shell: str, *, tls: ssl.SSLContext | None = None, **env: str) -> None:
+    """A hub process allowing 20 messages a second; a raw client sends 1000 at once and reads what comes back."""
+    async with hub_process(shell=shell, WSHUB_WEBSOCKET_MAX_MESSAGES_PER_SECOND="20", **env) as hub:
+        ws = await raw_websocket(hub.port, "flood", tls=tls)
+        assert ws.status_line == b"HTTP/1.1 101 Switching Protocols"
+        close, eof = await ws.flood_until_close(ws_frame(0x1, b"x" * 4096), times=1000)
+        assert (close.close_code, close.payload[2:]) == (1008, b"message rate limit: 20 per second")
+        assert eof, "a reset after the close frame, not the hub's EOF"
+        await ws.aclose()

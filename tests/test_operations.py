@@ -21,6 +21,7 @@ from helpers import (
     hub_config,
     hub_env,
     running_hub,
+    self_signed,
     shell_module,
     wait_confirmed,
     wait_for,
@@ -180,16 +181,8 @@ def test_json_logs_one_object_per_line(shell: str, redis_server: RedisProcess, p
         proc.kill()
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 def test_wss_with_certificate_from_config(shell: str, redis_server: RedisProcess, prefix: str, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     client_tls = ssl.create_default_context(cafile=str(cert))
 
     async def scenario() -> None:

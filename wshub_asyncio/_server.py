@@ -14,6 +14,12 @@ Rules:
    callbacks count only while that id is open here: ``CloseLink`` detaches
    the link (or cancels its dial) first, and the core never reuses an id, so a
    late callback can never be taken for a newer link's.
+4. A flushing close lingers (nginx's lingering_close): everything queued is
+   written, then only the write side is shut (``write_eof``), and what the
+   client still sends is read and discarded until its EOF; only then is the
+   socket closed. Closing a socket with unread bytes makes the kernel send a
+   reset, which can overtake the close frame (the client would see 1006).
+   The core's abort at ``writeWait`` bounds the linger, as it bounds a flush.
 """
 
 from __future__ import annotations
@@ -58,13 +64,14 @@ CoreT = TypeVar("CoreT", bound=Core)
 
 
 class ClientProtocol(asyncio.Protocol):
-    __slots__ = ("_server", "_core", "_loop", "conn")
+    __slots__ = ("_server", "_core", "_loop", "conn", "eof")
 
     def __init__(self, server: Server[Any]) -> None:
         self._server = server
         self._core: Core = server.core
         self._loop = server.loop
         self.conn = 0
+        self.eof = False  # the client half-closed: nothing is left unread, a close needs no linger
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -84,14 +91,13 @@ class ClientProtocol(asyncio.Protocol):
             self._server.drain_soon()
 
     def eof_received(self) -> bool:
+        self.eof = True
         self._core.client_eof(self.conn, self._loop.time())
         self._server.drain()
         return True  # the core decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.transports.pop(self.conn, None)
-        self._core.client_lost(self.conn, self._loop.time())
-        self._server.drain()
+        self._server.client_gone(self.conn)
 
     def pause_writing(self) -> None:
         self._core.client_write_paused(self.conn, self._loop.time())
@@ -100,6 +106,32 @@ class ClientProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._core.client_write_resumed(self.conn, self._loop.time())
         self._server.drain()
+
+
+class _Lingering(asyncio.Protocol):
+    """A client socket after a flushing close, its write side shut: what it still sends is discarded.
+
+    The core has forgotten the client (it ignores input for it), so nothing
+    here reaches the core but the end: the client's EOF closes the socket, and
+    its loss is ``client_lost``, which ends the core's abort deadline.
+    """
+
+    __slots__ = ("_server", "_conn", "_transport")
+
+    def __init__(self, server: Server[Any], conn: int, transport: asyncio.Transport) -> None:
+        self._server = server
+        self._conn = conn
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        pass  # read only so that no byte is left unread at the close
+
+    def eof_received(self) -> bool:
+        self._transport.close()  # nothing unread any more: a FIN, no reset
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.client_gone(self._conn)
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -191,6 +223,12 @@ class Server(Generic[CoreT]):
         self.core.shutdown(self.loop.time())
         self.drain()
 
+    def client_gone(self, conn: int) -> None:
+        """A client's transport reported its loss (a reset, our abort, or the end of a close)."""
+        self.transports.pop(conn, None)
+        self.core.client_lost(conn, self.loop.time())
+        self.drain()
+
     def drain_soon(self) -> None:
         """Drain once, after every socket that is ready in this loop iteration was read.
 
@@ -241,11 +279,11 @@ class Server(Generic[CoreT]):
                 if transport is not None:
                     transport.abort()
             else:
-                # Kept until connection_lost (the flush is done): if the peer never reads,
-                # the core sends CloseClient(abort=True) for it at writeWait.
+                # Kept until connection_lost (the flush and the linger are done): if the peer never
+                # reads, or never stops sending, the core sends CloseClient(abort=True) at writeWait.
                 transport = self.transports.get(action.conn)
                 if transport is not None:
-                    transport.close()
+                    self._close_gracefully(action.conn, transport)
         elif kind is PauseClient:
             assert isinstance(action, PauseClient)
             transport = self.transports.get(action.conn)
@@ -274,6 +312,25 @@ class Server(Generic[CoreT]):
             self.stopped.set()
         else:
             raise AssertionError(f"{type(self).__name__} cannot execute {action!r}")
+
+    def _close_gracefully(self, conn: int, transport: asyncio.Transport) -> None:
+        """Flush, then close without a reset: shut the write side and discard what the client sends until its EOF.
+
+        A client that already half-closed left nothing unread, and a TLS
+        transport cannot half-close (``can_write_eof()`` is False): both are
+        closed at once. The TLS close sends close_notify and reads on until the
+        client's; a record of the client's arriving after our close_notify is
+        an SSL error (OpenSSL 3: APPLICATION_DATA_AFTER_CLOSE_NOTIFY) on the
+        standard loop, which then aborts: the close frame has gone out, a reset
+        follows it. uvloop's TLS close ended with EOF instead (docs/protocol.md).
+        """
+        proto = transport.get_protocol()
+        if (isinstance(proto, ClientProtocol) and proto.eof) or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.set_protocol(_Lingering(self, conn, transport))
+        transport.resume_reading()  # a paused socket too: its unread bytes are what makes the reset
+        transport.write_eof()  # after the queued bytes; asyncio shuts the socket's write side then
 
     async def _open_link(self, action: OpenLink) -> None:
         """Dial one link: the only coroutine in the shell, one per dial."""

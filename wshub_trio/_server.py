@@ -29,6 +29,16 @@ Rules:
    default of a quarter) -- what asyncio's transports report. Bytes merely
    waiting for the sender to be scheduled are not backpressure. (TLS: the
    kernel is not visible under ``SSLStream``, so a send in progress counts.)
+6. A flushing close lingers (nginx's lingering_close), as in the asyncio
+   shell: the sender writes everything queued and shuts the write side
+   (``send_eof``); the reader reads and discards what the client still sends
+   until its EOF; only then is the socket closed, so no unread byte makes the
+   kernel send a reset ahead of the close frame. The core's abort at
+   ``writeWait`` cancels a linger that does not end, as it cancels a flush.
+   Not on TLS: ``SSLStream.aclose()`` closes the socket right after its
+   close_notify, and sending close_notify while the client's records wait
+   fails in OpenSSL 3 (``SSLObject.unwrap``: APPLICATION_DATA_AFTER_CLOSE_NOTIFY),
+   so there is no way to shut the TLS write side and read on.
 """
 
 from __future__ import annotations
@@ -89,7 +99,8 @@ def dial_reason(exc: BaseException) -> str:
 class _Client:
     """One accepted socket: its stream, the bytes queued for its sender, and what the core asked of it."""
 
-    __slots__ = ("stream", "conn", "out", "unsent", "lot", "scope", "paused", "closing", "blocked", "write_paused")
+    __slots__ = ("stream", "conn", "out", "unsent", "lot", "scope", "paused", "closing", "blocked", "write_paused",
+                 "read_done")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -102,6 +113,7 @@ class _Client:
         self.closing = False
         self.blocked = False  # the kernel refused part of the last send: what is unsent now is backpressure
         self.write_paused = False
+        self.read_done = trio.Event()  # the client's EOF was read: nothing is left unread
 
 
 class _Link:
@@ -296,23 +308,29 @@ class Server(Generic[CoreT]):
         core, stream, conn = self.core, client.stream, client.conn
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None  # None: TLS
         while True:
-            while client.paused:  # PauseClient: TCP pushes back on the peer while nothing is read
+            while client.paused and not client.closing:  # PauseClient: TCP pushes back while nothing is read
                 await client.lot.park()
             try:
                 if sock is not None:
                     # Wait first, read after: a pause executed while this task waited (another client's
                     # read filled the Redis buffer) stops this read, as pause_reading() stops asyncio's.
                     await trio.lowlevel.wait_readable(sock)
-                    if client.paused:
+                    if client.paused and not client.closing:
                         continue
+                elif client.closing:
+                    return  # TLS: no linger (rule 6); the sender's aclose sends close_notify
                 data = await stream.receive_some(READ_SIZE)
             except _GONE:  # a reset, a failed TLS handshake, or our own close after a flush
                 client.scope.cancel()
                 return
             if not data:
-                core.client_eof(conn, trio.current_time())
-                self.drain()
+                client.read_done.set()
+                if not client.closing:
+                    core.client_eof(conn, trio.current_time())
+                    self.drain()
                 return  # the core decides when to close; the sender stays
+            if client.closing:
+                continue  # the linger: read only so that nothing is left unread; the core forgot this socket
             core.client_data(conn, data if isinstance(data, bytes) else bytes(data), trio.current_time())
             if core.pause_pending:
                 self.drain()  # the Redis buffer is full: pause every client before another one is read
@@ -326,11 +344,17 @@ class Server(Generic[CoreT]):
         while True:
             while not out:
                 if client.closing:  # a flushing close: everything queued has been written
-                    # One scheduler pass first, as asyncio closes the socket one loop iteration after its
-                    # buffer drained (call_soon): a peer still writing after our close frame then gets
-                    # the close before our RST, as on asyncio (Autobahn 4.1.5 sends byte by byte).
-                    await trio.lowlevel.checkpoint()
                     with contextlib.suppress(*_GONE):
+                        if isinstance(stream, trio.SocketStream):
+                            # The linger: our FIN after the close frame, then the reader discards what
+                            # the client sends until its EOF; the core's abort at writeWait cancels it.
+                            await stream.send_eof()
+                            await client.read_done.wait()
+                        else:
+                            # TLS cannot linger (the module's rule 6): one scheduler pass first, as asyncio
+                            # closes one loop iteration after its buffer drained, which makes the reset
+                            # less likely to overtake the close frame (Autobahn 4.1.5 sends byte by byte).
+                            await trio.lowlevel.checkpoint()
                         await stream.aclose()  # TLS: close_notify; the core's abort at writeWait cancels it
                     client.scope.cancel()
                     return
@@ -389,7 +413,7 @@ class Server(Generic[CoreT]):
         # the core sends CloseClient(abort=True) for it at writeWait.
         client = self.clients.get(conn)
         if client is not None:
-            client.closing = client.paused = True  # nothing more is read, as asyncio's close() stops reading
+            client.closing = True  # a paused reader reads again: to discard, until the client's EOF
             client.lot.unpark_all()
 
     # -- links ---------------------------------------------------------------------------------------------
