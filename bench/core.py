@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A deterministic benchmark of the Sans-IO core alone: no sockets, no event loop, no clock.
 
-    python bench/core.py [--clients N] [--groups G] [--fanout M] [--client-messages K] [--size B]
+    python bench/core.py [--clients N] [--groups G] [--fanout M] [--client-messages K] [--size B] [--history]
     python bench/core.py --measure time --repeat 5        # wall clock per phase, median of 5 runs
     python bench/core.py --callgrind                      # instructions per phase (runs under valgrind)
 
@@ -84,9 +84,11 @@ from wshub_core import (
 
 PREFIX = "bench:"
 # No stall probe: its SUBSCRIBE at link up and one PUBLISH per 5 s are no part of the phases measured here.
-# History off: its FUNCTION LOAD and reads are not among the replies fed back.
+# History off unless --history: then group messages are envelopes (as wshub_publish publishes them), and the
+# library's load and each new group's first read (where its history ends) are answered like Redis would.
 CONFIG = (f'redis:\n  address: "localhost:6379"\n  channelPrefix: "{PREFIX}"\n  probeInterval: 0\n'
-          "history:\n  enabled: false\n")
+          "history:\n  enabled: {history}\n")
+MAGIC = b"\xffwshub\x00"  # wshub_core/_redis_history.py: an envelope's first bytes
 NOW = 1000.0  # virtual time; nothing in the benchmark waits long enough for a deadline to pass
 PHASES = ("connect", "fanout", "groups", "client_messages", "disconnect")
 UNITS = {"connect": "connects", "fanout": "deliveries", "groups": "deliveries",
@@ -177,6 +179,7 @@ class Params:
     fanout: int = 10
     client_messages: int = 5
     size: int = 64
+    history: bool = False
 
     def check(self) -> None:
         if self.clients < 1 or self.groups < 1 or self.fanout < 0 or self.client_messages < 0 or self.size < 0:
@@ -237,7 +240,9 @@ class CoreBench:
         seed_wsproto_clients(0)
         self.p = params
         self.m = markers
-        self.hub = Hub(config=load_config(CONFIG, source="bench/core.py", environ={}), seed=0)
+        self.hub = Hub(config=load_config(CONFIG.format(history=str(params.history).lower()), source="bench/core.py",
+                                          environ={}), seed=0)
+        self.entries: dict[bytes, int] = {}  # group channel -> entries published (--history)
         self.links = RedisLinks(self.hub)
         self.payload = (b"x" * params.size)
         self.clients = [
@@ -250,6 +255,15 @@ class CoreBench:
     def channel(self, name: bytes) -> bytes:
         return PREFIX.encode() + name
 
+    def group_message(self, channel: bytes) -> bytes:
+        """A group message as Redis delivers it: plain, or (--history) the envelope of the next entry."""
+        if not self.p.history:
+            return message(channel, self.payload)
+        n = self.entries.get(channel, 0)
+        self.entries[channel] = n + 1
+        prev = b"%d-0" % (1000 + n - 1) if n else b"0-0"
+        return message(channel, MAGIC + b"%d-0" % (1000 + n) + b"\0" + prev + b"\0" + self.payload)
+
     # -- setup: both links READY ---------------------------------------------------------
 
     def start(self) -> None:
@@ -261,6 +275,11 @@ class CoreBench:
             raise BenchError(f"expected one prelude per link, got {prelude!r}")
         self.links.feed_sub(PONG, NOW)
         self.links.feed_cmd(PONG, NOW)
+        if self.p.history:
+            load = hub.actions()  # FUNCTION LOAD REPLACE, the moment the command link is READY
+            if [self.links.sent_on(a) for a in load if isinstance(a, SendToLink)] != ["cmd"]:
+                raise BenchError(f"expected the library's load on the command link, got {load!r}")
+            self.links.feed_cmd(bulk(b"wshub"), NOW)
         if hub.actions() or not self.links.all_ready():
             raise BenchError("the links did not become READY on +PONG")
 
@@ -369,14 +388,17 @@ class CoreBench:
             for ch in new:
                 self.subscribed += 1
                 confirms += push(b"subscribe", ch, self.subscribed)
-            plan.append((c, handshake, confirm, answer, confirms))
+            plan.append((c, handshake, confirm, answer, confirms, len(new) if p.history else 0))
             want["sub"] += [[b"SUBSCRIBE", *key_channels], *([b"SUBSCRIBE", ch] for ch in new)]
+            if p.history:  # each new group reads where its history ends (none yet: the stream is empty)
+                want["cmd"] += [[b"FCALL_RO", b"wshub_read", b"1", ch, b"0-0", b"0"] for ch in new]
             want["cmd"].append([b"PUBLISH", self.channel(b"client-new"), c.key])
         published = integer(1)  # the listener got client-new
+        no_history = b"*1\r\n$0\r\n\r\n"  # wshub_read's answer for a key that does not exist yet
 
         def run() -> list[list[Action]]:
             log = []
-            for c, handshake, confirm, answer, confirms in plan:
+            for c, handshake, confirm, answer, confirms, reads in plan:
                 c.conn = conn = hub.client_opened(NOW)
                 hub.client_data(conn, handshake, NOW)
                 log.append(hub.actions())  # 101, SUBSCRIBE groups-new:KEY
@@ -387,6 +409,9 @@ class CoreBench:
                 log.append(hub.actions())  # SUBSCRIBE group-data:G for groups new to this hub
                 if confirms:
                     feed_sub(confirms, NOW)
+                    log.append(hub.actions())
+                if reads:
+                    feed_cmd(no_history * reads, NOW)
                     log.append(hub.actions())
             return log
 
@@ -415,14 +440,14 @@ class CoreBench:
 
     def fanout(self) -> None:
         p = self.p
-        pushes = [message(self.channel(b"group-data:all"), self.payload)] * p.fanout
+        pushes = [self.group_message(self.channel(b"group-data:all")) for _ in range(p.fanout)]
         commands = self.split(self._deliver("fanout", pushes, p.fanout * p.clients))
         self.expect("fanout", commands["sub"] + commands["cmd"], [])
         self.expect_messages(lambda c: p.fanout, self.payload)
 
     def groups(self) -> None:
         p = self.p
-        pushes = [message(self.channel(b"group-data:g%d" % g), self.payload) for g in range(p.groups)]
+        pushes = [self.group_message(self.channel(b"group-data:g%d" % g)) for g in range(p.groups)]
         commands = self.split(self._deliver("groups", pushes, p.clients))
         self.expect("groups", commands["sub"] + commands["cmd"], [])
         self.expect_messages(lambda c: 1, self.payload)
@@ -572,9 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="time: runs, median reported")
     p.add_argument("--callgrind", action="store_true", help="run under callgrind and print instructions per phase")
     p.add_argument("--valgrind", default="valgrind")
+    p.add_argument("--history", action="store_true",
+                   help="history on: group messages as wshub_publish's envelopes, through the hub's history part")
     p.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     a = p.parse_args(argv)
-    params = Params(a.clients, a.groups, a.fanout, a.client_messages, a.size)
+    params = Params(a.clients, a.groups, a.fanout, a.client_messages, a.size, a.history)
     params.check()
     phases = [ph for ph in a.phases.split(",") if ph]
     unknown = set(phases) - {*PHASES, "empty"}
@@ -584,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     info: Json = {"bench": "core", "params": vars(params), "python": sys.version.split()[0]}
     if a.callgrind:
         forward = [f"--clients={a.clients}", f"--groups={a.groups}", f"--fanout={a.fanout}",
-                   f"--client-messages={a.client_messages}", f"--size={a.size}", f"--phases={','.join(phases)}"]
+                   f"--client-messages={a.client_messages}", f"--size={a.size}", f"--phases={','.join(phases)}",
+                   *(["--history"] if a.history else [])]
         rows = measure_callgrind(a, forward)
         info["measure"] = "instructions"
         value, per_op = "instructions", "instructions_per_op"

@@ -47,3 +47,26 @@ def test_instruction_mode_runs_without_valgrind() -> None:
     result = run_bench("--clients", "2", "--groups", "1", "--fanout", "1", "--client-messages", "1",
                        "--measure", "instructions", "--phases", "connect,disconnect")
     assert [row["phase"] for row in result["phases"]] == ["connect", "disconnect"]
+
+
+def test_history_mode_delivers_envelopes_through_the_history_part() -> None:
+    """--history: the library's load and each group's first read answered, envelopes delivered as payloads."""
+    result = run_bench("--clients", "6", "--groups", "3", "--fanout", "2", "--client-messages", "1",
+                       "--measure", "time", "--repeat", "1", "--history")
+    assert result["params"]["history"] is True
+    assert {row["phase"]: row["ops"] for row in result["phases"]}["fanout"] == 2 * 6
+
+
+HISTORY_BENCH = BENCH.parent / "history.py"
+
+
+def test_the_history_benchmark_runs_on_real_processes() -> None:
+    """bench/history.py at its smallest: a redis-server and a hub process of its own, every member counted."""
+    proc = subprocess.run([sys.executable, str(HISTORY_BENCH), "all", "--json", "--count", "200", "--members", "3",
+                           "--messages", "20", "--gap", "50"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"publish", "delivery", "repair"}
+    assert result["repair"]["deliveries"] == 3 * 50
+    assert set(result["publish"]) >= {"PUBLISH", "wshub_publish"}
