@@ -303,7 +303,7 @@ def test_the_try_it_steps_work_as_written(own_redis: RedisProcess, tmp_path: Pat
 
         # 3. the groups answer, then group data. A person is slower than the hub's SUBSCRIBE to the
         # group; the test waits for that SUBSCRIBE instead.
-        answer, publish = steps[2]
+        answer, publish, kept = steps[2]
         await run(adapt(answer))
 
         async def subscribed() -> bool:
@@ -313,6 +313,9 @@ def test_the_try_it_steps_work_as_written(own_redis: RedisProcess, tmp_path: Pat
         await wait_until(subscribed, what="the hub subscribed to group-data:news")
         command, _, comment = publish.partition("#")
         assert await run(adapt(command)) == "1"
+        await terminal2.until(expected_output(comment.strip(), 2))
+        command, _, comment = kept.partition("#")  # through wshub_publish: it prints the offset
+        assert re.fullmatch(r"\d+-\d+", await run(adapt(command))), command
         await terminal2.until(expected_output(comment.strip(), 2))
 
         # 4. what alice types shows up in a SUBSCRIBE to client-data:alice.
