@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
@@ -194,18 +196,29 @@ async def arrive(members: list[Member], publish: Any, count: int, timeout: float
     return time.perf_counter() - start
 
 
+@contextlib.asynccontextmanager
+async def rig(members: int, *, history: bool = True,
+              size: int = 1000) -> AsyncIterator[tuple[aredis.Redis, Hub, list[Member]]]:
+    """A redis-server and a hub process of their own, ``members`` in the group; both stopped at the end."""
+    server = Redis()
+    hub: Hub | None = None
+    try:
+        r = await server.up()
+        hub = Hub(server.port, history=history, size=size)
+        await hub.ready()
+        yield r, hub, await members_in_group(hub, r, members)
+    finally:
+        if hub is not None:
+            hub.stop()
+        server.stop()
+
+
 async def fcall(r: aredis.Redis, payload: str) -> Any:
     return await r.fcall("wshub_publish", 1, GROUP, payload)  # type: ignore[misc]
 
 
 async def bench_publish(a: argparse.Namespace) -> dict[str, Any]:
-    server = Redis()
-    hub: Hub | None = None
-    try:
-        r = await server.up()
-        hub = Hub(server.port, history=True)
-        await hub.ready()
-        members = await members_in_group(hub, r, 1)
+    async with rig(1) as (r, _, members):
         out: dict[str, Any] = {}
         for kind in ("PUBLISH", "wshub_publish"):
             cpu0, t0 = await redis_cpu(r), time.perf_counter()
@@ -223,10 +236,6 @@ async def bench_publish(a: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(asyncio.gather(*(wait_count(m, a.count) for m in members)), 60)
         out["memory_per_group_kib"] = round(int(await r.memory_usage(GROUP) or 0) / 1024, 1)
         return out
-    finally:
-        if hub is not None:
-            hub.stop()
-        server.stop()
 
 
 async def wait_count(member: Member, more: int) -> None:
@@ -250,34 +259,18 @@ async def publish_all(r: aredis.Redis, history: bool, count: int) -> None:
 async def bench_delivery(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for history in (False, True, False, True):  # alternated: drift on this machine hits both alike
-        server = Redis()
-        hub: Hub | None = None
-        try:
-            r = await server.up()
-            hub = Hub(server.port, history=history)
-            await hub.ready()
-            members = await members_in_group(hub, r, a.members)
+        async with rig(a.members, history=history) as (r, hub, members):
             cpu0 = hub.cpu()
 
             await arrive(members, lambda r=r, history=history: publish_all(r, history, a.messages), a.messages)
             cpu = hub.cpu() - cpu0
             key = "history on (wshub_publish)" if history else "history off (PUBLISH)"
             out.setdefault(key, []).append(round(cpu / (a.members * a.messages) * 1e6, 3))
-        finally:
-            if hub is not None:
-                hub.stop()
-            server.stop()
     return {k: {"hub_cpu_us_per_delivery": v, "best": min(v)} for k, v in out.items()}
 
 
 async def bench_repair(a: argparse.Namespace) -> dict[str, Any]:
-    server = Redis()
-    hub: Hub | None = None
-    try:
-        r = await server.up()
-        hub = Hub(server.port, history=True, size=a.gap)  # the history holds the whole gap
-        await hub.ready()
-        members = await members_in_group(hub, r, a.members)
+    async with rig(a.members, size=a.gap) as (r, hub, members):  # the history holds the whole gap
         await r.config_set("requirepass", "gate")  # r stays logged in; the hub's subscriber cannot come back
         await r.client_kill_filter(_type="pubsub")
         pipe = r.pipeline(transaction=False)
@@ -295,10 +288,6 @@ async def bench_repair(a: argparse.Namespace) -> dict[str, Any]:
         return {"members": a.members, "gap": a.gap, "deliveries": a.members * a.gap,
                 "seconds_to_repair": round(elapsed, 3), "hub_cpu_s": round(hub.cpu() - cpu0, 3),
                 "note": "from lifting the password (the hub's reconnect backoff included) to the last delivery"}
-    finally:
-        if hub is not None:
-            hub.stop()
-        server.stop()
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from helpers import RedisProcess, Subscriber, hub_config, on_hub, running_hub, wait_for, within
+from wshub_core._redis_history import library, parse_read
 
 END = "end"
 
@@ -115,7 +116,8 @@ def _position(offset: str | None) -> tuple[int, int]:
 
 
 def test_client_kill_pubsub_mid_stream_loses_and_duplicates_nothing(shell: str, own_redis: RedisProcess,
-                                                                    prefix: str) -> None:
+                                                                    prefix: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The subscriber is cut five times while 500 messages flow: each member still gets all 500, once, in order."""
     async def scenario() -> None:
         async with hub_with_members(shell, own_redis, prefix) as (server, r, members):
@@ -134,7 +136,10 @@ def test_client_kill_pubsub_mid_stream_loses_and_duplicates_nothing(shell: str, 
             assert metric(server, "wshub_history_repaired_total") > 0  # some came from history, not live
             assert metric(server, "wshub_history_resets_total") == 0
 
-    asyncio.run(scenario())
+    with caplog.at_level("WARNING", logger="wshub"):
+        asyncio.run(scenario())
+    failed = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "history_read_failed"]
+    assert not failed, failed  # every read answered (a failing one would only be retried, and hide)
 
 
 def test_redis_killing_the_subscriber_for_its_output_buffer_loses_nothing(shell: str, own_redis: RedisProcess,
@@ -284,3 +289,22 @@ def test_a_redis_that_refuses_functions_is_said_once_and_the_hub_runs_without_hi
         asyncio.run(scenario())
     refusals = [r.getMessage() for r in caplog.records if "history is off" in r.getMessage()]
     assert len(refusals) == 1 and "NOPERM" in refusals[0], refusals
+
+
+def test_the_library_answers_where_a_history_ends_without_entries(own_redis: RedisProcess) -> None:
+    """``wshub_read`` with count 0 (a group's first read): the last id and nothing more, not an error.
+
+    (``XRANGE ... COUNT 0`` answers nil in Redis 7.0; the first read of every group failed on it, and was
+    hidden by the live entries that came meanwhile.)
+    """
+    async def scenario() -> None:
+        r = own_redis.client()
+        await r.function_load(library(size=10, ttl=60).decode(), replace=True)  # type: ignore[misc]
+        assert parse_read(await r.fcall_ro("wshub_read", 1, "ch", "0-0", 0)) == ("", [])  # type: ignore[misc]
+        first = (await r.fcall("wshub_publish", 1, "ch", "a")).decode()  # type: ignore[misc]
+        assert parse_read(await r.fcall_ro("wshub_read", 1, "ch", "0-0", 0)) == (first, [])  # type: ignore[misc]
+        assert parse_read(await r.fcall_ro("wshub_read", 1, "ch", "0-0", 5)) == (  # type: ignore[misc]
+            first, [(first, "0-0", b"a")])
+        await r.aclose()
+
+    asyncio.run(scenario())

@@ -330,7 +330,10 @@ class Server(Generic[CoreT]):
             return
         transport.set_protocol(_Lingering(self, conn, transport))
         transport.resume_reading()  # a paused socket too: its unread bytes are what makes the reset
-        transport.write_eof()  # after the queued bytes; asyncio shuts the socket's write side then
+        try:
+            transport.write_eof()  # after the queued bytes; asyncio shuts the socket's write side then
+        except OSError:  # ENOTCONN: the peer is gone already; nothing to linger for, and no drain may stop here
+            transport.abort()  # connection_lost follows: client_gone
 
     async def _open_link(self, action: OpenLink) -> None:
         """Dial one link: the only coroutine in the shell, one per dial."""

@@ -68,7 +68,7 @@ def position(text: str) -> Position:
 class _Cursor:
     """Where one reader of a group's history is: the group itself (``HUB``) or a connection catching up."""
 
-    __slots__ = ("at", "at_text", "reading", "held", "again", "waiting", "ahead", "first")
+    __slots__ = ("at", "at_text", "reading", "held", "again", "waiting", "ahead", "first", "read_when")
 
     def __init__(self, at: Position | None, at_text: str) -> None:
         self.at = at  # position delivered last (None: nothing yet)
@@ -79,6 +79,7 @@ class _Cursor:
         self.waiting = False  # a connection's: its read waits for the channel's confirmation
         self.ahead = False  # a connection's: it is past the group's cursor and joins when the group gets there
         self.first = True  # the next answer is the first page of this catch-up or repair
+        self.read_when: Position | None = None  # a connection's: the group's cursor when its read went out
 
 
 class _Group:
@@ -93,8 +94,11 @@ class History:
     """The hub's history part: every group's cursor, repairs, and connections catching up."""
 
     def __init__(self, *, broker: Broker, page: int, on_deliver: OnDeliver, on_replay: OnReplay,
-                 on_reset: OnReset, clock: Callable[[], float], retry: float = 1.0) -> None:
-        """``page``: entries per read; ``clock``: the hub's latest input time (answers arrive without one)."""
+                 on_reset: OnReset, clock: Callable[[], float], group_name: Callable[[bytes], str],
+                 retry: float = 1.0) -> None:
+        """``page``: entries per read; ``clock``: the hub's latest input time (answers arrive without one);
+        ``group_name``: a group channel's group, for logs (``Channels.group_name``)."""
+        self._group_name = group_name
         self._broker = broker
         self._page = page
         self._on_deliver = on_deliver
@@ -210,9 +214,8 @@ class History:
             group = self._groups.get(channel)
             if group is None:
                 continue
-            cursor = group.cursor if waiter == HUB else group.catching.get(waiter)
-            if cursor is not None and not cursor.reading:
-                self._read(channel, group, waiter)
+            if waiter == HUB or waiter in group.catching:
+                self._read(channel, group, waiter)  # a failed read is owed until then: nothing else sent it
 
     def next_deadline(self) -> float | None:
         """The earliest retry."""
@@ -262,6 +265,7 @@ class History:
         """Ask for the entries after the waiter's position (the group's first read: none, only where it ends)."""
         cursor = group.cursor if waiter == HUB else group.catching[waiter]
         cursor.reading = True
+        cursor.read_when = group.cursor.at
         count = self._page if cursor.at is not None else 0
         after = cursor.at_text if cursor.at is not None else "0-0"
         key = (channel, f"{after}/{count}")
@@ -276,11 +280,13 @@ class History:
         self._broker.read_history(channel, after, count, ticket)  # the memory broker answers in this call
 
     def _failed(self, channel: bytes, group: _Group, waiter: int, error: str) -> None:
+        """A read failed: still owed, so live entries keep waiting for it (held), and it goes out again soon."""
         if self._broker.history_error:
             self._give_up(channel, group, waiter)
             return
-        log.warning("history read for group %s failed: %s; retrying in %gs", _name(channel), error, self._retry,
-                    extra={"event": "history_read_failed", "reason": error})
+        (group.cursor if waiter == HUB else group.catching[waiter]).reading = True
+        log.warning("history read for group %s failed: %s; retrying in %gs", self._group_name(channel), error,
+                    self._retry, extra={"event": "history_read_failed", "reason": error})
         self._timers.schedule((channel, waiter), self._clock() + self._retry)
 
     def _give_up(self, channel: bytes, group: _Group, waiter: int) -> None:
@@ -296,7 +302,7 @@ class History:
 
     def _lost(self, channel: bytes, group: _Group, why: str) -> None:
         self.resets += 1
-        log.warning("group %s lost messages: %s; members with envelopes are told reset", _name(channel), why,
+        log.warning("group %s lost messages: %s; members with envelopes are told reset", self._group_name(channel), why,
                     extra={"event": "history_gap", "reason": why})
         self._on_reset(channel, None, group.catching)
 
@@ -394,8 +400,10 @@ class History:
             else:
                 cursor.ahead = True  # the group is reading: join when its cursor gets here (``_ahead``)
             return
-        if cursor.at < hub.at and cursor.at != before:
-            self._read(channel, group, conn)  # the read ran before the group's newest entries were in it
+        if cursor.at < hub.at and (cursor.at != before or cursor.read_when != hub.at):
+            # The read ran before the group's newest entries were in it; one sent now has them (unless the
+            # history lost them: then a read that moves nothing while the group stood still ends it).
+            self._read(channel, group, conn)
             return
         if cursor.at > hub.at:
             cursor.ahead = True
@@ -410,8 +418,3 @@ class History:
 def _read_key(cursor: _Cursor, page: int) -> str:
     """What ``_read`` calls the read it made for ``cursor`` (a position and a count)."""
     return f"{cursor.at_text}/{page}" if cursor.at is not None else "0-0/0"
-
-
-def _name(channel: bytes) -> str:
-    """The group part of a channel, for logs."""
-    return channel.rsplit(b":", 1)[-1].decode("utf-8", "replace")

@@ -164,7 +164,7 @@ class Hub:
                                       on_history=self._on_history)
         self._history = History(broker=self.broker, page=READ_PAGE, on_deliver=self._history_deliver,
                                 on_replay=self._history_replay, on_reset=self._history_reset,
-                                clock=self._latest) if config.history else None
+                                clock=self._latest, group_name=self._channels.group_name) if config.history else None
         self._presence = Presence(broker=self.broker, grace=config.presence_grace) if config.presence else None
         self._api = Api(config=config, clients=self._clients, broker=self.broker, channels=self._channels,
                         not_ready_reason=self._not_ready_reason, status=self.status)
@@ -510,7 +510,7 @@ class Hub:
             for channel in old_groups - channels:
                 history.leave(conn, channel)
             if member.since:
-                for channel in channels - old_groups:
+                for channel in sorted(channels - old_groups):  # resumes in an order the hash seed does not pick
                     offset = member.since.pop(self._routing.group_name(channel), None)
                     if offset is not None:
                         history.resume(conn, channel, offset)
@@ -558,17 +558,21 @@ class Hub:
                      extra={"event": "groups", "key": fp, "groups": groups, "count": len(groups)})
 
     def _deliver_group(self, channel: bytes, conns: Collection[int], payload: bytes, offset: str | None) -> None:
-        """A group message to ``conns``: the payload as it is, or to members with recover=1 an envelope."""
+        """A group message to ``conns``: the payload as it is, or to members with recover=1 an envelope.
+
+        ``channel`` b"": a message for a key (``client-send``), whose envelope names no group.
+        """
         if not self._enveloped:
             self._deliver(conns, payload)
             return
         members = self._members
-        wrapped = [conn for conn in conns if members[conn].envelopes]
+        wrapped: list[int] = []
+        raw: list[int] = []
+        for conn in conns:  # one pass: who gets the envelope, who the payload
+            (wrapped if members[conn].envelopes else raw).append(conn)
         if wrapped:
-            self._deliver(wrapped, _envelope(self._routing.group_name(channel), offset, payload))
-            self._deliver([conn for conn in conns if not members[conn].envelopes], payload)
-        else:
-            self._deliver(conns, payload)
+            self._deliver(wrapped, _envelope(self._routing.group_name(channel) if channel else None, offset, payload))
+        self._deliver(raw, payload)
 
     def _on_entry(self, channel: bytes, offset: str, prev: str, payload: bytes) -> None:
         """A message with history: the history part decides whether it is new (and who catches up)."""
@@ -645,14 +649,7 @@ class Hub:
         if conns is None:
             return False
         if channel.startswith(self._channels.client_send_prefix):
-            if self._enveloped:
-                members = self._members
-                raw = [conn for conn in conns if not members[conn].envelopes]
-                if len(raw) < len(conns):
-                    self._deliver([conn for conn in conns if members[conn].envelopes], _envelope(None, None, payload))
-                self._deliver(raw, payload)
-            else:
-                self._deliver(conns, payload)
+            self._deliver_group(b"", conns, payload, None)  # no group: an envelope without one
             return True
         reason = payload[:123].decode("utf-8", "ignore") or "closed by the backend"  # a close reason's bound
         for conn in list(conns):

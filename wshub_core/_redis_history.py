@@ -91,6 +91,7 @@ local function read(keys, args)
   local tail = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
   if #tail == 0 then return {''} end
   local out = {tail[1][1]}
+  if count < 1 then return out end  -- where the history ends, nothing more (XRANGE COUNT 0 answers nil)
   for _, e in ipairs(redis.call('XRANGE', key, '(' .. after, '+', 'COUNT', count)) do
     local d, p, f = '', '0-0', e[2]
     for i = 1, #f, 2 do

@@ -124,14 +124,14 @@ class Routing:
         old = self._groups_of.get(conn, frozenset())
         added: list[bytes] = []
         removed: list[bytes] = []
-        for channel in groups - old:
+        for channel in sorted(groups - old):  # sorted: the SUBSCRIBE order must not follow the hash seed
             conns = self._group_conns.get(channel)
             if conns is None:
                 self._group_conns[channel] = {conn: None}
                 added.append(channel)
             else:
                 conns[conn] = None
-        for channel in old - groups:
+        for channel in sorted(old - groups):
             if self._drop_member(channel, conn):
                 removed.append(channel)
         if groups:

@@ -43,7 +43,7 @@ class World:
         self.members: set[int] = set()
         self.got: dict[int, list[tuple[str, str]]] = {}  # conn -> (offset, prev) received, and resets as ("reset", "")
         self.history = History(broker=self, page=4, on_deliver=self._deliver, on_replay=self._replay,  # type: ignore[arg-type]
-                               on_reset=self._reset, clock=lambda: 0.0)
+                               on_reset=self._reset, clock=lambda: 0.0, group_name=lambda c: "g")
         self.prev_of: dict[str, str] = {}
         self.published: list[str] = []
 
