@@ -93,11 +93,12 @@ class TestSentinelConfig:
         assert redis["sentinelPassword"] == "***" and "s3ntinel" not in result.stdout
         assert "redis.sentinelPassword" in result.stdout.splitlines()[0]
 
-    def test_cluster_is_refused_naming_the_key_and_its_source(self, shell: str, tmp_path: Path) -> None:
-        (tmp_path / "config.yaml").write_text("redis:\n  mode: cluster\n")
+    def test_cluster_presence_is_refused_naming_the_key_and_its_source(self, shell: str, tmp_path: Path) -> None:
+        (tmp_path / "config.yaml").write_text("redis:\n  mode: cluster\npresence:\n  enabled: true\n")
         result = wshub("--check-config", cwd=tmp_path, shell=shell)
         assert result.returncode == 2, result
-        assert "redis.mode in config.yaml: 'cluster' is not supported yet" in result.stderr, result.stderr
+        assert "presence.enabled in config.yaml: not supported with redis.mode in config.yaml yet" in result.stderr, \
+            result.stderr
 
     def test_sentinel_mode_without_a_master_name(self, shell: str, tmp_path: Path) -> None:
         result = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_REDIS_MODE="sentinel")

@@ -135,11 +135,16 @@ KEYS: tuple[Key, ...] = (
     Key(path="tls.keyFile", attr="tls_key_file", kind="str", default="",
         doc="PEM private key for tls.certFile"),
     Key(path="redis.mode", attr="redis_mode", kind="str", default="standalone",
-        doc="'standalone' (redis.address is the server) or 'sentinel' (redis.address lists the sentinels, "
-            "which name the master of redis.masterName); 'cluster' is not supported yet"),
+        doc="'standalone' (redis.address is the server), 'sentinel' (redis.address lists the sentinels, "
+            "which name the master of redis.masterName) or 'cluster' (redis.address lists seed nodes of a Redis "
+            "Cluster)"),
+    Key(path="redis.pubsub", attr="redis_pubsub", kind="str", default="sharded",
+        doc="cluster mode: 'sharded' (SSUBSCRIBE/SPUBLISH: each message goes to one shard) or 'classic' "
+            "(SUBSCRIBE/PUBLISH: every node receives every message)"),
     Key(path="redis.address", attr="redis_address", kind="addresses", default="localhost:6379",
         doc="standalone: host:port, or a URL redis://[user:password@]host:port[/db] (rediss:// for TLS); "
-            "sentinel: the sentinels' host:port (default port 26379), a YAML list or one string separated by commas"),
+            "sentinel: the sentinels' host:port (default port 26379), cluster: seed nodes' host:port (default "
+            "6379), a YAML list or one string separated by commas"),
     Key(path="redis.masterName", attr="redis_master_name", kind="str", default="",
         doc="sentinel mode: the name the sentinels monitor the master by (required there)"),
     Key(path="redis.sentinelUsername", attr="redis_sentinel_username", kind="str", default="",
@@ -227,6 +232,7 @@ class Config:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     redis_mode: str = "standalone"
+    redis_pubsub: str = "sharded"
     redis_address: str = "localhost:6379"
     redis_master_name: str = ""
     redis_sentinel_username: str = ""
@@ -261,6 +267,7 @@ class Config:
     redis_port: int = 6379
     redis_tls: bool = False
     redis_sentinels: tuple[tuple[str, int], ...] = ()  # sentinel mode: redis.address, parsed
+    redis_seeds: tuple[tuple[str, int], ...] = ()  # cluster mode: redis.address, parsed
     jwt_public_key_pem: str = ""  # auth.jwt.publicKey's PEM: the value itself, or the file's text the shell read
     # Where each key's value came from, by dotted path, for errors found later
     # (a TLS file the shell cannot load). Not part of the value: equal configs
@@ -517,16 +524,26 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     where = origins["redis.address"]
     tls = False
     mode = values["redis_mode"]
-    check(mode != "cluster", "redis.mode", "'cluster' is not supported yet (Redis Cluster is planned, see issue 10); "
-          "use 'standalone' or 'sentinel'")
-    check(mode in ("standalone", "sentinel"), "redis.mode", f"must be 'standalone' or 'sentinel', got {mode!r}")
-    check(mode == "sentinel" or "," not in address, "redis.address",
-          f"more than one address ({address!r}) needs redis.mode: sentinel")
+    check(mode in ("standalone", "sentinel", "cluster"), "redis.mode",
+          f"must be 'standalone', 'sentinel' or 'cluster', got {mode!r}")
+    check(values["redis_pubsub"] in ("sharded", "classic"), "redis.pubsub",
+          f"must be 'sharded' or 'classic', got {values['redis_pubsub']!r}")
+    check(mode != "standalone" or "," not in address, "redis.address",
+          f"more than one address ({address!r}) needs redis.mode: sentinel or cluster")
     sentinels: tuple[tuple[str, int], ...] = ()
-    if mode == "sentinel":
+    seeds: tuple[tuple[str, int], ...] = ()
+    if mode == "cluster":
+        check(not values["presence"] or values["broker"] != "redis", "presence.enabled",
+              f"not supported with {origins['redis.mode']} yet: every hub's presence keys would need one slot; "
+              "use standalone or sentinel mode for presence")
+        check(not values["redis_db"], "redis.db", f"must be 0 with {origins['redis.mode']}: a Cluster has one "
+              "database")
+        seeds, tls = _node_addresses(address, where, 6379, "cluster seed node")
+        redis_host, redis_port = seeds[0]
+    elif mode == "sentinel":
         check(bool(values["redis_master_name"]), "redis.masterName",
               f"must be set with {origins['redis.mode']}: the sentinels name the master by it")
-        sentinels, tls = _sentinel_addresses(address, where)
+        sentinels, tls = _node_addresses(address, where, 26379, "sentinel")
         redis_host, redis_port = sentinels[0]  # the first sentinel: where the shell's start-up line points
     elif "://" in address:
         try:
@@ -559,39 +576,42 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     pem = values["jwt_public_key"] if values["jwt_public_key"].lstrip().startswith("-----BEGIN") else ""
     return Config(
         **values, host=host, port=port, redis_host=redis_host, redis_port=redis_port, redis_tls=tls,
-        redis_sentinels=sentinels, jwt_public_key_pem=pem, origins=origins,
+        redis_sentinels=sentinels, redis_seeds=seeds, jwt_public_key_pem=pem, origins=origins,
     )
 
 
-def _sentinel_addresses(text: str, where: str) -> tuple[tuple[tuple[str, int], ...], bool]:
-    """Sentinel mode's ``redis.address``: host[:port] (26379) or redis:// / rediss:// URLs, comma-separated."""
+def _node_addresses(text: str, where: str, default_port: int,
+                    what: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """Sentinel or cluster mode's ``redis.address``: host[:port] or redis:// / rediss:// URLs, comma-separated."""
     out: list[tuple[str, int]] = []
     schemes: set[str] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
-            raise ConfigError(f"{where}: an empty sentinel address in {text!r}")
+            raise ConfigError(f"{where}: an empty {what} address in {text!r}")
         scheme, sep, rest = item.partition("://")
         if sep:
             if scheme not in ("redis", "rediss"):
                 raise ConfigError(f"{where}: URL scheme must be redis:// or rediss://, got {item!r}")
             if "@" in rest or "/" in rest.rstrip("/"):
-                raise ConfigError(f"{where}: a sentinel address is host:port; its password is "
-                                  f"redis.sentinelPassword, the master's redis.password (got {item!r})")
+                hint = ("its password is redis.sentinelPassword, the master's redis.password" if what == "sentinel"
+                        else "the password is redis.password")
+                raise ConfigError(f"{where}: a {what} address is host:port; {hint} (got {item!r})")
             schemes.add(scheme)
             item = rest.rstrip("/")
         else:
             schemes.add("redis")
-        host, port = _split_host_port(item, 26379, where)
+        host, port = _split_host_port(item, default_port, where)
         if not host:
-            raise ConfigError(f"{where}: sentinel address {item!r} has no host")
+            raise ConfigError(f"{where}: {what} address {item!r} has no host")
         out.append((host, port))
     if len(schemes) > 1:
-        raise ConfigError(f"{where}: every sentinel must be redis:// or every one rediss://, not a mix")
+        raise ConfigError(f"{where}: every {what} must be redis:// or every one rediss://, not a mix")
     return tuple(out), schemes == {"rediss"}
 
 
 # Every key has a Config attribute and vice versa.
-_DERIVED = {"host", "port", "redis_host", "redis_port", "redis_tls", "redis_sentinels", "jwt_public_key_pem",
+_DERIVED = {"host", "port", "redis_host", "redis_port", "redis_tls", "redis_sentinels", "redis_seeds",
+            "jwt_public_key_pem",
             "origins"}
 assert {f.name for f in fields(Config)} - _DERIVED == {
     k.attr for k in KEYS

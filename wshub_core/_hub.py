@@ -37,6 +37,7 @@ from ._broker import Broker
 from ._channels import Channels
 from ._client import ClientConnection, ClientState, CloseCode, HttpBody, HttpRequest, MessageReceived, Outcome
 from ._clients import ClientTable, Pause
+from ._cluster_broker import ClusterBroker
 from ._config import Config
 from ._deflate import Compressor
 from ._history import History
@@ -156,6 +157,11 @@ class Hub:
                                        on_entry=self._on_entry, on_history=self._on_history,
                                        history=(config.history_size, config.history_ttl) if config.history else None,
                                        wall=lambda: self._latest() + self._wall_offset)
+        elif config.redis_mode == "cluster":
+            self.broker = ClusterBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
+                                        on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
+                                        on_published=self._on_published, on_presence=self._on_presence,
+                                        on_entry=self._on_entry, on_history=self._on_history)
         else:
             self.broker = RedisBroker(config=config, seed=seed, sink=self._actions, on_message=self._on_pubsub,
                                       on_confirmed=self._on_confirmed, on_publisher_back=self._announce_again,
@@ -291,6 +297,12 @@ class Hub:
     def link_states(self) -> dict[RedisLink, RedisState]:
         """Where each Redis link is in its lifecycle (READY means the prelude was answered)."""
         return self.broker.link_states() if isinstance(self.broker, RedisBroker) else {}
+
+    def link_names(self) -> dict[str, str]:
+        """Every Redis link's state by its name (a Cluster's: ``subscriber HOST:PORT``...), for /api/status."""
+        if isinstance(self.broker, ClusterBroker):
+            return {name: state.value for name, state in self.broker.link_names().items()}
+        return {role.value: state.value for role, state in self.link_states().items()}
 
     def subscribed_channels(self) -> set[bytes]:
         """Channels the broker has asked the server for."""
@@ -714,7 +726,7 @@ class Hub:
         s = self.stats
         return build_status(
             now=self._latest(), broker=self.config.broker, ready=self.ready, not_ready_reason=self._not_ready_reason(),
-            links={role.value: state.value for role, state in self.link_states().items()},
+            links=self.link_names(),
             connections=len(self._members), sockets=self._clients.count() + self._clients.closing_count(),
             counters={"connects": s.connects, "messages_in": s.messages_in, "messages_out": s.messages_out,
                       "group_messages": s.group_messages, "bytes_out": s.bytes_out,

@@ -52,9 +52,12 @@ class Probe:
         hub_id = random.Random(f"{seed}:{now!r}").getrandbits(48)
         self._head += b"%012x:" % hub_id
 
-    def link_up(self, link: int, now: float) -> bytes:
-        """The subscriber link ``link`` is READY: the channel it must subscribe; the first probe is due now."""
-        self.channel = self._head + b"%d" % link
+    def link_up(self, link: int, now: float, tag: bytes = b"") -> bytes:
+        """The subscriber link ``link`` is READY: the channel it must subscribe; the first probe is due now.
+
+        ``tag`` ends the name (a Cluster's ``{hash tag}``, which puts the channel in a slot of the link's node).
+        """
+        self.channel = self._head + b"%d" % link + tag
         self.confirmed = False
         self.sent_at = None
         self.next_at = now

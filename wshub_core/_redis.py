@@ -28,6 +28,7 @@ __all__ = [
     "RedisSession",
     "RedisState",
     "SubscriberSession",
+    "Unsubscribed",
 ]
 
 _NOT_ENOUGH = object()  # hiredis returns this when a reply is incomplete
@@ -57,6 +58,13 @@ class PubMessage:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Confirmed:
     """Redis acknowledged the latest SUBSCRIBE sent for ``channel``."""
+
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unsubscribed:
+    """Redis dropped a subscription we did not give up (sharded: its slot moved to another node)."""
 
     channel: bytes
 
@@ -191,6 +199,20 @@ class RedisSession:
                 continue
             replies.append(reply)
 
+    def timed_out(self, now: float, timeout: float) -> str:
+        """Why the link must be dropped now (a connect or a reply overdue by ``timeout``), or ""."""
+        if self.state is RedisState.CONNECTING:
+            return f"connect timed out after {timeout:g}s" if now >= self.connecting_since + timeout else ""
+        if self.state is not RedisState.DOWN and self.waiting_since is not None and now >= self.waiting_since + timeout:
+            what = "no answer to the handshake" if self.state is RedisState.HANDSHAKE else "no reply"
+            return f"{what} for {timeout:g}s"
+        return ""
+
+    def ping_due(self, now: float, timeout: float) -> bool:
+        """Up, owed nothing, and silent for half of ``timeout``: an idle PING keeps the link proven."""
+        return self.state in (RedisState.HANDSHAKE, RedisState.READY) and self.waiting_since is None \
+            and now >= self.last_rx + timeout / 2
+
     def deadline(self, timeout: float) -> float:
         """When this link next needs attention (reconnect, connect timeout, reply timeout, idle ping)."""
         if self.state is RedisState.DOWN:
@@ -203,12 +225,23 @@ class RedisSession:
 
 
 class SubscriberSession(RedisSession):
-    """The pub/sub link: subscription bookkeeping and incoming messages."""
+    """The pub/sub link: subscription bookkeeping and incoming messages.
 
-    __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed", "_patterns", "_pending_psub")
+    ``sharded`` (a Redis Cluster's shard channels): SSUBSCRIBE/SUNSUBSCRIBE, one
+    channel per command (never two slots in one), ``smessage``; Redis dropping
+    a channel itself (its slot moved) is an ``Unsubscribed`` event.
+    """
 
-    def __init__(self, *, backoff: Backoff, username: str, password: str, healthy_after: float) -> None:
+    __slots__ = ("_last_op", "_pending_sub", "_ops", "_owed", "_patterns", "_pending_psub", "sharded", "_sub_verb",
+                 "_unsub_verb", "_run")
+
+    def __init__(self, *, backoff: Backoff, username: str, password: str, healthy_after: float,
+                 sharded: bool = False) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
+        self.sharded = sharded
+        self._sub_verb, self._unsub_verb = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded else (b"SUBSCRIBE",
+                                                                                             b"UNSUBSCRIBE")
+        self._run = 1 if sharded else 1000  # channels per command
         self._last_op: dict[bytes, bool] = {}  # channel -> True if SUBSCRIBE was sent last
         self._pending_sub: dict[bytes, int] = {}  # SUBSCRIBE confirmations still owed
         self._ops: list[tuple[bytes, bytes]] = []  # queued (verb, channel or pattern), in order
@@ -228,12 +261,12 @@ class SubscriberSession(RedisSession):
         if self._last_op.get(channel) is not True:
             self._last_op[channel] = True
             self._pending_sub[channel] = self._pending_sub.get(channel, 0) + 1
-            self._ops.append((b"SUBSCRIBE", channel))
+            self._ops.append((self._sub_verb, channel))
 
     def unwant(self, channel: bytes) -> None:
         if self._last_op.get(channel) is True:
             self._last_op[channel] = False
-            self._ops.append((b"UNSUBSCRIBE", channel))
+            self._ops.append((self._unsub_verb, channel))
 
     def want_pattern(self, pattern: bytes) -> None:
         """PSUBSCRIBE ``pattern`` (a glob: the caller escapes what must match literally)."""
@@ -284,7 +317,7 @@ class SubscriberSession(RedisSession):
         while i < len(ops):
             verb = ops[i][0]
             j = i
-            while j < len(ops) and ops[j][0] == verb and j - i < 1000:
+            while j < len(ops) and ops[j][0] == verb and j - i < self._run:
                 j += 1
             channels = [ch for _, ch in ops[i:j]]
             chunks.append(pack(verb, *channels))
@@ -319,8 +352,9 @@ class SubscriberSession(RedisSession):
             self.waiting_since = now
         return _PING
 
-    def feed(self, data: bytes, now: float) -> list[PubMessage | Confirmed]:
-        out: list[PubMessage | Confirmed] = []
+    def feed(self, data: bytes, now: float) -> list[PubMessage | Confirmed | Unsubscribed]:
+        out: list[PubMessage | Confirmed | Unsubscribed] = []
+        sharded = self.sharded
         for reply in self._replies(data, now):
             if reply == b"PONG":  # PING while subscribed to nothing
                 self._owed = max(0, self._owed - 1)
@@ -332,7 +366,7 @@ class SubscriberSession(RedisSession):
             if not isinstance(channel, bytes):
                 self.broken = f"unexpected reply on the subscriber link: {reply!r}"[:200]
                 break
-            if kind == b"message":
+            if kind == b"message" or (sharded and kind == b"smessage"):
                 if len(reply) != 3 or not isinstance(reply[2], bytes):
                     self.broken = f"malformed message on the subscriber link: {reply!r}"[:200]
                     break
@@ -344,6 +378,12 @@ class SubscriberSession(RedisSession):
                     break
                 out.append(PubMessage(channel=reply[2], payload=reply[3]))
                 continue
+            if sharded and kind in _SHARDED_KINDS:
+                kind = _SHARDED_KINDS[kind]
+                if kind == b"unsubscribe" and self._last_op.get(channel) is True and channel not in self._pending_sub:
+                    del self._last_op[channel]  # not ours: Redis gave the channel up (slot migrated, failover)
+                    out.append(Unsubscribed(channel=channel))
+                    continue
             self._owed = max(0, self._owed - 1)
             if kind == b"psubscribe" or kind == b"punsubscribe":
                 if not self._pattern_reply(kind, channel):
@@ -375,10 +415,14 @@ class SubscriberSession(RedisSession):
         return out
 
 
+_SHARDED_KINDS = {b"ssubscribe": b"subscribe", b"sunsubscribe": b"unsubscribe"}
+
+
 class CommandSession(RedisSession):
     """The command link: an ordered outbox of PUBLISHes, resent after a reconnect."""
 
-    __slots__ = ("_outbox", "_inflight", "_volatile", "_tickets", "acknowledged", "buffered_bytes", "dropped")
+    __slots__ = ("_outbox", "_inflight", "_volatile", "_tickets", "acknowledged", "buffered_bytes", "dropped",
+                 "redirected")
 
     def __init__(self, *, backoff: Backoff, username: str, password: str, db: int, healthy_after: float) -> None:
         super().__init__(backoff=backoff, username=username, password=password, healthy_after=healthy_after)
@@ -393,6 +437,9 @@ class CommandSession(RedisSession):
         self.acknowledged: list[tuple[int, str, object]] = []
         self.buffered_bytes = 0  # bytes in outbox + inflight
         self.dropped = False  # a lost link dropped volatile commands (announcements) since the caller last looked
+        # A Cluster's node: commands answered -MOVED/-ASK, as (command, ticket, resend, error), for the caller to
+        # send where Redis says (None: not a Cluster; such errors are errors like any other).
+        self.redirected: list[tuple[bytes, int, bool, str]] | None = None
 
     @property
     def idle(self) -> bool:
@@ -415,7 +462,10 @@ class CommandSession(RedisSession):
 
         ``resend=False``: dropped at a lost link instead of resent, and its ticket answered ``link lost``.
         """
-        cmd = pack(*args)
+        self.put(pack(*args), resend=resend, ticket=ticket)
+
+    def put(self, cmd: bytes, *, resend: bool = True, ticket: int = 0) -> None:
+        """Queue a command already in RESP (``take_outstanding`` of another node's, say), as ``command`` does."""
         self._outbox.append(cmd)
         self.buffered_bytes += len(cmd)
         if not resend:
@@ -448,6 +498,20 @@ class CommandSession(RedisSession):
             self._outbox = kept
             volatile.clear()
 
+    def take_outstanding(self) -> list[tuple[bytes, int, bool]]:
+        """Every command not yet answered, in order, as (command, ticket, resend), and forget them.
+
+        For a Cluster whose slots moved to another node: the caller sends them there.
+        """
+        out = [(cmd, self._tickets.pop(id(cmd), 0), id(cmd) not in self._volatile)
+               for cmd in (*self._inflight, *self._outbox) if cmd is not _PING]
+        self._inflight.clear()
+        self._outbox.clear()
+        self._volatile.clear()
+        self._tickets.clear()
+        self.buffered_bytes = 0
+        return out
+
     def take_commands(self, now: float) -> bytes:
         if not self._outbox or self.state is not RedisState.READY:
             return b""
@@ -467,11 +531,17 @@ class CommandSession(RedisSession):
                 self.broken = f"unexpected reply on the command link: {reply!r}"[:200]
                 break
             cmd = self._inflight.popleft()
+            resend = True
             if cmd is not _PING:  # PING is not counted in buffered_bytes
                 self.buffered_bytes -= len(cmd)
-                if self._volatile:
+                if self._volatile and id(cmd) in self._volatile:
                     self._volatile.discard(id(cmd))
+                    resend = False
             ticket = self._tickets.pop(id(cmd), 0) if self._tickets else 0
+            if self.redirected is not None and isinstance(reply, hiredis.ReplyError) \
+                    and str(reply).startswith(("MOVED ", "ASK ")):
+                self.redirected.append((cmd, ticket, resend, str(reply)))
+                continue
             if ticket:  # its owner hears of an error with the reply
                 self.acknowledged.append((ticket, str(reply) if isinstance(reply, hiredis.ReplyError) else "",
                                           reply))

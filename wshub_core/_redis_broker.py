@@ -40,8 +40,17 @@ from ._config import Config
 from ._logs import host_port
 from ._metrics import Sample
 from ._probe import Probe
-from ._redis import Backoff, CommandSession, Confirmed, PubMessage, RedisSession, RedisState, SubscriberSession
-from ._redis_history import MAGIC, library, parse_envelope, parse_read
+from ._redis import (
+    Backoff,
+    CommandSession,
+    Confirmed,
+    PubMessage,
+    RedisSession,
+    RedisState,
+    SubscriberSession,
+    Unsubscribed,
+)
+from ._redis_history import MAGIC, answer_read, library, parse_envelope
 from ._redis_presence import RedisPresence
 from ._sentinel import MasterAddress, Sentinels, SentinelSession
 from ._timers import Timers
@@ -229,13 +238,8 @@ class RedisBroker:
         caller = self._history_reads.pop(ticket, 0)
         if "Function not found" in error:
             self._load_library()  # flushed (FUNCTION FLUSH, a failover to an instance without it): load again
-        if self._on_history is None:
-            return
-        answer = error or parse_read(reply)
-        if isinstance(answer, str):
-            self._on_history(caller, "", None, answer)
-        else:
-            self._on_history(caller, answer[0], answer[1], "")
+        if self._on_history is not None:
+            answer_read(self._on_history, caller, error, reply)
 
     def presence_set(self, group: str, key: str, count: int) -> None:
         """Written at the next flush, coalesced per group (``_redis_presence.py``)."""
@@ -302,9 +306,11 @@ class RedisBroker:
             probe = self._probe.channel
             for event in self._sub.feed(data, now):
                 if event.channel == probe and probe:
-                    self._probe_event(event, now)
-                elif isinstance(event, Confirmed):
-                    self._on_confirmed(event.channel)
+                    if not isinstance(event, Unsubscribed):  # none on a classic link
+                        self._probe_event(event, now)
+                elif type(event) is not PubMessage:
+                    if isinstance(event, Confirmed):
+                        self._on_confirmed(event.channel)
                 elif event.payload[:7] == MAGIC and self._on_entry is not None \
                         and (entry := parse_envelope(event.payload)) is not None:
                     self._on_entry(event.channel, entry[0], entry[1], entry[2])
@@ -547,16 +553,10 @@ class RedisBroker:
                     return
                 self._dial(role, now)
                 return
-        elif session.state is RedisState.CONNECTING:
-            if now >= session.connecting_since + timeout:
-                self._drop_link(role, session, now, f"connect timed out after {timeout:g}s", close=True)
-                return
-        elif session.waiting_since is not None:
-            if now >= session.waiting_since + timeout:
-                what = "no answer to the handshake" if session.state is RedisState.HANDSHAKE else "no reply"
-                self._drop_link(role, session, now, f"{what} for {timeout:g}s", close=True)
-                return
-        elif now >= session.last_rx + timeout / 2:
+        elif why := session.timed_out(now, timeout):
+            self._drop_link(role, session, now, why, close=True)
+            return
+        elif session.ping_due(now, timeout):
             if session is self._cmd:
                 self._cmd.ping(now)
                 return  # flush() sends it and re-arms this link's timer with the reply deadline

@@ -36,7 +36,9 @@ import re
 
 import hiredis
 
-__all__ = ["MAGIC", "READ_PAGE", "library", "parse_envelope", "parse_read", "valid_position"]
+from ._broker import OnHistory
+
+__all__ = ["MAGIC", "READ_PAGE", "answer_read", "library", "parse_envelope", "parse_read", "valid_position"]
 
 MAGIC = b"\xffwshub\x00"  # an envelope's first bytes: 0xFF starts no UTF-8 text
 READ_PAGE = 1000  # entries per read (a gap or resume longer than this takes several)
@@ -112,6 +114,15 @@ def library(*, size: int, ttl: float, sharded: bool = False) -> bytes:
     """The library's code for ``FUNCTION LOAD REPLACE``, with the config's size and ttl in it."""
     return (_LIBRARY % {"size": size, "ttl": max(1, round(ttl * 1000)),
                         "publish": "SPUBLISH" if sharded else "PUBLISH"}).encode()
+
+
+def answer_read(on_history: OnHistory, caller: int, error: str, reply: object) -> None:
+    """Hand a ``wshub_read`` reply (or its error) to the history part, parsed."""
+    answer = error or parse_read(reply)
+    if isinstance(answer, str):
+        on_history(caller, "", None, answer)
+    else:
+        on_history(caller, answer[0], answer[1], "")
 
 
 def valid_position(text: str) -> bool:

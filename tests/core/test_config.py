@@ -218,8 +218,7 @@ class TestSentinelMode:
         assert config.redis_sentinels == (("s1", 26379), ("s2", 1)) and config.redis_master_name == "m"
 
     @pytest.mark.parametrize(("text", "message"), [
-        ("redis:\n  mode: cluster\n", r"redis\.mode in config\.yaml: 'cluster' is not supported yet"),
-        ("redis:\n  mode: replicas\n", r"redis\.mode in config\.yaml: must be 'standalone' or 'sentinel'"),
+        ("redis:\n  mode: replicas\n", r"redis\.mode in config\.yaml: must be 'standalone', 'sentinel' or 'cluster'"),
         ("redis:\n  mode: sentinel\n", r"redis\.masterName \(default ''\): must be set with redis\.mode in"),
         ("redis:\n  address: a:1,b:2\n", r"redis\.address in config\.yaml: more than one address"),
         ("redis:\n  address: [a, b]\n", r"redis\.address in config\.yaml: more than one address"),
@@ -233,6 +232,27 @@ class TestSentinelMode:
         ("redis:\n  probeInterval: -1\n", r"redis\.probeInterval in config\.yaml: must be at least 0"),
     ])
     def test_errors_name_the_key_and_its_source(self, text: str, message: str) -> None:
+        with pytest.raises(ConfigError, match=message):
+            load_config(text)
+
+    def test_cluster_mode_takes_seed_nodes(self) -> None:
+        config = load_config("redis:\n  mode: cluster\n  address: [a, 'b:7001']\n")
+        assert (config.redis_seeds, config.redis_pubsub, config.redis_host) == (
+            (("a", 6379), ("b", 7001)), "sharded", "a")
+        config = load_config(None, environ={"WSHUB_REDIS_MODE": "cluster", "WSHUB_REDIS_ADDRESS": "rediss://c:1",
+                                            "WSHUB_REDIS_PUBSUB": "classic"})
+        assert (config.redis_seeds, config.redis_tls, config.redis_pubsub) == ((("c", 1),), True, "classic")
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("redis:\n  mode: cluster\n  pubsub: both\n",
+         r"redis\.pubsub in config\.yaml: must be 'sharded' or 'classic', got 'both'"),
+        ("redis:\n  mode: cluster\npresence:\n  enabled: true\n",
+         r"presence\.enabled in config\.yaml: not supported with redis\.mode in config\.yaml yet"),
+        ("redis:\n  mode: cluster\n  db: 2\n", r"redis\.db in config\.yaml: must be 0 with redis\.mode"),
+        ("redis:\n  mode: cluster\n  address: 'a,,b'\n", r"an empty cluster seed node address"),
+        ("redis:\n  mode: cluster\n  address: 'redis://:pw@a:1'\n", r"the password is redis\.password"),
+    ])
+    def test_cluster_errors_name_the_key_and_its_source(self, text: str, message: str) -> None:
         with pytest.raises(ConfigError, match=message):
             load_config(text)
 

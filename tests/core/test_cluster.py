@@ -1,0 +1,175 @@
+"""Redis Cluster addressing and the sharded sessions, without a server: slots, topologies, redirections."""
+
+from __future__ import annotations
+
+import hiredis
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wshub_core._cluster import SLOTS, Redirect, key_slot, parse_redirect, parse_shards, parse_slots
+from wshub_core._cluster_broker import _channel_of
+from wshub_core._redis import (
+    Backoff,
+    CommandSession,
+    Confirmed,
+    PubMessage,
+    RedisState,
+    SubscriberSession,
+    Unsubscribed,
+)
+
+# CLUSTER KEYSLOT on Redis 7.0 for each name.
+KNOWN = [(b"x", 16287), (b"foo", 12182), (b"{user1000}.following", 3443), (b"a{}b", 13694),
+         (b"ws-hub:group-data:g1", 13774), (b"{", 4092), (b"}{x}", 16287)]
+
+
+@pytest.mark.parametrize(("name", "slot"), KNOWN)
+def test_slots_are_what_redis_computes(name: bytes, slot: int) -> None:
+    assert key_slot(name) == slot
+
+
+@given(st.binary(max_size=20), st.binary(min_size=1, max_size=10).filter(lambda t: b"}" not in t),
+       st.binary(max_size=20))
+def test_a_hash_tag_decides_the_slot(before: bytes, tag: bytes, after: bytes) -> None:
+    if b"{" in before:
+        return  # then the first '{' is elsewhere
+    assert key_slot(before + b"{" + tag + b"}" + after) == key_slot(tag)
+    assert 0 <= key_slot(before + after) < SLOTS
+
+
+def shards_reply(*shards: tuple[list[int], list[tuple[str, int, str, str]]]) -> list[object]:
+    return [[b"slots", slots, b"nodes", [[b"id", b"x", b"port", port, b"ip", host.encode(), b"endpoint", host.encode(),
+                                          b"role", role.encode(), b"health", health.encode()]
+                                         for host, port, role, health in nodes]]
+            for slots, nodes in shards]
+
+
+def test_shards_name_each_slot_range_s_master() -> None:
+    found = parse_shards(shards_reply(
+        ([0, 5460], [("127.0.0.1", 7001, "master", "online"), ("127.0.0.1", 7004, "replica", "online")]),
+        ([5461, 10922, 10923, 16383], [("127.0.0.1", 7002, "master", "online")])))
+    assert not isinstance(found, str)
+    assert found.complete() and found.masters == (("127.0.0.1", 7001), ("127.0.0.1", 7002))
+    assert found.owner(0) == ("127.0.0.1", 7001) and found.owner(16383) == ("127.0.0.1", 7002)
+    assert found.slot_of(("127.0.0.1", 7002)) == 5461
+
+
+def test_a_shard_whose_master_failed_leaves_its_slots_unserved() -> None:
+    found = parse_shards(shards_reply(([0, 16383], [("127.0.0.1", 7001, "master", "fail"),
+                                                    ("127.0.0.1", 7004, "replica", "online")])))
+    assert not isinstance(found, str) and not found.complete() and found.owner(5) is None
+
+
+MASTER = [[b"port", 1, b"ip", b"h", b"role", b"master"]]
+
+
+@pytest.mark.parametrize("reply", [b"nope", [b"slots"], [[b"slots", [1], b"nodes", MASTER]],
+                                   [[b"slots", [0, 99999], b"nodes", MASTER]],
+                                   [[b"slots", [0, 1], b"nodes", [b"junk"]]]])
+def test_unreadable_shards_are_an_error_not_an_exception(reply: object) -> None:
+    assert isinstance(parse_shards(reply), str)
+
+
+def test_slots_reply_of_older_redis() -> None:
+    found = parse_slots([[0, 100, [b"h1", 1, b"id"], [b"h2", 2, b"id2"]], [101, 16383, [b"h3", 3, b"id3"]]])
+    assert not isinstance(found, str) and found.complete() and found.owner(100) == ("h1", 1)
+    assert isinstance(parse_slots([[0, 1]]), str) and isinstance(parse_slots(b"x"), str)
+
+
+@pytest.mark.parametrize(("error", "redirect"), [
+    ("MOVED 3999 127.0.0.1:6381", Redirect(ask=False, slot=3999, address=("127.0.0.1", 6381))),
+    ("ASK 1 [::1]:7000", Redirect(ask=True, slot=1, address=("::1", 7000))),
+    ("MOVED x h:1", None), ("ERR no", None), ("MOVED 99999 h:1", None), ("MOVED 1 h:port", None)])
+def test_redirections(error: str, redirect: Redirect | None) -> None:
+    assert parse_redirect(error) == redirect
+
+
+def test_the_channel_of_a_routed_command_is_read_back() -> None:
+    pack = hiredis.pack_command
+    assert _channel_of(pack((b"SPUBLISH", b"ch", b"x"))) == b"ch"
+    assert _channel_of(pack((b"FCALL", b"wshub_publish", b"1", b"ch", b"x"))) == b"ch"
+    assert _channel_of(pack((b"PING",))) == b""
+
+
+def ready(session: SubscriberSession | CommandSession) -> None:
+    session.connecting(0.0)
+    session.connected(0.0)
+    session.feed(b"+PONG\r\n", 0.0)
+    assert session.state is RedisState.READY
+
+
+def sub(sharded: bool = True) -> SubscriberSession:
+    s = SubscriberSession(backoff=Backoff(minimum=1, maximum=2, seed=0), username="", password="", healthy_after=1,
+                          sharded=sharded)
+    ready(s)
+    return s
+
+
+def test_shard_channels_are_subscribed_one_per_command() -> None:
+    s = sub()
+    s.want(b"a")
+    s.want(b"b")
+    assert s.take_commands(0.0) == hiredis.pack_command((b"SSUBSCRIBE", b"a")) + hiredis.pack_command(
+        (b"SSUBSCRIBE", b"b"))
+    events = s.feed(b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", 1.0)
+    assert events == [Confirmed(channel=b"a"), PubMessage(channel=b"a", payload=b"hi")]
+
+
+def test_a_shard_channel_redis_gave_up_is_an_event_and_no_longer_subscribed() -> None:
+    s = sub()
+    s.want(b"a")
+    s.take_commands(0.0)
+    s.feed(b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n", 1.0)
+    events = s.feed(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n", 2.0)
+    assert events == [Unsubscribed(channel=b"a")] and not s.broken
+    assert not s.is_confirmed(b"a") and s.subscribed_channels() == set()
+    s.want(b"a")  # wanted again (on its new master, by the broker): subscribed again
+    assert s.take_commands(3.0) == hiredis.pack_command((b"SSUBSCRIBE", b"a"))
+
+
+def test_our_own_sunsubscribe_is_no_event() -> None:
+    s = sub()
+    s.want(b"a")
+    s.take_commands(0.0)
+    s.feed(b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n", 1.0)
+    s.unwant(b"a")
+    s.take_commands(1.0)
+    assert s.feed(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n", 2.0) == [] and not s.broken
+
+
+def test_moved_on_the_subscriber_link_breaks_it() -> None:
+    s = sub()
+    s.want(b"a")
+    s.take_commands(0.0)
+    s.feed(b"-MOVED 15495 127.0.0.1:7003\r\n", 1.0)
+    assert "MOVED" in s.broken
+
+
+def test_redirected_commands_are_handed_back_in_order_with_their_tickets() -> None:
+    c = CommandSession(backoff=Backoff(minimum=1, maximum=2, seed=0), username="", password="", db=0,
+                       healthy_after=1)
+    c.redirected = []
+    ready(c)
+    c.command(b"SPUBLISH", b"a", b"1", ticket=7)
+    c.command(b"SPUBLISH", b"a", b"2", resend=False)
+    c.command(b"SPUBLISH", b"b", b"3", ticket=8)
+    c.take_commands(0.0)
+    assert c.feed(b"-MOVED 1 h:1\r\n-ASK 1 h:2\r\n:1\r\n", 1.0) == []
+    assert [(cmd, t, r, e) for cmd, t, r, e in c.redirected] == [
+        (hiredis.pack_command((b"SPUBLISH", b"a", b"1")), 7, True, "MOVED 1 h:1"),
+        (hiredis.pack_command((b"SPUBLISH", b"a", b"2")), 0, False, "ASK 1 h:2")]
+    assert c.acknowledged == [(8, "", 1)] and c.idle and c.buffered_bytes == 0
+
+
+def test_outstanding_commands_move_to_another_node_whole() -> None:
+    c = CommandSession(backoff=Backoff(minimum=1, maximum=2, seed=0), username="", password="", db=0,
+                       healthy_after=1)
+    ready(c)
+    c.command(b"SPUBLISH", b"a", b"1", ticket=3)
+    c.take_commands(0.0)  # in flight
+    c.command(b"SPUBLISH", b"a", b"2", resend=False)  # queued
+    moved = c.take_outstanding()
+    assert moved == [(hiredis.pack_command((b"SPUBLISH", b"a", b"1")), 3, True),
+                     (hiredis.pack_command((b"SPUBLISH", b"a", b"2")), 0, False)]
+    assert c.idle and c.buffered_bytes == 0 and len(c) == 0
