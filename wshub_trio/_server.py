@@ -35,10 +35,11 @@ Rules:
    until its EOF; only then is the socket closed, so no unread byte makes the
    kernel send a reset ahead of the close frame. The core's abort at
    ``writeWait`` cancels a linger that does not end, as it cancels a flush.
-   Not on TLS: ``SSLStream.aclose()`` closes the socket right after its
-   close_notify, and sending close_notify while the client's records wait
-   fails in OpenSSL 3 (``SSLObject.unwrap``: APPLICATION_DATA_AFTER_CLOSE_NOTIFY),
-   so there is no way to shut the TLS write side and read on.
+   On TLS too: accepted sockets are a ``TLSStream`` (``_tls.py``), whose
+   ``send_eof`` is close_notify then FIN and whose reads go on until the
+   client's close_notify or EOF (``trio.SSLStream`` cannot: its ``aclose``
+   closes right after close_notify, and its ``unwrap`` fails on the client's
+   records that follow ours, APPLICATION_DATA_AFTER_CLOSE_NOTIFY in OpenSSL 3).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from wshub_asyncio._logging import worker_name
 from wshub_asyncio._neutral import execute_actions, log_listening, os_reason, server_tls_context
 from wshub_core import Action, Config, Core, Hub
 from wshub_core import _actions as act
+from wshub_trio._tls import TLSStream
 
 __all__ = ["WRITE_HIGH_WATER", "WRITE_LOW_WATER", "Server", "dial_reason", "run"]
 
@@ -102,7 +104,7 @@ class _Client:
     __slots__ = ("stream", "conn", "out", "unsent", "lot", "scope", "paused", "closing", "blocked", "write_paused",
                  "read_done")
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
         self.stream = stream
         self.conn = 0
         self.out: list[bytes] = []  # handed to the sender, not yet written
@@ -144,7 +146,8 @@ class Server(Generic[CoreT]):
         self.clients: dict[int, _Client] = {}  # client sockets by conn id, kept until their tasks end
         self.links: dict[int, _Link] = {}  # open links by link id
         self._dials: dict[int, trio.CancelScope] = {}  # dials in progress by link id
-        self._listeners: list[trio.abc.Listener[Any]] = []
+        self._listeners: list[trio.SocketListener] = []
+        self._tls: ssl.SSLContext | None = None  # wss://: each accepted socket becomes a TLSStream
         self._accepting = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -157,25 +160,16 @@ class Server(Generic[CoreT]):
 
     async def listen(self, *, host: str | None = None, port: int = 0, sock: socket.socket | None = None) -> None:
         """Bind (``config``'s address and TLS if there is one, else ``host``/``port``; or adopt ``sock``)."""
-        tls = None
         if self.config is not None:
-            host, port, tls = self.config.host, self.config.port, server_tls_context(self.config)
-        listeners: list[trio.abc.Listener[Any]]
+            host, port, self._tls = self.config.host, self.config.port, server_tls_context(self.config)
         if sock is not None:
-            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+            self._listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
         else:
-            listeners = list(await trio.open_tcp_listeners(port, host=host or None, backlog=4096))
-        if tls is not None:
-            listeners = [trio.SSLListener(listener, tls, https_compatible=False) for listener in listeners]
-        self._listeners = listeners
+            self._listeners = list(await trio.open_tcp_listeners(port, host=host or None, backlog=4096))
 
     @property
     def port(self) -> int:
-        listener = self._listeners[0]
-        if isinstance(listener, trio.SSLListener):
-            listener = listener.transport_listener
-        assert isinstance(listener, trio.SocketListener)
-        port: int = listener.socket.getsockname()[1]
+        port: int = self._listeners[0].socket.getsockname()[1]
         return port
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -272,20 +266,23 @@ class Server(Generic[CoreT]):
                 for listener in self._listeners:
                     nursery.start_soon(self._accept_loop, listener)
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
         try:
             while True:
+                stream: trio.abc.HalfCloseableStream
                 try:
                     stream = await listener.accept()
                 except OSError:  # out of file descriptors: let connections end, as asyncio's accept does
                     await trio.sleep(0.1)
                     continue
+                if self._tls is not None:  # the handshake is the reader's first read, as with trio.SSLListener
+                    stream = TLSStream(stream, self._tls, read_size=READ_SIZE)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._serve_client, stream)
         finally:
             await trio.aclose_forcefully(listener)
 
-    async def _serve_client(self, stream: trio.abc.Stream) -> None:
+    async def _serve_client(self, stream: trio.abc.HalfCloseableStream) -> None:
         """One client's whole life: its reader here, its sender beside it, and ``client_lost`` at the end."""
         client = _Client(stream)
         conn = client.conn = self.core.client_opened(trio.current_time())
@@ -317,13 +314,11 @@ class Server(Generic[CoreT]):
                     await trio.lowlevel.wait_readable(sock)
                     if client.paused and not client.closing:
                         continue
-                elif client.closing:
-                    return  # TLS: no linger (rule 6); the sender's aclose sends close_notify
                 data = await stream.receive_some(READ_SIZE)
-            except _GONE:  # a reset, a failed TLS handshake, or our own close after a flush
+            except _GONE:  # a reset, a failed TLS handshake, an EOF without close_notify, our own close
                 client.scope.cancel()
                 return
-            if not data:
+            if not data:  # TLS: the client's close_notify
                 client.read_done.set()
                 if not client.closing:
                     core.client_eof(conn, trio.current_time())
@@ -345,17 +340,12 @@ class Server(Generic[CoreT]):
             while not out:
                 if client.closing:  # a flushing close: everything queued has been written
                     with contextlib.suppress(*_GONE):
-                        if isinstance(stream, trio.SocketStream):
-                            # The linger: our FIN after the close frame, then the reader discards what
-                            # the client sends until its EOF; the core's abort at writeWait cancels it.
-                            await stream.send_eof()
-                            await client.read_done.wait()
-                        else:
-                            # TLS cannot linger (the module's rule 6): one scheduler pass first, as asyncio
-                            # closes one loop iteration after its buffer drained, which makes the reset
-                            # less likely to overtake the close frame (Autobahn 4.1.5 sends byte by byte).
-                            await trio.lowlevel.checkpoint()
-                        await stream.aclose()  # TLS: close_notify; the core's abort at writeWait cancels it
+                        # The linger: our FIN (TLS: close_notify, then FIN) after the close frame, then the
+                        # reader discards what the client sends until its EOF (TLS: its close_notify, or an
+                        # EOF, which ends the reader with an error); the core's abort at writeWait cancels it.
+                        await stream.send_eof()
+                        await client.read_done.wait()
+                        await stream.aclose()
                     client.scope.cancel()
                     return
                 await client.lot.park()
