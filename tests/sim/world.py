@@ -766,6 +766,11 @@ class SimClient:
         self.h_owed: dict[str, list[int]] = {}  # group -> entries the hub received live in this stint
         self.h_got: dict[str, set[int]] = {}  # group -> every entry received
         self.h_skipped: dict[str, list[tuple[int, int]]] = {}  # group -> runs trimmed away (h2) in this stint
+        # A frame belongs to the stint it was *sent* in: data frames sent and received, and per group the
+        # frames sent when each stint began or ended (frame n+1 on is in the new one).
+        self.frames_sent = 0
+        self.frames_recv = 0
+        self.h_changes: dict[str, list[tuple[int, int]]] = {}
 
     def __repr__(self) -> str:
         return f"client#{self.cid}(conn {self.conn}, key {self.key!r})"
@@ -1429,6 +1434,8 @@ class World:
                     self._model_join(c)
                 elif not self.stopping:
                     self.fail(f"{c!r}: the hub answered the upgrade with HTTP {c.scanner.status}")
+            elif op in (1, 2):
+                c.frames_sent += 1
             elif op == 9:
                 c.ping_base = self.now
             elif op == 8 and len(payload) >= 2:
@@ -1728,6 +1735,7 @@ class World:
         new = groups or frozenset()
         for g in sorted(old ^ new):
             c.h_stint[g] = c.h_stint.get(g, 0) + 1
+            c.h_changes.setdefault(g, []).append((c.frames_sent, c.h_stint[g]))
             c.h_owed.pop(g, None)
             c.h_skipped.pop(g, None)
         for g in sorted(new - old):
@@ -1743,6 +1751,7 @@ class World:
         """(a1) The next owed message, intact; or (h) an entry with history, or a reset."""
         offset: str | None = None
         envelope_group = ""
+        c.frames_recv += 1
         if c.envelopes:
             try:
                 env = json.loads(msg)
@@ -1776,6 +1785,15 @@ class World:
         c.recv += 1
         self.stats["group_msgs_delivered"] += 1
 
+    def _sent_stint(self, c: SimClient, group: str) -> int:
+        """The client's stint of ``group`` when the hub sent the frame it is reading now."""
+        stint = 0
+        for sent, value in c.h_changes.get(group, ()):
+            if sent >= c.frames_recv:
+                break
+            stint = value
+        return stint
+
     def _trimmed(self, group: str, seq: int) -> bool:
         """The group's history no longer holds its entry ``seq`` (the backend is its only writer)."""
         return seq < self.redis.trimmed.get(self.pfx_group + group.encode(), 0)
@@ -1790,7 +1808,7 @@ class World:
             self.fail(f"(h) {c!r}: entry {group} h{seq} (offset {self.hist_ids[group][seq]}) came with offset "
                       f"{offset!r}, group {envelope_group!r}")
         last = c.h_last.get(group)
-        stint = c.h_stint.get(group, 0)
+        stint = self._sent_stint(c, group)
         if last is not None:
             if seq <= last:
                 self.fail(f"(h) {c!r} received {group} h{seq} after h{last}: a duplicate or out of order "
@@ -1815,7 +1833,8 @@ class World:
         """(h) A reset only when the history no longer holds what comes next for this member."""
         last = c.h_last.get(group)
         self.stats["resets_received"] += 1
-        if last is not None and c.h_seen.get(group) == c.h_stint.get(group, 0) and not self._trimmed(group, last + 1):
+        if last is not None and c.h_seen.get(group) == self._sent_stint(c, group) and \
+                not self._trimmed(group, last + 1):
             following = self.hist_ids[group][last + 1] if last + 1 < len(self.hist_ids[group]) else "none yet"
             self.fail(f"(h) {c!r} was told reset for {group} after h{last} ({self.hist_ids[group][last]}), but "
                       f"the history still holds h{last + 1} ({following})")
