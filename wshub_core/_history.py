@@ -83,11 +83,16 @@ class _Cursor:
 
 
 class _Group:
-    __slots__ = ("cursor", "catching")
+    __slots__ = ("cursor", "catching", "fresh")
 
     def __init__(self) -> None:
         self.cursor = _Cursor(None, "")
         self.catching: dict[int, _Cursor] = {}  # conn -> its cursor, while it catches up
+        # Set while the cursor was taken from a read, not from a delivery, and no live entry came since: a
+        # live entry at or before it was published after the SUBSCRIBE and before that read ran, and its push
+        # came after the read's answer (two links). The group never delivered it: it is new to every member
+        # but the connections here, which joined since and had it from their own read.
+        self.fresh: dict[int, _Cursor] | None = None
 
 
 class History:
@@ -145,6 +150,7 @@ class History:
         if group is None:
             group = self._groups[channel] = _Group()
         cursor = group.cursor
+        group.fresh = None  # an entry held up behind the read's answer came before the interruption or is lost
         if cursor.reading:
             cursor.again = True  # the read in flight may have run before this interruption ended: once more
         else:
@@ -233,6 +239,9 @@ class History:
         at = cursor.at
         if at is not None:
             if entry[0] <= at:
+                if group.fresh is not None and not repaired:
+                    self._on_deliver(channel, entry[2], entry[3], {**group.catching, **group.fresh})
+                    return
                 self.duplicates += 1
                 return
             if entry[1] > at:
@@ -243,6 +252,7 @@ class History:
                     return
                 self._lost(channel, group, f"the history holds nothing between {cursor.at_text} and {entry[2]}")
         cursor.at, cursor.at_text = entry[0], entry[2]
+        group.fresh = None  # past the read's position: what the pushes bring from now on is newer
         self._on_deliver(channel, entry[2], entry[3], group.catching)
         if group.catching:
             self._ahead(channel, group, entry)
@@ -314,6 +324,7 @@ class History:
             held, cursor.held = cursor.held, []
             if not held:
                 cursor.at, cursor.at_text = (position(last), last) if last else (ZERO, "0-0")
+                group.fresh = {}
             self._held(channel, group, held, repaired=False)  # a gap among them is read, as a live one is
             if cursor.reading:
                 return
@@ -396,6 +407,7 @@ class History:
                 # The group delivered nothing since its channel was confirmed, which was before this read: all
                 # after the history's end comes live. The group's cursor starts where this one is.
                 hub.at, hub.at_text = cursor.at, cursor.at_text
+                group.fresh = {}
                 self._join(group, conn)
             else:
                 cursor.ahead = True  # the group is reading: join when its cursor gets here (``_ahead``)
@@ -412,7 +424,9 @@ class History:
 
     def _join(self, group: _Group, conn: int) -> None:
         self.resumes += 1
-        group.catching.pop(conn, None)
+        cursor = group.catching.pop(conn, None)
+        if group.fresh is not None and cursor is not None:
+            group.fresh[conn] = cursor  # it read the entries up to the group's cursor: none again
 
 
 def _read_key(cursor: _Cursor, page: int) -> str:

@@ -89,3 +89,28 @@ def test_a_resume_whose_read_ran_before_a_live_entry_gets_that_entry() -> None:
     assert g.got[1] == ["2-0", "3-0"]
     assert g.got[7] == ["2-0", "3-0"]
     assert g.history.catching_up() == 0
+
+
+def test_live_entries_that_come_after_the_first_reads_answer_are_delivered() -> None:
+    g = Group([1])
+    g.history.confirmed(CHANNEL)  # the first read goes out on the command link; then 5-0 is published ...
+    g.answer("5-0", [])  # ... and the read ran after it: the group starts at 5-0, where its history ends
+    # 5-0's push was on its way on the subscriber link, behind the answer on the other link: it is new.
+    g.history.live(CHANNEL, "5-0", "4-0", b"a")
+    g.history.live(CHANNEL, "6-0", "5-0", b"b")
+    g.history.live(CHANNEL, "6-0", "5-0", b"b")  # a duplicate once past the read's position
+    assert g.got[1] == ["5-0", "6-0"]
+
+
+def test_a_resume_that_joined_at_the_first_reads_position_gets_no_late_entry_twice() -> None:
+    g = Group([1])
+    g.history.confirmed(CHANNEL)
+    g.got[7] = []
+    g.history.resume(7, CHANNEL, "3-0")  # 7 had 3-0; its read goes out behind the group's
+    g.answer("5-0", [])  # the group starts at 5-0 ...
+    g.answer("5-0", [("4-0", "3-0", b"x"), ("5-0", "4-0", b"a")])  # ... 7 replays up to it and joins there
+    g.history.live(CHANNEL, "5-0", "4-0", b"a")  # late: new to 1, which never had it; 7 has it
+    g.history.live(CHANNEL, "6-0", "5-0", b"b")
+    assert g.got[1] == ["5-0", "6-0"]
+    assert g.got[7] == ["4-0", "5-0", "6-0"]
+    assert g.history.catching_up() == 0

@@ -30,7 +30,12 @@ from .world import run_seed
 #            to a Redis restart, the hub asked again once the links were back,
 #            and the probe came before the listener's (up to 5 s) answer could.
 #            The settle time now includes the listener's delay after the heal.
-SEEDS = [*range(30), 78, 153, 73452, 74429, 203969]
+#   16 (in the sample), 91 (and 343, left out for CI time): history (h4): a group's first read answered
+#            (on the command link) before the push of an entry published between the SUBSCRIBE and that read
+#            (on the subscriber link); the group
+#            started at the read's position and dropped the entry as a duplicate: no member ever got it.
+#            History now delivers such late entries (``_Group.fresh``; tests/core/test_history_sim_found.py).
+SEEDS = [*range(30), 78, 153, 73452, 74429, 203969, 91]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

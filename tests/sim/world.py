@@ -19,7 +19,8 @@ What is simulated
 * **Redis.** ``SimRedis`` parses what the hub sends with ``hiredis.Reader`` and
   implements AUTH (password and ACL user), SELECT, PING (both RESP2 replies),
   SUBSCRIBE, UNSUBSCRIBE and PUBLISH (integer reply = receivers; ``message``
-  pushes to every subscribed connection). The *listener* (answers
+  pushes to every subscribed connection); FUNCTION LOAD and FCALL for history
+  (below). The *listener* (answers
   ``client-new`` with random groups after a delay, as a JSON array or a comma
   list; re-groups keys on its own; sometimes sends an answer that is neither
   form, which must be ignored) and the *observer* (every ``client-data:*`` and
@@ -35,6 +36,21 @@ What is simulated
   (connects hang until the hub's own connect timeout); and "lose the reply":
   Redis dies right after executing a PUBLISH, before answering it (this is
   what makes the hub's at-least-once resends visible).
+* **History** (seeds ``N % 3 == 1``; ``history.size`` 3, 8, 30 or 1000). Redis
+  also implements ``FUNCTION LOAD`` and the ``wshub`` library's two functions as
+  the Lua in ``wshub_core/_redis_history.py`` does them: ``wshub_publish`` appends
+  to a stream keyed by the channel (ids ``ms-seq`` from the virtual clock, the
+  previous id kept with each entry, ``MAXLEN ~``: trimmed to ``history.size``
+  now and then, so a stream holds that many entries or some more) and
+  PUBLISHes the envelope; ``wshub_read`` answers the last id and the entries
+  after an offset. Backend publishers publish ``G|hSEQ|padding`` through
+  ``wshub_publish`` (some seeds also ``G|SEQ|padding`` by plain PUBLISH); a
+  *burst* fault publishes up to 120 at once, and Redis drops a subscriber
+  whose unread output exceeds ``client-output-buffer-limit pubsub`` (some
+  seeds). Clients ask for envelopes (``recover=1``), and some reconnect with
+  ``since=`` the offsets a finished client received (sometimes an older one,
+  which the history may no longer hold). The hub's read page is sometimes 2
+  or 5 entries (``History._page``), so repairs and resumes take several reads.
 * **Sentinel** (seeds ``N % 4 == 3``). Two simulated sentinels name the master
   (``SENTINEL get-master-addr-by-name``, ``SUBSCRIBE +switch-master``); the
   master has two names (``redis-a.sim``, ``redis-b.sim``) for the one
@@ -134,6 +150,23 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
       (``past_deadlines`` counts them; the shell calls again at once) but not
       three times in a row at one instant: that is a deadline the hub ignores;
     - ``Stopped`` comes within ``shutdownTimeout``.
+(h) History (history seeds): group messages published with history are not in
+    (a)'s owed list (a repair delivers what the hub did not receive live); per
+    member and group instead. A *stint* is a time the model has the member in
+    the group (joined with its key's groups or by a ``groups-new`` the hub
+    received; a stint of a group in ``since=`` starts as if the entry at that
+    offset came last). (h1) Entries of a group arrive intact, with their own
+    offset (recover=1), each later in the group's history than the one before
+    (never twice, never out of order, across stints too). (h2) Within a stint
+    the next entry is the one after the last: one may be skipped only if the
+    history no longer holds it (trimmed), and a member with recover=1 must have
+    been told ``{"group": G, "reset": true}`` first. (h3) A reset only when the
+    history no longer holds the entry after the member's last in this stint.
+    (h4) Once settled (with (a3)'s probe, published with history): every entry
+    the hub received live for a member during its current stint of a group has
+    reached it, and no connection is still catching up. Together: a member that
+    stays in a group, or resumes within the history, gets every entry once, in
+    publish order; one whose offset was trimmed gets a reset first.
 (e) The core never raises: an exception out of any ``Hub`` method is a failure.
 (f) Behind Sentinel a data link dials only the address a sentinel named last,
     named after the link went down (never a cached address); after ROLE said
@@ -147,6 +180,7 @@ resume.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import heapq
 import json
@@ -190,6 +224,7 @@ from wshub_core import (
     Stopped,
 )
 from wshub_core._redis_broker import RedisBroker
+from wshub_core._redis_history import MAGIC, parse_envelope
 
 __all__ = ["SimFailure", "World", "run_seed"]
 
@@ -234,6 +269,10 @@ class SimFailure(AssertionError):
 
 def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _id(position: tuple[int, int]) -> str:
+    return f"{position[0]}-{position[1]}"
 
 
 def _push(kind: bytes, channel: bytes, tail: bytes) -> bytes:
@@ -368,7 +407,8 @@ class RedisConn:
         self.alive = True
         lat = world.redis_latency
         self.up = Pipe(world, lat, lat / 2, lambda data: world.redis.feed(self, data))
-        self.down = Pipe(world, lat, lat / 2, lambda data: world.redis_rx(self, data))
+        lag = world.sub_lag if link is SUB else 0.0  # a subscriber read behind the command link (history seeds)
+        self.down = Pipe(world, lat + lag, lat / 2 + lag, lambda data: world.redis_rx(self, data))
         self.reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)  # server side: the hub's commands
         self.authed = not world.cfg.redis_password
         self.subs: dict[bytes, None] = {}
@@ -385,7 +425,7 @@ class RedisConn:
 
 
 class SimRedis:
-    """Just enough Redis: AUTH, SELECT, PING, (UN)SUBSCRIBE, PUBLISH; RESP2 pub/sub."""
+    """Just enough Redis: AUTH, SELECT, PING, (UN)SUBSCRIBE, PUBLISH, the wshub functions; RESP2 pub/sub."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -395,6 +435,11 @@ class SimRedis:
         self.mode = "up"  # "up" | "refuse" | "blackhole" (for new connects)
         self.next_id = 0
         self.kill_after_publish = 0  # > 0: the connection dies after executing that many more PUBLISHes
+        # History: the ``wshub`` library loaded, and each stream (key = channel): [id, prev, payload] in order.
+        self.functions = False
+        self.streams: dict[bytes, deque[tuple[tuple[int, int], str, str, bytes]]] = {}
+        self.stream_last: dict[bytes, tuple[int, int]] = {}  # each stream's last id (XADD's floor)
+        self.trimmed: dict[bytes, int] = {}  # entries trimmed from each stream so far
 
     def run(self, fn: Callable[..., None], *args: Any) -> None:
         """Execute now, or when a stall ends (Redis is single-threaded: in arrival order)."""
@@ -531,6 +576,13 @@ class SimRedis:
             if args != [str(cfg.redis_db).encode()]:
                 w.fail(f"the hub selected database {args!r}, configured {cfg.redis_db}")
             self._reply(c, b"+OK\r\n")
+        elif name == b"FUNCTION" and args[:2] == [b"LOAD", b"REPLACE"] and len(args) == 3:
+            if not cfg.history or c.link is not CMD or b"#!lua name=wshub" not in args[2]:
+                w.fail(f"the hub loaded a function library it should not: {args[:2]!r} on {c.link.value}")
+            self.functions = True
+            self._reply(c, _bulk(b"wshub"))
+        elif name in (b"FCALL", b"FCALL_RO"):
+            self._fcall(c, name, args)
         elif name == b"PUBLISH" and len(args) == 2:
             if c.link is not CMD:
                 w.fail(f"the hub sent PUBLISH on its {c.link.value} link")
@@ -544,6 +596,60 @@ class SimRedis:
             self._reply(c, b":%d\r\n" % n, rec)
         else:
             w.fail(f"the hub sent a command the simulated Redis does not implement: {cmd!r}")
+
+    def _fcall(self, c: RedisConn, name: bytes, args: list[bytes]) -> None:
+        """``wshub_publish`` and ``wshub_read``, as the Lua in ``_redis_history.py`` does them."""
+        w = self.world
+        if c.link is not CMD:
+            w.fail(f"the hub sent {name!r} on its {c.link.value} link")
+        if not self.functions:
+            self._reply(c, b"-ERR Function not found\r\n")
+            return
+        if len(args) < 3 or args[1] != b"1":
+            w.fail(f"the hub sent a malformed {name!r}: {args!r}")
+        fn, key, rest = args[0], args[2], args[3:]
+        if fn == b"wshub_read" and len(rest) == 2:
+            self._reply(c, self.history_read(key, rest[0].decode(), int(rest[1])))
+        elif fn == b"wshub_publish" and name == b"FCALL" and rest:
+            self._reply(c, _bulk(self.history_publish(key, rest[0]).encode()))
+        else:
+            w.fail(f"the hub called {fn!r} with {rest!r} ({name!r})")
+
+    def history_publish(self, key: bytes, payload: bytes) -> str:
+        """XADD with the previous id, MAXLEN ~ history.size, then PUBLISH of the envelope; returns the id."""
+        w = self.world
+        ms = int(w.now * 1000)
+        last = self.stream_last.get(key)
+        new = (ms, 0) if last is None or ms > last[0] else (last[0], last[1] + 1)
+        stream = self.streams.setdefault(key, deque())
+        prev = _id(stream[-1][0]) if stream else "0-0"
+        offset = _id(new)
+        stream.append((new, offset, prev, payload))
+        self.stream_last[key] = new
+        # "~": Redis trims whole nodes only, so a stream holds history.size entries or some more.
+        size = w.cfg.history_size
+        if len(stream) > size and (len(stream) > 2 * size or w.rng.random() < 0.5):
+            while len(stream) > size:
+                stream.popleft()
+                self.trimmed[key] = self.trimmed.get(key, 0) + 1
+        self.publish(key, MAGIC + offset.encode() + b"\0" + prev.encode() + b"\0" + payload, None)
+        return offset
+
+    def history_read(self, key: bytes, after: str, count: int) -> bytes:
+        """``wshub_read``'s reply: the last id ("" without a stream), then id, prev, payload after ``after``."""
+        stream = self.streams.get(key)
+        if not stream:
+            return b"*1\r\n$0\r\n\r\n"
+        ms, _, seq = after.partition("-")
+        floor = (int(ms), int(seq))
+        parts = [_bulk(stream[-1][1].encode())]
+        if count >= 1:
+            for position, offset, prev, payload in stream:
+                if position > floor:
+                    parts += [_bulk(offset.encode()), _bulk(prev.encode()), _bulk(payload)]
+                    if len(parts) > 3 * count:
+                        break
+        return b"*%d\r\n" % len(parts) + b"".join(parts)
 
     def _sentinel_command(self, c: RedisConn, name: bytes, args: list[bytes]) -> None:
         """Just enough Sentinel: PING, SENTINEL get-master-addr-by-name, (UN)SUBSCRIBE +switch-master."""
@@ -577,6 +683,13 @@ class SimRedis:
             for c in list(subs):
                 self._send(c, [(msg, ("push", channel, payload))])
                 n += 1
+                limit = self.world.obuf_limit
+                if limit and c.link is SUB and c.sent - c.delivered > limit and c.alive:
+                    # client-output-buffer-limit pubsub: Redis drops a subscriber that does not keep up.
+                    self.world.log("FAULT: Redis drops the subscriber for its output buffer (%d B unread)",
+                                   c.sent - c.delivered)
+                    self.world.stats["output_buffer_kills"] += 1
+                    self.world.kill_link(SUB)
         internal, rec = self.world.observe(channel, payload, origin)
         return n + internal, rec
 
@@ -642,6 +755,22 @@ class SimClient:
         self.parts: list[bytes] = []
         self.got_close_frame = False
         self.end = ""
+        # model (h): history seeds. A *stint* of a group is a time the model has the client in it.
+        self.envelopes = False  # recover=1
+        self.since: dict[str, str] = {}  # since= offsets not yet used (the hub uses one when the group is joined)
+        self.offsets: dict[str, str] = {}  # the last offset received per group (a reconnect's since=)
+        self.h_stint: dict[str, int] = {}  # group -> stints begun or ended so far
+        self.h_seen: dict[str, int] = {}  # group -> h_stint when its last entry came (or its resume began)
+        self.h_last: dict[str, int] = {}  # group -> seq of the last entry received (or the resume's offset)
+        self.h_reset: dict[str, bool] = {}  # group -> a reset came after its last entry
+        self.h_owed: dict[str, list[int]] = {}  # group -> entries the hub received live in this stint
+        self.h_got: dict[str, set[int]] = {}  # group -> every entry received
+        self.h_skipped: dict[str, list[tuple[int, int]]] = {}  # group -> runs trimmed away (h2) in this stint
+        # A frame belongs to the stint it was *sent* in: data frames sent and received, and per group the
+        # frames sent when each stint began or ended (frame n+1 on is in the new one).
+        self.frames_sent = 0
+        self.frames_recv = 0
+        self.h_changes: dict[str, list[tuple[int, int]]] = {}
 
     def __repr__(self) -> str:
         return f"client#{self.cid}(conn {self.conn}, key {self.key!r})"
@@ -655,6 +784,10 @@ class SimClient:
     def start(self) -> None:
         w = self.world
         target = f"/ws?{w.cfg.client_key}={quote(self.key)}"
+        if self.envelopes:
+            target += "&recover=1"
+        if self.since:
+            target += "&since=" + quote(json.dumps(self.since, sort_keys=True))
         request = self.ws.send(Request(host="hub.sim", target=target))
         r = w.rng.random()
         if r < 0.1:  # eager: a first message right behind the request head, before the 101
@@ -767,6 +900,8 @@ class SimClient:
         self.state = "done"
         self.end = how
         w.live.pop(self.cid, None)
+        if self.offsets:
+            w.resumable.append(self)
         # A graceful close (not an abort) flushes what the hub held while the socket was full, then
         # our close frame (ClientTable.flush): a client that read to the end has everything owed.
         full = self.got_close_frame or (how == "eof" and not self.aborted)
@@ -830,7 +965,7 @@ class World:
             groups_timeout=rng.choice([0.0, 0.0, 0.0, 3.0]),
             shutdown_timeout=rng.choice([2.0, 5.0]),
             handshake_timeout=rng.choice([1.0, 5.0]),
-            history=False,  # the simulated Redis has no functions or streams (yet)
+            history=False,  # a third of the seeds turn it on (below)
         )
         # A quarter of the seeds run behind Sentinel (no rng draw: the other seeds replay as before).
         self.sentinel_mode = seed % 4 == 3
@@ -838,6 +973,25 @@ class World:
             self.cfg = dataclasses.replace(self.cfg, redis_mode="sentinel", redis_master_name=MASTER_NAME.decode(),
                                            redis_sentinels=SENTINEL_ADDRS, redis_host=SENTINEL_ADDRS[0][0],
                                            redis_port=SENTINEL_ADDRS[0][1])
+        # A third of the seeds keep group history (no rng draw for the others: they replay as before): the
+        # backend publishes through wshub_publish (some still with PUBLISH), members ask for envelopes, some
+        # reconnect with since=, bursts overflow the subscriber's output buffer and outrun history.size.
+        self.history_mode = seed % 3 == 1
+        self.obuf_limit = 0  # client-output-buffer-limit pubsub (0: none)
+        self.p_plain = 1.0  # share of the backend's group messages sent by plain PUBLISH
+        self.p_envelopes = 0.0  # share of clients with recover=1
+        self.p_resume = 0.0  # share of those that resume a finished client's offsets (since=)
+        page = 0  # entries per history read (0: the hub's own)
+        self.sub_lag = 0.0  # extra latency (and jitter) of Redis -> hub on the subscriber link
+        if self.history_mode:
+            self.cfg = dataclasses.replace(self.cfg, history=True, history_size=rng.choice([3, 8, 30, 1000]))
+            self.obuf_limit = rng.choice([0, 2500, 8000])
+            self.p_plain = rng.choice([0.0, 0.2])
+            self.p_envelopes = rng.choice([0.5, 0.9])
+            self.p_resume = rng.choice([0.3, 0.7])
+            page = rng.choice([0, 2, 5])
+            # The hub reads its two links in any order: pushes may come after replies sent later.
+            self.sub_lag = rng.choice([0.0, 0.0, 0.003, 0.02])
         self.master = 0  # index in MASTER_ADDRS of the master's name now
         self.sentinel_down: set[int] = set()  # sentinels that refuse connections now
         self.named_at = -1.0  # when the hub last processed a sentinel naming the master
@@ -877,6 +1031,8 @@ class World:
 
         # state
         self.hub = Hub(config=cfg, seed=seed)
+        if page and self.hub._history is not None:
+            self.hub._history._page = page  # short pages: a repair or a resume takes several reads
         self.redis = SimRedis(self)
         # The shell's side, by role: the hub names links by ids (one per dial), the invariants by role.
         self.redis_conn: dict[RedisLink, RedisConn] = {}  # the open link of each role
@@ -899,11 +1055,17 @@ class World:
         self.accepted_total = 0
         self.group_seq: dict[str, int] = dict.fromkeys(self.groups, 0)
         self.group_payloads: dict[tuple[str, int], bytes] = {}
+        # History: per group, the entries published with it (seq -> offset) and their payloads.
+        self.hist_ids: dict[str, list[str]] = {g: [] for g in self.groups}
+        self.hist_seq_of: dict[tuple[str, str], int] = {}
+        self.hist_payloads: dict[tuple[str, int], bytes] = {}
+        self.resumable: list[SimClient] = []  # finished clients with offsets, whose since= a new one may send
         self.key_groups: dict[str, frozenset[str]] = {}
         self.sender: dict[int, dict[str, Any]] = {}
         self.stats = {"clients": 0, "group_msgs_delivered": 0, "client_msgs_observed": 0, "faults": 0,
                       "duplicates_at_least_once": 0, "aborts": 0, "keepalive_closes": 0, "write_pauses": 0,
-                      "read_pauses": 0, "upgraded_after_groups_timeout": 0}
+                      "read_pauses": 0, "upgraded_after_groups_timeout": 0, "history_entries": 0,
+                      "history_delivered": 0, "resets_received": 0, "resumes": 0, "output_buffer_kills": 0}
         self._timer_at: float | None = None
         self._timer_token = 0
         self._spin = 0
@@ -1272,6 +1434,8 @@ class World:
                     self._model_join(c)
                 elif not self.stopping:
                     self.fail(f"{c!r}: the hub answered the upgrade with HTTP {c.scanner.status}")
+            elif op in (1, 2):
+                c.frames_sent += 1
             elif op == 9:
                 c.ping_base = self.now
             elif op == 8 and len(payload) >= 2:
@@ -1383,6 +1547,16 @@ class World:
     def _spawn(self) -> None:
         self._next_cid += 1
         c = SimClient(self, self._next_cid, self.rng.choice(self.keys))
+        if self.history_mode:
+            rng = self.rng
+            c.envelopes = rng.random() < self.p_envelopes
+            if c.envelopes and self.resumable and rng.random() < self.p_resume:
+                # A reconnect: the offsets a finished client received (its key's if one had some).
+                same_key = [old for old in self.resumable if old.key == c.key]
+                c.since = dict(rng.choice(same_key or self.resumable).offsets)
+                if rng.random() < 0.3:  # an older offset, which the history may no longer hold
+                    group = rng.choice(sorted(c.since))
+                    c.since[group] = rng.choice(self.hist_ids[group])
         self.clients[c.cid] = c
         self.live[c.cid] = c
         self.stats["clients"] += 1
@@ -1494,7 +1668,7 @@ class World:
         siblings = self.key_members.get(c.key)
         if siblings:
             first = next(iter(siblings.values()))
-            c.groups = first.groups
+            self._model_groups(c, first.groups)
         c.member = True
         c.hub_open = True
         c.upgraded_at = self.now
@@ -1526,6 +1700,17 @@ class World:
     def _model_push(self, channel: bytes, payload: bytes) -> None:
         if channel.startswith(self.pfx_group):
             group = channel[len(self.pfx_group):].decode()
+            if payload.startswith(MAGIC):  # an entry with history: (h) owed to every member in this stint
+                entry = parse_envelope(payload)
+                if entry is None:
+                    self.fail(f"simulation bug: a malformed envelope {payload[:60]!r}")
+                    return
+                hseq = int(entry[2].split(b"|", 2)[1][1:])
+                for members in self.key_members.values():
+                    for c in members.values():
+                        if c.groups is not None and group in c.groups:
+                            c.h_owed.setdefault(group, []).append(hseq)
+                return
             seq = int(payload.split(b"|", 2)[1])
             for members in self.key_members.values():
                 for c in members.values():
@@ -1539,15 +1724,56 @@ class World:
                 return
             self.log("model: key %r now in %s", key, sorted(groups))
             for c in members.values():
-                c.groups = groups
+                self._model_groups(c, groups)
+
+    def _model_groups(self, c: SimClient, groups: frozenset[str] | None) -> None:
+        """The hub set a member's groups: (h) a stint ends for each group left and begins for each joined."""
+        old = c.groups or frozenset()
+        c.groups = groups
+        if not self.history_mode:
+            return
+        new = groups or frozenset()
+        for g in sorted(old ^ new):
+            c.h_stint[g] = c.h_stint.get(g, 0) + 1
+            c.h_changes.setdefault(g, []).append((c.frames_sent, c.h_stint[g]))
+            c.h_owed.pop(g, None)
+            c.h_skipped.pop(g, None)
+        for g in sorted(new - old):
+            offset = c.since.pop(g, None)
+            if offset is not None:  # the hub resumes the group from there: as if that entry came last
+                c.h_last[g] = self.hist_seq_of[(g, offset)]
+                c.h_seen[g] = c.h_stint[g]
+                c.h_reset[g] = False
+                self.stats["resumes"] += 1
+                self.log("model: %r resumes %s after %s", c, g, offset)
 
     def group_message_received(self, c: SimClient, msg: bytes) -> None:
-        """(a1) The next owed message, intact."""
+        """(a1) The next owed message, intact; or (h) an entry with history, or a reset."""
+        offset: str | None = None
+        envelope_group = ""
+        c.frames_recv += 1
+        if c.envelopes:
+            try:
+                env = json.loads(msg)
+                envelope_group = env["group"]
+                if env.get("reset") is True:
+                    self._history_reset_received(c, envelope_group)
+                    return
+                offset = env.get("offset")
+                msg = base64.b64decode(env["data"]) if env["binary"] else env["data"].encode()
+            except (ValueError, KeyError, TypeError):
+                self.fail(f"(h) {c!r} (recover=1) received something that is no envelope: {msg[:80]!r}")
         try:
             group_b, seq_b, _ = msg.split(b"|", 2)
+            if seq_b.startswith(b"h"):
+                self._history_received(c, group_b.decode(), int(seq_b[1:]), msg, offset, envelope_group)
+                return
             got = (group_b.decode(), int(seq_b))
         except ValueError:
             self.fail(f"(a) {c!r} received something that is no group message: {msg[:60]!r}")
+        if c.envelopes and (offset is not None or envelope_group != got[0]):
+            self.fail(f"(h) {c!r}: the envelope of plain message {got} names group {envelope_group!r}, "
+                      f"offset {offset!r}")
         want = c.owed[c.recv] if c.recv < len(c.owed) else None
         if got != want:
             before = c.owed[max(0, c.recv - 3) : c.recv]
@@ -1558,6 +1784,61 @@ class World:
             self.fail(f"(a) {c!r} received a corrupted payload for {got}")
         c.recv += 1
         self.stats["group_msgs_delivered"] += 1
+
+    def _sent_stint(self, c: SimClient, group: str) -> int:
+        """The client's stint of ``group`` when the hub sent the frame it is reading now."""
+        stint = 0
+        for sent, value in c.h_changes.get(group, ()):
+            if sent >= c.frames_recv:
+                break
+            stint = value
+        return stint
+
+    def _trimmed(self, group: str, seq: int) -> bool:
+        """The group's history no longer holds its entry ``seq`` (the backend is its only writer)."""
+        return seq < self.redis.trimmed.get(self.pfx_group + group.encode(), 0)
+
+    def _history_received(self, c: SimClient, group: str, seq: int, msg: bytes, offset: str | None,
+                          envelope_group: str) -> None:
+        """(h) Per group: no entry twice or out of order; within a stint none skipped that the history holds,
+        and (recover=1) none skipped without a reset first."""
+        if msg != self.hist_payloads.get((group, seq)):
+            self.fail(f"(h) {c!r} received a corrupted entry {group} h{seq}: {msg[:60]!r}")
+        if c.envelopes and (offset != self.hist_ids[group][seq] or envelope_group != group):
+            self.fail(f"(h) {c!r}: entry {group} h{seq} (offset {self.hist_ids[group][seq]}) came with offset "
+                      f"{offset!r}, group {envelope_group!r}")
+        last = c.h_last.get(group)
+        stint = self._sent_stint(c, group)
+        if last is not None:
+            if seq <= last:
+                self.fail(f"(h) {c!r} received {group} h{seq} after h{last}: a duplicate or out of order "
+                          f"(offsets {self.hist_ids[group][seq]}, {self.hist_ids[group][last]})")
+            if c.h_seen.get(group) == stint and seq != last + 1:
+                if not self._trimmed(group, last + 1):
+                    self.fail(f"(h) {c!r} received {group} h{seq} after h{last}: h{last + 1} "
+                              f"({self.hist_ids[group][last + 1]}) is still in the history and was skipped")
+                if c.envelopes and not c.h_reset.get(group):
+                    self.fail(f"(h) {c!r} received {group} h{seq} after h{last} without a reset first "
+                              f"(h{last + 1} was trimmed)")
+                c.h_skipped.setdefault(group, []).append((last + 1, seq - 1))
+        c.h_last[group] = seq
+        c.h_seen[group] = stint
+        c.h_reset[group] = False
+        c.h_got.setdefault(group, set()).add(seq)
+        if offset is not None:
+            c.offsets[group] = offset
+        self.stats["history_delivered"] += 1
+
+    def _history_reset_received(self, c: SimClient, group: str) -> None:
+        """(h) A reset only when the history no longer holds what comes next for this member."""
+        last = c.h_last.get(group)
+        self.stats["resets_received"] += 1
+        if last is not None and c.h_seen.get(group) == self._sent_stint(c, group) and \
+                not self._trimmed(group, last + 1):
+            following = self.hist_ids[group][last + 1] if last + 1 < len(self.hist_ids[group]) else "none yet"
+            self.fail(f"(h) {c!r} was told reset for {group} after h{last} ({self.hist_ids[group][last]}), but "
+                      f"the history still holds h{last + 1} ({following})")
+        c.h_reset[group] = True
 
     # -- listener, observer, publishers ---------------------------------------------
 
@@ -1612,6 +1893,9 @@ class World:
         self.at(self.now + self.rng.expovariate(self.publish_rates[group]), self._publisher, group)
 
     def _backend_publish(self, group: str) -> int:
+        if self.history_mode and self.rng.random() >= self.p_plain:
+            self._history_publish(group)
+            return -1
         seq = self.group_seq[group]
         self.group_seq[group] = seq + 1
         pad = b"." * self.rng.randint(0, 80)
@@ -1621,6 +1905,25 @@ class World:
         self.group_payloads[(group, seq)] = payload
         self.redis.publish(self.pfx_group + group.encode(), payload, None)
         return seq
+
+    def _history_publish(self, group: str) -> int:
+        """``FCALL wshub_publish`` by a backend: ``G|hSEQ|padding``; returns SEQ."""
+        seq = len(self.hist_ids[group])
+        pad = b"." * self.rng.randint(0, 80)
+        if self.rng.random() < 0.2:
+            pad += b"\xc3\x28"  # not UTF-8: a binary frame, base64 in an envelope
+        payload = f"{group}|h{seq}|".encode() + pad
+        self.hist_payloads[(group, seq)] = payload
+        offset = self.redis.history_publish(self.pfx_group + group.encode(), payload)
+        self.hist_ids[group].append(offset)
+        self.hist_seq_of[(group, offset)] = seq
+        self.stats["history_entries"] += 1
+        return seq
+
+    def _burst(self, group: str, n: int) -> None:
+        self.log("burst: %d entries to %s", n, group)
+        for _ in range(n):
+            self._history_publish(group)
 
     def _observe_client_data(self, channel: bytes, payload: bytes, origin: RedisConn) -> ExecRec:
         """(b) per sender: in order, no gap, duplicates only as at-least-once resends."""
@@ -1674,6 +1977,9 @@ class World:
         if self.sentinel_mode:
             kinds += ["failover", "failover_unannounced", "drop_sentinel"]
             weights += [3, 1, 2]
+        if self.history_mode:
+            kinds.append("burst")
+            weights.append(3)
         kind = rng.choices(kinds, weights)[0]
         self.stats["faults"] += 1
         timeout = self.cfg.redis_timeout
@@ -1710,6 +2016,9 @@ class World:
             self.kill_link(SENTINEL)
             heal = self.now + rng.uniform(0.1, 3.0)
             self.at(heal, self.sentinel_down.discard, index)
+        elif kind == "burst":  # many entries at once: the output buffer may overflow, history.size be outrun
+            n = rng.randint(3, min(3 * self.cfg.history_size + 10, 120))
+            self.redis.run(self._burst, rng.choice(self.groups), n)
         elif kind == "stall":
             self.redis.stalled = True
             heal = self.now + rng.uniform(0.2, 2.0) * timeout
@@ -1793,7 +2102,7 @@ class World:
         probes = {}
         for g in self.groups:
             if self.pfx_group + g.encode() in model_needed:
-                probes[g] = self._backend_publish(g)
+                probes[g] = self._history_publish(g) if self.history_mode else self._backend_publish(g)
         # Who must get which probe: the members as they are now (a later answer may change groups).
         expect = [(c, sorted((g, probes[g]) for g in c.groups or ()))
                   for members in self.key_members.values() for c in members.values()]
@@ -1803,11 +2112,28 @@ class World:
         for c, wanted in expect:
             if c.state != "open" or not c.member:
                 continue
-            for probe in wanted:
-                if probe not in c.owed:
-                    self.fail(f"(a3) the probe {probe} was not delivered to the hub for {c!r}")
+            for g, probe in wanted:
+                if self.history_mode:
+                    if c.groups is not None and g in c.groups and probe not in c.h_owed.get(g, ()):
+                        self.fail(f"(a3) the probe {g} h{probe} was not delivered to the hub for {c!r}")
+                elif (g, probe) not in c.owed:
+                    self.fail(f"(a3) the probe {(g, probe)} was not delivered to the hub for {c!r}")
             if c.recv != len(c.owed):
                 self.fail(f"(a3) {c!r} received {c.recv} of {len(c.owed)} owed messages 1s after the probe")
+            for g in sorted(c.groups or ()):
+                # (h) Every entry the hub received live in this stint came (with the ones between, above).
+                # (Or it was trimmed before a read for it ran: then it is in a run that h2 let it skip.)
+                got = c.h_got.get(g, set())
+                skipped = c.h_skipped.get(g, ())
+                missing = [seq for seq in c.h_owed.get(g, ())
+                           if seq not in got and not any(a <= seq <= b for a, b in skipped)]
+                if missing:
+                    self.fail(f"(h) {c!r} stayed in {g} but never received h{missing[0]} "
+                              f"({self.hist_ids[g][missing[0]]}) of the {len(missing)} entries it is owed; "
+                              f"last received: h{c.h_last.get(g)}")
+        history = self.hub._history
+        if history is not None and history.catching_up():
+            self.fail(f"(h) {history.catching_up()} connections still catching up from history once settled")
         self.phase = "ending"
         if self.ending == "shutdown":
             self.at(self.now + 0.2, self._shutdown)
