@@ -107,7 +107,7 @@ def _non_default(key: Any) -> str:
                "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
                "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis",
                "auth.jwt.secret": "x" * 32, "auth.jwt.previousSecret": "y" * 32,
-               "webSocket.maxBytesPerSecond": "1000000"}
+               "webSocket.maxBytesPerSecond": "1000000", "redis.pubsub": "classic"}
     if key.path in special:
         return special[key.path]
     if key.kind == "bool":
