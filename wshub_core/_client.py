@@ -46,7 +46,6 @@ from http import HTTPStatus
 import h11
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
@@ -54,9 +53,10 @@ from wsproto.events import (
     RejectConnection,
     TextMessage,
 )
-from wsproto.events import Request as WsRequest
-from wsproto.handshake import H11Handshake
+from wsproto.extensions import Extension
+from wsproto.handshake import WEBSOCKET_UPGRADE, WEBSOCKET_VERSION, server_extensions_handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token, split_comma_header
 
 from ._deflate import BoundedDeflate
 
@@ -164,7 +164,7 @@ class ClientConnection:
         "_parts",
         "_size",
         "_max_message_size",
-        "_head",
+        "_head_bytes",
         "_max_header_size",
         "_head_request",
         "_content_length",
@@ -201,10 +201,9 @@ class ClientConnection:
         self._parts: list[bytes] = []  # a WebSocket message's fragments, or a request body's pieces
         self._size = 0  # their total size
         self._max_message_size = max_message_size
-        # Bytes fed while reading the request head: wsproto re-reads exactly these on
-        # accept, which costs half of handing it the parsed headers (it would
-        # serialise them and parse them again). Cut to the head once it is parsed.
-        self._head = bytearray()
+        # Bytes fed while reading the request head: what the head's size check measures
+        # (h11 bounds only a head that is still incomplete).
+        self._head_bytes = 0
         self._max_header_size = max_header_size
         self._head_request = False  # HEAD: answer without a body
         self._content_length: int | None = None  # the request's, when it is not chunked
@@ -229,7 +228,7 @@ class ClientConnection:
             return []  # h11 would take b"" for EOF, which has its own input (feed_eof)
         if state is ClientState.HTTP:
             assert self._h11 is not None
-            self._head += data
+            self._head_bytes += len(data)
             self._h11.receive_data(data)
             return self._http_event()
         if state is ClientState.BODY:
@@ -292,11 +291,10 @@ class ClientConnection:
         if isinstance(event, h11.Request):
             # h11 bounds only an incomplete head; one that arrived whole is measured here.
             held = len(conn.trailing_data[0])
-            head = len(self._head) - held
+            head = self._head_bytes - held
             if head > self._max_header_size:
                 self.answer(431, f"request head too large: {head} bytes, limit {self._max_header_size}\n")
                 return []
-            del self._head[head:]  # the head alone: what an accept replays to wsproto
             self._held = held
             self._head_request = event.method == b"HEAD"
             self._read_framing(event)
@@ -305,7 +303,7 @@ class ClientConnection:
                 HttpRequest(
                     method=event.method,
                     target=event.target,
-                    headers=tuple((k, v) for k, v in event.headers),
+                    headers=tuple(event.headers),
                 )
             ]
         return []  # NEED_DATA: the hub decides on a request in the call that parsed it
@@ -392,39 +390,41 @@ class ClientConnection:
     def accept(self, request: HttpRequest, *, compression: bool = False) -> bool:
         """Upgrade to WebSocket; on a bad handshake answer with wsproto's status.
 
+        ``request`` is the head h11 parsed: wsproto's checks and its 101 are run on
+        it (``_upgrade_headers``) rather than on a second parse of the same bytes.
         ``compression``: accept permessage-deflate if the client offers it (``_deflate.py``).
         """
-        assert self.state is ClientState.REQUEST and self._h11 is not None
-        handshake = H11Handshake(ConnectionType.SERVER)
-        trailing, _closed = self._h11.trailing_data
+        conn = self._h11
+        assert self.state is ClientState.REQUEST and conn is not None
         deflate = BoundedDeflate(max_message_size=self._max_message_size) if compression else None
+        extensions: list[Extension] = [deflate] if deflate is not None else []
         try:
-            handshake.receive_data(bytes(self._head))
-            for event in handshake.events():
-                if isinstance(event, WsRequest):
-                    self._write(handshake.send(AcceptConnection(extensions=[deflate] if deflate else [])))
+            headers = _upgrade_headers(request, extensions)
         except WsRemoteProtocolError as exc:
             hint = exc.event_hint
-            if isinstance(hint, RejectConnection):
-                # e.g. 426 with Sec-WebSocket-Version: 13 (RFC 6455 4.4)
-                headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers)
-                self.answer(hint.status_code, f"bad WebSocket handshake: {exc}\n", headers=headers)
-            else:
-                self.answer(400, f"bad WebSocket handshake: {exc}\n")
+            assert isinstance(hint, RejectConnection)
+            # e.g. 426 with Sec-WebSocket-Version: 13 (RFC 6455 4.4)
+            self.answer(hint.status_code, f"bad WebSocket handshake: {exc}\n",
+                        headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers))
             return False
-        except UnicodeError as exc:  # wsproto decodes some header values as ASCII
+        except UnicodeError as exc:  # wsproto decodes some header values as ASCII (Host as IDNA)
             self.answer(400, f"bad WebSocket handshake: header is not ASCII: {exc}\n")
             return False
-        ws = handshake.connection
-        assert ws is not None
+        except ValueError:
+            # wsproto's PerMessageDeflate.accept raises on a window size that is not a number (it declines
+            # one out of range): decline it too, as RFC 7692 7 says for an invalid value.
+            deflate = None
+            extensions = []
+            headers = _upgrade_headers(request, extensions)
+        # h11 saw the Upgrade header (a switch proposal), so its 101 hands the bytes after the head over.
+        self._write(conn.send(h11.InformationalResponse(
+            status_code=101, headers=headers, reason=b"Switching Protocols")) or b"")
         if deflate is not None and deflate.enabled():
             self.deflate_bits = deflate.server_max_window_bits
+        trailing = conn.trailing_data[0]
         self._h11 = None
-        self._head = bytearray()
-        self._ws = ws
+        self._ws = Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
         self.state = ClientState.OPEN
-        if trailing:
-            ws.receive_data(bytes(trailing))
         return True
 
     def pending_after_accept(self) -> list[Outcome]:
@@ -438,7 +438,6 @@ class ClientConnection:
         byte is awaited; a client waiting for ``100 Continue`` gets it here.
         """
         assert self.state is ClientState.REQUEST and self._h11 is not None, "read_body answers a request head"
-        self._head = bytearray()  # no upgrade after a body
         length = self._content_length
         if length is not None and length > limit:
             self.answer(413, f"request body too large: {length} bytes, limit {limit}\n")
@@ -483,7 +482,7 @@ class ClientConnection:
         if keep:
             conn.start_next_cycle()
             self.kept_alive += 1
-            self._head = bytearray(conn.trailing_data[0])  # pipelined bytes start the next head
+            self._head_bytes = len(conn.trailing_data[0])  # pipelined bytes start the next head
             self._head_request = False  # an error answer to the next head has a body
             self.state = ClientState.HTTP
             return True
@@ -526,7 +525,6 @@ class ClientConnection:
         assert version is not None  # a request head was read
         self._chunked = version >= b"1.1"
         self._h11 = None
-        self._head = bytearray()
         self._parts = []
         self.state = ClientState.STREAM
 
@@ -597,5 +595,67 @@ class ClientConnection:
         self.close_reason = reason
         self._ws = None
         self._h11 = None
-        self._head = bytearray()
         self._parts = []
+
+
+def _upgrade_headers(request: HttpRequest, extensions: list[Extension]) -> list[tuple[bytes, bytes]]:
+    """The 101's headers, or wsproto's ``RemoteProtocolError`` (its hint, its message) for a bad upgrade.
+
+    This is wsproto's ``H11Handshake._process_connection_request`` and ``_accept``
+    on the head h11 already parsed, in the same order with the same outcomes
+    (tests/core/test_handshake.py compares them on generated heads): a second h11
+    parse of the same bytes was half of a connect's handshake cost. The rules
+    are wsproto's, reproduced here rather than changed: a header given twice
+    counts by its last value (Connection, Upgrade, Sec-WebSocket-Version), the
+    accept token is computed from every Sec-WebSocket-Key joined by ", " (wsproto's
+    ``normed_header_dict``), and a value wsproto decodes (Connection, the
+    extension and subprotocol lists as ASCII, Host as IDNA) raises ``UnicodeError``.
+    The target needs no check: h11 takes only visible ASCII there. ``ValueError``
+    comes from an extension's ``accept`` (wsproto's ``server_extensions_handshake``).
+    """
+    if request.method != b"GET":
+        raise WsRemoteProtocolError("Request method must be GET", event_hint=RejectConnection())
+    connection_tokens: list[str] | None = None
+    offers: list[str] = []
+    host = False
+    keys: list[bytes] = []
+    upgrade = b""
+    version: bytes | None = None
+    for name, value in request.headers:  # names are lower case (h11)
+        if name == b"connection":
+            connection_tokens = split_comma_header(value)
+        elif name == b"host":
+            value.decode("idna")
+            host = True
+        elif name == b"sec-websocket-extensions":
+            offers.extend(split_comma_header(value))
+        elif name == b"sec-websocket-key":
+            keys.append(value)
+        elif name == b"sec-websocket-protocol":
+            split_comma_header(value)  # no subprotocol is chosen, but wsproto refuses a list that is not ASCII
+        elif name == b"sec-websocket-version":
+            version = value
+        elif name == b"upgrade":
+            upgrade = value
+    if connection_tokens is None or not any(token.lower() == "upgrade" for token in connection_tokens):
+        raise WsRemoteProtocolError("Missing header, 'Connection: Upgrade'", event_hint=RejectConnection())
+    if version != WEBSOCKET_VERSION:
+        raise WsRemoteProtocolError("Missing header, 'Sec-WebSocket-Version'", event_hint=RejectConnection(
+            headers=[(b"Sec-WebSocket-Version", WEBSOCKET_VERSION)], status_code=426 if version else 400))
+    if not keys:
+        raise WsRemoteProtocolError("Missing header, 'Sec-WebSocket-Key'", event_hint=RejectConnection())
+    if upgrade.lower() != WEBSOCKET_UPGRADE:
+        raise WsRemoteProtocolError(f"Missing header, 'Upgrade: {WEBSOCKET_UPGRADE.decode()}'",
+                                    event_hint=RejectConnection())
+    if not host:
+        raise WsRemoteProtocolError("Missing header, 'Host'", event_hint=RejectConnection())
+    headers = [
+        (b"Upgrade", WEBSOCKET_UPGRADE),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Accept", generate_accept_token(keys[0] if len(keys) == 1 else b", ".join(keys))),
+    ]
+    if extensions:
+        accepts = server_extensions_handshake(offers, extensions)
+        if accepts:
+            headers.append((b"Sec-WebSocket-Extensions", accepts))
+    return headers
