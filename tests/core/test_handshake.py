@@ -163,7 +163,8 @@ PARAMETERS = [
 
 @st.composite
 def offer(draw: st.DrawFn) -> bytes:
-    name = draw(st.sampled_from([b"permessage-deflate"] * 5 + [b"x-webkit-deflate-frame", b"PerMessage-Deflate", b"foo"]))
+    others = [b"x-webkit-deflate-frame", b"PerMessage-Deflate", b"foo"]
+    name = draw(st.sampled_from([b"permessage-deflate"] * 5 + others))
     params = draw(st.lists(st.sampled_from(PARAMETERS), max_size=3))
     return b"; ".join([name, *(p for p in params if p)])
 
