@@ -214,7 +214,9 @@ class ClientConnection:
         self._content_length: int | None = None  # the request's, when it is not chunked
         self._request_keeps_alive = False  # HTTP/1.1 and no ``Connection: close`` (h11's rule)
         self._body_limit = 0
-        self._held = 0  # bytes waiting in h11's buffer behind a request (REQUEST, WAITING)
+        # Bytes waiting in h11's buffer behind a request (REQUEST, WAITING); OPEN: those handed
+        # to wsproto with the head, until ``pending_after_accept`` reads them.
+        self._held = 0
         self._refuse_keep_alive = False  # pipelined bytes were dropped: close after the answer
         self._chunked = False  # a stream's framing: chunked (HTTP/1.1) or close-delimited (HTTP/1.0)
         self.deflate_bits: int | None = None  # permessage-deflate negotiated: the server window (9-15)
@@ -420,14 +422,21 @@ class ClientConnection:
         if deflate is not None and deflate.enabled():
             self.deflate_bits = deflate.server_max_window_bits
         trailing = conn.trailing_data[0]
+        self._held = len(trailing)
         self._h11 = None
         self._ws = Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
         self.state = ClientState.OPEN
         return True
 
     def pending_after_accept(self) -> list[Outcome]:
-        """Frames that arrived in the same packet as the request head."""
-        return self._ws_events() if self.state is ClientState.OPEN else []
+        """Frames that arrived in the same packet as the request head.
+
+        Almost every connect has none: then wsproto's event generators are not started at all.
+        """
+        if self.state is not ClientState.OPEN or not self._held:
+            return []
+        self._held = 0
+        return self._ws_events()
 
     def read_body(self, limit: int) -> None:
         """Read the request's body (at most ``limit`` bytes); ``pending`` delivers it as ``HttpBody``.
