@@ -138,10 +138,10 @@ _HEADER_STATUS = {400: "malformed request", 431: "request head too large", 501: 
 _OPEN = ClientState.OPEN  # feed() per read: a module global is a cheap load, a class attribute (3.11) is not
 _LAST_CHUNK = b"0\r\n\r\n"  # RFC 9112 7.1: ends a chunked body (no trailers)
 # wsproto's 101 (H11Handshake._accept) as h11 writes it; tests/core/test_handshake.py compares the bytes.
-_SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + WEBSOCKET_UPGRADE
-              + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n")
-_SWITCHING_EXTENSIONS = _SWITCHING + b"Sec-WebSocket-Extensions: %s\r\n\r\n"
-_SWITCHING += b"\r\n"
+_SWITCHING_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + WEBSOCKET_UPGRADE
+                   + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n")
+_SWITCHING = _SWITCHING_HEAD + b"\r\n"
+_SWITCHING_EXTENSIONS = _SWITCHING_HEAD + b"Sec-WebSocket-Extensions: %s\r\n\r\n"
 
 
 class ClientConnection:
@@ -610,8 +610,9 @@ def _upgrade_response(request: HttpRequest, extensions: list[Extension]) -> byte
 
     This is wsproto's ``H11Handshake._process_connection_request`` and ``_accept``
     on the head h11 already parsed, in the same order with the same outcomes
-    (tests/core/test_handshake.py compares them on generated heads): a second h11
-    parse of the same bytes was half of a connect's handshake cost. The rules
+    (tests/core/test_handshake.py compares them on generated heads): parsing the
+    same bytes a second time was 29 % of a connect's instructions in
+    bench/core.py (docs/benchmarks.md, issue 13). The rules
     are wsproto's, reproduced here rather than changed: a header given twice
     counts by its last value (Connection, Upgrade, Sec-WebSocket-Version), the
     accept token is computed from every Sec-WebSocket-Key joined by ", " (wsproto's
