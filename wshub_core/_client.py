@@ -46,7 +46,6 @@ from http import HTTPStatus
 import h11
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
@@ -54,9 +53,10 @@ from wsproto.events import (
     RejectConnection,
     TextMessage,
 )
-from wsproto.events import Request as WsRequest
-from wsproto.handshake import H11Handshake
+from wsproto.extensions import Extension
+from wsproto.handshake import WEBSOCKET_UPGRADE, WEBSOCKET_VERSION, server_extensions_handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token, split_comma_header
 
 from ._deflate import BoundedDeflate
 
@@ -137,6 +137,11 @@ Outcome = HttpRequest | MessageReceived | HttpBody
 _HEADER_STATUS = {400: "malformed request", 431: "request head too large", 501: "not implemented"}
 _OPEN = ClientState.OPEN  # feed() per read: a module global is a cheap load, a class attribute (3.11) is not
 _LAST_CHUNK = b"0\r\n\r\n"  # RFC 9112 7.1: ends a chunked body (no trailers)
+# wsproto's 101 (H11Handshake._accept) as h11 writes it; tests/core/test_handshake.py compares the bytes.
+_SWITCHING_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + WEBSOCKET_UPGRADE
+                   + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n")
+_SWITCHING = _SWITCHING_HEAD + b"\r\n"
+_SWITCHING_EXTENSIONS = _SWITCHING_HEAD + b"Sec-WebSocket-Extensions: %s\r\n\r\n"
 
 
 class ClientConnection:
@@ -164,7 +169,7 @@ class ClientConnection:
         "_parts",
         "_size",
         "_max_message_size",
-        "_head",
+        "_head_bytes",
         "_max_header_size",
         "_head_request",
         "_content_length",
@@ -201,16 +206,17 @@ class ClientConnection:
         self._parts: list[bytes] = []  # a WebSocket message's fragments, or a request body's pieces
         self._size = 0  # their total size
         self._max_message_size = max_message_size
-        # Bytes fed while reading the request head: wsproto re-reads exactly these on
-        # accept, which costs half of handing it the parsed headers (it would
-        # serialise them and parse them again). Cut to the head once it is parsed.
-        self._head = bytearray()
+        # Bytes fed while reading the request head: what the head's size check measures
+        # (h11 bounds only a head that is still incomplete).
+        self._head_bytes = 0
         self._max_header_size = max_header_size
         self._head_request = False  # HEAD: answer without a body
         self._content_length: int | None = None  # the request's, when it is not chunked
         self._request_keeps_alive = False  # HTTP/1.1 and no ``Connection: close`` (h11's rule)
         self._body_limit = 0
-        self._held = 0  # bytes waiting in h11's buffer behind a request (REQUEST, WAITING)
+        # Bytes waiting in h11's buffer behind a request (REQUEST, WAITING); OPEN: those handed
+        # to wsproto with the head, until ``pending_after_accept`` reads them.
+        self._held = 0
         self._refuse_keep_alive = False  # pipelined bytes were dropped: close after the answer
         self._chunked = False  # a stream's framing: chunked (HTTP/1.1) or close-delimited (HTTP/1.0)
         self.deflate_bits: int | None = None  # permessage-deflate negotiated: the server window (9-15)
@@ -229,7 +235,7 @@ class ClientConnection:
             return []  # h11 would take b"" for EOF, which has its own input (feed_eof)
         if state is ClientState.HTTP:
             assert self._h11 is not None
-            self._head += data
+            self._head_bytes += len(data)
             self._h11.receive_data(data)
             return self._http_event()
         if state is ClientState.BODY:
@@ -292,30 +298,24 @@ class ClientConnection:
         if isinstance(event, h11.Request):
             # h11 bounds only an incomplete head; one that arrived whole is measured here.
             held = len(conn.trailing_data[0])
-            head = len(self._head) - held
+            head = self._head_bytes - held
             if head > self._max_header_size:
                 self.answer(431, f"request head too large: {head} bytes, limit {self._max_header_size}\n")
                 return []
-            del self._head[head:]  # the head alone: what an accept replays to wsproto
             self._held = held
             self._head_request = event.method == b"HEAD"
-            self._read_framing(event)
+            headers = tuple(event.headers)  # one pass over h11's Headers (a Python __getitem__ per item)
+            self._read_framing(event.http_version, headers)
             self.state = ClientState.REQUEST
-            return [
-                HttpRequest(
-                    method=event.method,
-                    target=event.target,
-                    headers=tuple((k, v) for k, v in event.headers),
-                )
-            ]
+            return [HttpRequest(method=event.method, target=event.target, headers=headers)]
         return []  # NEED_DATA: the hub decides on a request in the call that parsed it
 
-    def _read_framing(self, event: h11.Request) -> None:
+    def _read_framing(self, http_version: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> None:
         """What ``read_body`` and a keep-alive answer need from the head (h11 validated it)."""
         length: int | None = None
         chunked = False
-        close = event.http_version < b"1.1"  # h11 keeps no HTTP/1.0 connection alive
-        for name, value in event.headers:
+        close = http_version < b"1.1"  # h11 keeps no HTTP/1.0 connection alive
+        for name, value in headers:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
@@ -392,44 +392,51 @@ class ClientConnection:
     def accept(self, request: HttpRequest, *, compression: bool = False) -> bool:
         """Upgrade to WebSocket; on a bad handshake answer with wsproto's status.
 
+        ``request`` is the head h11 parsed: wsproto's checks and its 101 are run on
+        it (``_upgrade_response``) rather than on a second parse of the same bytes.
         ``compression``: accept permessage-deflate if the client offers it (``_deflate.py``).
         """
-        assert self.state is ClientState.REQUEST and self._h11 is not None
-        handshake = H11Handshake(ConnectionType.SERVER)
-        trailing, _closed = self._h11.trailing_data
+        conn = self._h11
+        assert self.state is ClientState.REQUEST and conn is not None
         deflate = BoundedDeflate(max_message_size=self._max_message_size) if compression else None
+        extensions: list[Extension] = [deflate] if deflate is not None else []
         try:
-            handshake.receive_data(bytes(self._head))
-            for event in handshake.events():
-                if isinstance(event, WsRequest):
-                    self._write(handshake.send(AcceptConnection(extensions=[deflate] if deflate else [])))
+            response = _upgrade_response(request, extensions)
         except WsRemoteProtocolError as exc:
             hint = exc.event_hint
-            if isinstance(hint, RejectConnection):
-                # e.g. 426 with Sec-WebSocket-Version: 13 (RFC 6455 4.4)
-                headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers)
-                self.answer(hint.status_code, f"bad WebSocket handshake: {exc}\n", headers=headers)
-            else:
-                self.answer(400, f"bad WebSocket handshake: {exc}\n")
+            assert isinstance(hint, RejectConnection)
+            # e.g. 426 with Sec-WebSocket-Version: 13 (RFC 6455 4.4)
+            self.answer(hint.status_code, f"bad WebSocket handshake: {exc}\n",
+                        headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in hint.headers))
             return False
-        except UnicodeError as exc:  # wsproto decodes some header values as ASCII
+        except UnicodeError as exc:  # wsproto decodes some header values as ASCII (Host as IDNA)
             self.answer(400, f"bad WebSocket handshake: header is not ASCII: {exc}\n")
             return False
-        ws = handshake.connection
-        assert ws is not None
+        except ValueError:
+            # wsproto's PerMessageDeflate.accept raises on a window size that is not a number (it declines
+            # one out of range): decline it too, as RFC 7692 7 says for an invalid value.
+            deflate = None
+            extensions = []
+            response = _upgrade_response(request, extensions)
+        self._write(response)
         if deflate is not None and deflate.enabled():
             self.deflate_bits = deflate.server_max_window_bits
+        trailing = conn.trailing_data[0]
+        self._held = len(trailing)
         self._h11 = None
-        self._head = bytearray()
-        self._ws = ws
+        self._ws = Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
         self.state = ClientState.OPEN
-        if trailing:
-            ws.receive_data(bytes(trailing))
         return True
 
     def pending_after_accept(self) -> list[Outcome]:
-        """Frames that arrived in the same packet as the request head."""
-        return self._ws_events() if self.state is ClientState.OPEN else []
+        """Frames that arrived in the same packet as the request head.
+
+        Almost every connect has none: then wsproto's event generators are not started at all.
+        """
+        if self.state is not ClientState.OPEN or not self._held:
+            return []
+        self._held = 0
+        return self._ws_events()
 
     def read_body(self, limit: int) -> None:
         """Read the request's body (at most ``limit`` bytes); ``pending`` delivers it as ``HttpBody``.
@@ -438,7 +445,6 @@ class ClientConnection:
         byte is awaited; a client waiting for ``100 Continue`` gets it here.
         """
         assert self.state is ClientState.REQUEST and self._h11 is not None, "read_body answers a request head"
-        self._head = bytearray()  # no upgrade after a body
         length = self._content_length
         if length is not None and length > limit:
             self.answer(413, f"request body too large: {length} bytes, limit {limit}\n")
@@ -483,7 +489,7 @@ class ClientConnection:
         if keep:
             conn.start_next_cycle()
             self.kept_alive += 1
-            self._head = bytearray(conn.trailing_data[0])  # pipelined bytes start the next head
+            self._head_bytes = len(conn.trailing_data[0])  # pipelined bytes start the next head
             self._head_request = False  # an error answer to the next head has a body
             self.state = ClientState.HTTP
             return True
@@ -526,7 +532,6 @@ class ClientConnection:
         assert version is not None  # a request head was read
         self._chunked = version >= b"1.1"
         self._h11 = None
-        self._head = bytearray()
         self._parts = []
         self.state = ClientState.STREAM
 
@@ -597,5 +602,67 @@ class ClientConnection:
         self.close_reason = reason
         self._ws = None
         self._h11 = None
-        self._head = bytearray()
         self._parts = []
+
+
+def _upgrade_response(request: HttpRequest, extensions: list[Extension]) -> bytes:
+    """The 101, or wsproto's ``RemoteProtocolError`` (its hint, its message) for a bad upgrade.
+
+    This is wsproto's ``H11Handshake._process_connection_request`` and ``_accept``
+    on the head h11 already parsed, in the same order with the same outcomes
+    (tests/core/test_handshake.py compares them on generated heads): parsing the
+    same bytes a second time was 29 % of a connect's instructions in
+    bench/core.py (docs/benchmarks.md, issue 13). The rules
+    are wsproto's, reproduced here rather than changed: a header given twice
+    counts by its last value (Connection, Upgrade, Sec-WebSocket-Version), the
+    accept token is computed from every Sec-WebSocket-Key joined by ", " (wsproto's
+    ``normed_header_dict``), and a value wsproto decodes (Connection, the
+    extension and subprotocol lists as ASCII, Host as IDNA) raises ``UnicodeError``.
+    The target needs no check: h11 takes only visible ASCII there. ``ValueError``
+    comes from an extension's ``accept`` (wsproto's ``server_extensions_handshake``).
+
+    The 101 is the bytes h11 writes for wsproto's ``InformationalResponse``,
+    filled in here: h11 would validate headers made of a base64 token and the
+    extension's own parameters, and that was half of ``accept``.
+    """
+    if request.method != b"GET":
+        raise WsRemoteProtocolError("Request method must be GET", event_hint=RejectConnection())
+    connection_tokens: list[str] | None = None
+    offers: list[str] = []
+    host = False
+    keys: list[bytes] = []
+    upgrade = b""
+    version: bytes | None = None
+    for name, value in request.headers:  # names are lower case (h11)
+        if name == b"connection":
+            connection_tokens = split_comma_header(value)
+        elif name == b"host":
+            value.decode("idna")
+            host = True
+        elif name == b"sec-websocket-extensions":
+            offers.extend(split_comma_header(value))
+        elif name == b"sec-websocket-key":
+            keys.append(value)
+        elif name == b"sec-websocket-protocol":
+            split_comma_header(value)  # no subprotocol is chosen, but wsproto refuses a list that is not ASCII
+        elif name == b"sec-websocket-version":
+            version = value
+        elif name == b"upgrade":
+            upgrade = value
+    if connection_tokens is None or not any(token.lower() == "upgrade" for token in connection_tokens):
+        raise WsRemoteProtocolError("Missing header, 'Connection: Upgrade'", event_hint=RejectConnection())
+    if version != WEBSOCKET_VERSION:
+        raise WsRemoteProtocolError("Missing header, 'Sec-WebSocket-Version'", event_hint=RejectConnection(
+            headers=[(b"Sec-WebSocket-Version", WEBSOCKET_VERSION)], status_code=426 if version else 400))
+    if not keys:
+        raise WsRemoteProtocolError("Missing header, 'Sec-WebSocket-Key'", event_hint=RejectConnection())
+    if upgrade.lower() != WEBSOCKET_UPGRADE:
+        raise WsRemoteProtocolError(f"Missing header, 'Upgrade: {WEBSOCKET_UPGRADE.decode()}'",
+                                    event_hint=RejectConnection())
+    if not host:
+        raise WsRemoteProtocolError("Missing header, 'Host'", event_hint=RejectConnection())
+    token = generate_accept_token(keys[0] if len(keys) == 1 else b", ".join(keys))
+    accepts = server_extensions_handshake(offers, extensions) if extensions else None
+    if accepts:
+        return _SWITCHING_EXTENSIONS % (token, accepts)
+    return _SWITCHING % token
