@@ -137,11 +137,6 @@ Outcome = HttpRequest | MessageReceived | HttpBody
 _HEADER_STATUS = {400: "malformed request", 431: "request head too large", 501: "not implemented"}
 _OPEN = ClientState.OPEN  # feed() per read: a module global is a cheap load, a class attribute (3.11) is not
 _LAST_CHUNK = b"0\r\n\r\n"  # RFC 9112 7.1: ends a chunked body (no trailers)
-# wsproto's 101 (H11Handshake._accept) as h11 writes it; tests/core/test_handshake.py compares the bytes.
-_SWITCHING_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + WEBSOCKET_UPGRADE
-                   + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n")
-_SWITCHING = _SWITCHING_HEAD + b"\r\n"
-_SWITCHING_EXTENSIONS = _SWITCHING_HEAD + b"Sec-WebSocket-Extensions: %s\r\n\r\n"
 
 
 class ClientConnection:
@@ -393,7 +388,7 @@ class ClientConnection:
         """Upgrade to WebSocket; on a bad handshake answer with wsproto's status.
 
         ``request`` is the head h11 parsed: wsproto's checks and its 101 are run on
-        it (``_upgrade_response``) rather than on a second parse of the same bytes.
+        it (``_upgrade_headers``) rather than on a second parse of the same bytes.
         ``compression``: accept permessage-deflate if the client offers it (``_deflate.py``).
         """
         conn = self._h11
@@ -401,7 +396,7 @@ class ClientConnection:
         deflate = BoundedDeflate(max_message_size=self._max_message_size) if compression else None
         extensions: list[Extension] = [deflate] if deflate is not None else []
         try:
-            response = _upgrade_response(request, extensions)
+            headers = _upgrade_headers(request, extensions)
         except WsRemoteProtocolError as exc:
             hint = exc.event_hint
             assert isinstance(hint, RejectConnection)
@@ -417,8 +412,10 @@ class ClientConnection:
             # one out of range): decline it too, as RFC 7692 7 says for an invalid value.
             deflate = None
             extensions = []
-            response = _upgrade_response(request, extensions)
-        self._write(response)
+            headers = _upgrade_headers(request, extensions)
+        # h11 saw the Upgrade header (a switch proposal): its 101 hands the bytes after the head over.
+        self._write(conn.send(h11.InformationalResponse(status_code=101, headers=headers,
+                                                        reason=b"Switching Protocols")) or b"")
         if deflate is not None and deflate.enabled():
             self.deflate_bits = deflate.server_max_window_bits
         trailing = conn.trailing_data[0]
@@ -605,8 +602,8 @@ class ClientConnection:
         self._parts = []
 
 
-def _upgrade_response(request: HttpRequest, extensions: list[Extension]) -> bytes:
-    """The 101, or wsproto's ``RemoteProtocolError`` (its hint, its message) for a bad upgrade.
+def _upgrade_headers(request: HttpRequest, extensions: list[Extension]) -> list[tuple[bytes, bytes]]:
+    """The 101's headers, or wsproto's ``RemoteProtocolError`` (its hint, its message) for a bad upgrade.
 
     This is wsproto's ``H11Handshake._process_connection_request`` and ``_accept``
     on the head h11 already parsed, in the same order with the same outcomes
@@ -620,10 +617,7 @@ def _upgrade_response(request: HttpRequest, extensions: list[Extension]) -> byte
     extension and subprotocol lists as ASCII, Host as IDNA) raises ``UnicodeError``.
     The target needs no check: h11 takes only visible ASCII there. ``ValueError``
     comes from an extension's ``accept`` (wsproto's ``server_extensions_handshake``).
-
-    The 101 is the bytes h11 writes for wsproto's ``InformationalResponse``,
-    filled in here: h11 would validate headers made of a base64 token and the
-    extension's own parameters, and that was half of ``accept``.
+    The 101 itself is written by h11, as wsproto's ``_accept`` has it written.
     """
     if request.method != b"GET":
         raise WsRemoteProtocolError("Request method must be GET", event_hint=RejectConnection())
@@ -661,8 +655,9 @@ def _upgrade_response(request: HttpRequest, extensions: list[Extension]) -> byte
                                     event_hint=RejectConnection())
     if not host:
         raise WsRemoteProtocolError("Missing header, 'Host'", event_hint=RejectConnection())
-    token = generate_accept_token(keys[0] if len(keys) == 1 else b", ".join(keys))
+    headers = [(b"Upgrade", WEBSOCKET_UPGRADE), (b"Connection", b"Upgrade"),
+               (b"Sec-WebSocket-Accept", generate_accept_token(keys[0] if len(keys) == 1 else b", ".join(keys)))]
     accepts = server_extensions_handshake(offers, extensions) if extensions else None
     if accepts:
-        return _SWITCHING_EXTENSIONS % (token, accepts)
-    return _SWITCHING % token
+        headers.append((b"Sec-WebSocket-Extensions", accepts))
+    return headers
