@@ -151,3 +151,19 @@ async def _no_sentinel_answers(shell: str) -> None:
         metrics = await http_exchange(hub.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b'wshub_redis_up{link="sentinel"} 0' in metrics.body
         assert not any("redis subscriber link" in line or "redis commands link" in line for line in hub.log)
+
+
+def test_cluster_mode_with_no_node_answering_tries_each_seed_and_says_so(shell: str) -> None:
+    asyncio.run(_no_cluster_node_answers(shell))
+
+
+async def _no_cluster_node_answers(shell: str) -> None:
+    ports = [free_port(), free_port()]  # nothing listens there
+    async with hub_process(shell=shell, WSHUB_REDIS_MODE="cluster",
+                           WSHUB_REDIS_ADDRESS=",".join(f"127.0.0.1:{p}" for p in ports)) as hub:
+        start = next(line for line in hub.log if "listening on" in line)
+        assert f"redis cluster (sharded pub/sub) from seed nodes 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in start
+        await hub.line_matching(rf"redis cluster: no node answered CLUSTER SHARDS \(last: 127\.0\.0\.1:{ports[1]}: "
+                                r"connect failed: Connection refused\); retrying in [0-9.]+s")
+        status, body = await readyz(hub.port)
+        assert status == 503 and body.startswith(b"no cluster topology yet (last error: 127.0.0.1:"), body

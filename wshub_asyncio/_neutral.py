@@ -80,6 +80,8 @@ def log_listening(config: Config, *, port: int, loop: str, config_file: str | No
     if ":" in host:
         host = f"[{host}]"  # "::1:8080" would be ambiguous
     broker = ("memory broker (in this process)" if config.broker == "memory"
+              else f"redis cluster ({config.redis_pubsub} pub/sub) from seed nodes "
+                   + ", ".join(host_port(*a) for a in config.redis_seeds) if config.redis_seeds
               else f"redis broker at {host_port(config.redis_host, config.redis_port)}" if not config.redis_sentinels
               else f"redis broker at master {config.redis_master_name!r} of sentinels "
                    + ", ".join(host_port(*a) for a in config.redis_sentinels))
