@@ -36,7 +36,7 @@ import redis.asyncio as aredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from helpers import REDIS_SERVER, RedisProcess, http_exchange, on_hub, running_hub, wait_for, within
+from helpers import REDIS_SERVER, RedisProcess, http_exchange, hub_process, on_hub, running_hub, wait_for, within
 from wshub_core import load_config
 from wshub_core._cluster import key_slot, parse_shards
 
@@ -559,6 +559,54 @@ def test_three_hubs_on_one_cluster_each_subscribe_only_what_their_clients_need(c
                 for member in members:
                     h = int(member.key[1])
                     mine = sorted({groups[0], groups[h]})
+                    await member.read_until(mine, "9")
+                    assert_all_in_order([member], mine, 10)
+                    assert set(member.got) == set(mine)
+                for member in members:
+                    await member.ws.close()
+        finally:
+            await listener.close()
+            await publisher.close()
+
+    asyncio.run(scenario())
+
+
+def test_three_hub_processes_on_one_cluster(cluster: Cluster, prefix: str) -> None:
+    """asyncio, trio, asyncio: each subscribes its own clients' channels only (PUBSUB SHARDNUMSUB on the owners)."""
+    async def scenario() -> None:
+        groups = spread_groups(cluster, prefix, per_master=1)
+        publisher = Publisher(cluster)
+        listener = ShardListener(cluster, f"{prefix}client-new")
+        await listener.start()
+        env = {"WSHUB_REDIS_MODE": "cluster", "WSHUB_REDIS_ADDRESS": f"127.0.0.1:{cluster.nodes[0].port}",
+               "WSHUB_REDIS_CHANNEL_PREFIX": prefix, "WSHUB_HISTORY_ENABLED": "false"}
+        members: list[Member] = []
+
+        def numsub(channel: str) -> int:
+            reply = cluster.sync(cluster.owner(channel)).execute_command("PUBSUB", "SHARDNUMSUB", channel)
+            return int(reply[1])
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                hubs = [await stack.enter_async_context(hub_process(shell=shell, **env))
+                        for shell in ("asyncio", "trio", "asyncio")]
+                for h, hub in enumerate(hubs):
+                    for i in range(2):
+                        key = f"p{h}k{i}"
+                        ws = await websockets.connect(f"ws://127.0.0.1:{hub.port}/ws?session_key={key}", proxy=None)
+                        members.append(Member(key, ws, False))
+                        assert await listener.next() == key.encode()
+                        mine = sorted({groups[0], groups[h]})
+                        await publisher.spublish(f"{prefix}groups-new:{key}", json.dumps(mine))
+                expected = {g: sum(1 for h in range(3) if g in (groups[0], groups[h])) for g in groups}
+                await wait_for(lambda: all(numsub(f"{prefix}group-data:{g}") == n for g, n in expected.items()),
+                               timeout=10, what="every hub subscribed its groups")
+                for member in members:  # each key's channels: on one hub, its own
+                    for kind in ("groups-new", "client-send", "client-kick"):
+                        assert numsub(f"{prefix}{kind}:{member.key}") == 1, (kind, member.key)
+                await publish_rounds(publisher, prefix, groups, range(10))
+                for member in members:
+                    mine = sorted({groups[0], groups[int(member.key[1])]})
                     await member.read_until(mine, "9")
                     assert_all_in_order([member], mine, 10)
                     assert set(member.got) == set(mine)
