@@ -9,7 +9,7 @@ has not closed since.
 
 from __future__ import annotations
 
-from core.harness import chunked, fuzz_examples, mutated
+from core.harness import chunked, fuzz_examples, mutated, resp_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_redis import RESP_VALUES
@@ -22,19 +22,9 @@ FUZZ = settings(max_examples=fuzz_examples(200), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def resp(value: object) -> bytes:
-    """A RESP2 reply for ``value`` (bytes: bulk, int: integer, list: array)."""
-    if isinstance(value, bytes):
-        return b"$%d\r\n%s\r\n" % (len(value), value)
-    if isinstance(value, int):
-        return b":%d\r\n" % value
-    assert isinstance(value, list)
-    return b"*%d\r\n" % len(value) + b"".join(resp(v) for v in value)
-
-
 def shards(*masters: int) -> bytes:
     step = 16384 // len(masters)
-    return resp([[b"slots", [i * step, 16383 if i == len(masters) - 1 else (i + 1) * step - 1], b"nodes",
+    return resp_value([[b"slots", [i * step, 16383 if i == len(masters) - 1 else (i + 1) * step - 1], b"nodes",
                   [[b"id", b"x", b"port", port, b"ip", b"127.0.0.1", b"endpoint", b"127.0.0.1", b"role", b"master",
                     b"health", b"online"]]] for i, port in enumerate(masters)])
 
@@ -42,9 +32,9 @@ def shards(*masters: int) -> bytes:
 CHANNELS = st.sampled_from([b"p:group-data:g", b"p:groups-new:k", b"other", b""]) | st.binary(max_size=6)
 SHAPED = st.one_of(
     st.builds(lambda *ports: shards(*ports), st.integers(0, 70000), st.integers(7000, 7003)),
-    st.builds(lambda kind, ch: resp([kind, ch, 1]), st.sampled_from([b"ssubscribe", b"sunsubscribe", b"subscribe"]),
-              CHANNELS),
-    st.builds(lambda ch, data: resp([b"smessage", ch, data]), CHANNELS, st.binary(max_size=20)),
+    st.builds(lambda kind, ch: resp_value([kind, ch, 1]),
+              st.sampled_from([b"ssubscribe", b"sunsubscribe", b"subscribe"]), CHANNELS),
+    st.builds(lambda ch, data: resp_value([b"smessage", ch, data]), CHANNELS, st.binary(max_size=20)),
     st.builds(lambda kind, slot, host, port: b"-%s %s %s:%s\r\n" % (kind, slot, host, port),
               st.sampled_from([b"MOVED", b"ASK"]), st.sampled_from([b"1", b"99999", b"x"]),
               st.sampled_from([b"127.0.0.1", b"", b"[::1]"]), st.sampled_from([b"7001", b"7009", b"", b"x"])),

@@ -140,6 +140,7 @@ class ClusterBroker:
         self._pattern_home: Address | None = None
         self._pending: deque[tuple[bytes, int, bool, bytes]] = deque()  # (command, ticket, resend, channel)
         self._pending_bytes = 0
+        self._held_slots: dict[int, int] = {}  # slot -> its commands in _pending: later ones wait behind them
         self._link_errors: dict[str, str] = {}  # a link's name -> why it went down
         self._timers = Timers()
         self._warned_prefix = False
@@ -509,19 +510,26 @@ class ClusterBroker:
 
     def _route(self, cmd: bytes, ticket: int, resend: bool, channel: bytes) -> None:
         """Queue ``cmd`` on the master of ``channel``'s slot, or hold it until there is one."""
-        owner = self._map.owner(key_slot(channel)) if self._map is not None else None
-        node = self._node_at(owner)
-        if node is None or self._pending:  # behind what waits already: order holds
-            self._pending.append((cmd, ticket, resend, channel))
-            self._pending_bytes += len(cmd)
+        slot = key_slot(channel)
+        node = self._node_at(self._map.owner(slot) if self._map is not None else None)
+        if node is None or self._held_slots.get(slot):  # behind what waits already for this slot: order holds
+            self._hold(cmd, ticket, resend, channel)
             return
         node.cmd.put(cmd, resend=resend, ticket=ticket)
+
+    def _hold(self, cmd: bytes, ticket: int, resend: bool, channel: bytes) -> None:
+        """Keep ``cmd`` until its slot has a master (other slots' commands go on)."""
+        self._pending.append((cmd, ticket, resend, channel))
+        self._pending_bytes += len(cmd)
+        slot = key_slot(channel)
+        self._held_slots[slot] = self._held_slots.get(slot, 0) + 1
 
     def _drain_pending(self) -> None:
         """Send what waited for a master, in order, as far as the topology allows."""
         pending = self._pending
         self._pending = deque()
         self._pending_bytes = 0
+        self._held_slots.clear()
         while pending:
             cmd, ticket, resend, channel = pending.popleft()
             self._route(cmd, ticket, resend, channel)
@@ -539,7 +547,7 @@ class ClusterBroker:
             channel = _channel_of(cmd)
             if target is not None and not target.ask and self._map is not None:
                 self._map.assign(target.slot, target.address)  # as Redis says, until a topology says otherwise
-            if target is not None and target.address in self._nodes and not self._pending:
+            if target is not None and target.address in self._nodes and not self._held_slots.get(key_slot(channel)):
                 there = self._nodes[target.address].cmd
                 if target.ask:
                     there.put(pack(b"ASKING"), resend=False)
@@ -548,8 +556,7 @@ class ClusterBroker:
                 there.put(cmd, resend=resend, ticket=ticket)
                 continue
             moved = True
-            self._pending.append((cmd, ticket, resend, channel))  # until the new topology names the owner
-            self._pending_bytes += len(cmd)
+            self._hold(cmd, ticket, resend, channel)  # until the new topology names the owner
         if moved:
             self._refresh(now)
 
@@ -663,7 +670,6 @@ class ClusterBroker:
                 self._answer_lost(ticket)
                 continue
             first.append((cmd, ticket, resend, _channel_of(cmd)))
-            self._pending_bytes += len(cmd)
         first.extend(self._pending)
         self._pending = first
         self._drain_pending()

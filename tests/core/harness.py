@@ -170,6 +170,16 @@ def resp_array(*items: bytes) -> bytes:
     return b"*%d\r\n" % len(items) + b"".join(items)
 
 
+def resp_value(value: object) -> bytes:
+    """A nested reply (bytes: bulk, int: integer, list: array) as RESP2."""
+    if isinstance(value, bytes):
+        return resp_bulk(value)
+    if isinstance(value, int):
+        return resp_int(value)
+    assert isinstance(value, list), value
+    return resp_array(*(resp_value(v) for v in value))
+
+
 def resp_push(kind: bytes, channel: bytes, count: int) -> bytes:
     """A (un)subscribe confirmation: ``*3 $kind $channel :count``."""
     return resp_array(resp_bulk(kind), resp_bulk(channel), resp_int(count))

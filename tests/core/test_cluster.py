@@ -7,8 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.harness import resp_value
+from wshub_core import load_config
+from wshub_core._actions import Action, OpenLink, SendToLink
 from wshub_core._cluster import SLOTS, Redirect, key_slot, parse_redirect, parse_shards, parse_slots
-from wshub_core._cluster_broker import _channel_of
+from wshub_core._cluster_broker import ClusterBroker, _channel_of
 from wshub_core._redis import (
     Backoff,
     CommandSession,
@@ -173,3 +176,42 @@ def test_outstanding_commands_move_to_another_node_whole() -> None:
     assert moved == [(hiredis.pack_command((b"SPUBLISH", b"a", b"1")), 3, True),
                      (hiredis.pack_command((b"SPUBLISH", b"a", b"2")), 0, False)]
     assert c.idle and c.buffered_bytes == 0 and len(c) == 0
+
+
+def test_a_slot_without_a_master_holds_its_commands_only() -> None:
+    """While one shard has no master (mid-failover), its slots' publishes wait, in order; the others go on."""
+    sink: list[Action] = []
+    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\nhistory:\n  enabled: false\n",
+                         source="test")
+    broker = ClusterBroker(config=config, seed=1, sink=sink, on_message=lambda c, p: None,
+                           on_confirmed=lambda c: None, on_publisher_back=lambda: None)
+    broker.start(0.0)
+
+    def opened() -> dict[int, tuple[str, int]]:
+        links = {a.link: (a.host, a.port) for a in sink if isinstance(a, OpenLink)}
+        sink.clear()
+        return links
+
+    (topology,) = opened()
+    broker.link_opened(topology, 0.0)
+    broker.link_data(topology, b"+PONG\r\n", 0.0)
+    broker.flush(0.0)  # CLUSTER SHARDS goes out
+    reply = shards_reply(([0, 8191], [("127.0.0.1", 7001, "master", "online")]),
+                         ([8192, 16383], [("127.0.0.1", 7002, "master", "fail")]))
+    broker.link_data(topology, resp_value(reply), 0.0)
+    links = opened()
+    assert sorted(links.values()) == [("127.0.0.1", 7001)] * 2
+    for link in links:
+        broker.link_opened(link, 0.0)
+        broker.link_data(link, b"+PONG\r\n", 0.0)
+    low = next(b"c%d" % i for i in range(100) if key_slot(b"c%d" % i) < 8192)
+    high = next(b"c%d" % i for i in range(100) if key_slot(b"c%d" % i) >= 8192)
+    broker.publish(high, b"1")
+    broker.publish(low, b"2")
+    broker.publish(high, b"3")
+    sink.clear()
+    broker.flush(0.0)
+    sent = b"".join(a.data for a in sink if isinstance(a, SendToLink))
+    assert hiredis.pack_command((b"SPUBLISH", low, b"2")) in sent and high not in sent
+    assert broker.pending_count() == 3 and not broker.ready  # 2 held, 1 in flight
+    assert broker.not_ready_reason() == "the cluster topology leaves slots without a master"
