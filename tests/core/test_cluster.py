@@ -215,3 +215,24 @@ def test_a_slot_without_a_master_holds_its_commands_only() -> None:
     assert hiredis.pack_command((b"SPUBLISH", low, b"2")) in sent and high not in sent
     assert broker.pending_count() == 3 and not broker.ready  # 2 held, 1 in flight
     assert broker.not_ready_reason() == "the cluster topology leaves slots without a master"
+
+
+def test_a_redis_without_cluster_shards_is_asked_cluster_slots() -> None:
+    sink: list[Action] = []
+    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\n", source="test")
+    broker = ClusterBroker(config=config, seed=1, sink=sink, on_message=lambda c, p: None,
+                           on_confirmed=lambda c: None, on_publisher_back=lambda: None)
+    broker.start(0.0)
+    (topology,) = [a.link for a in sink if isinstance(a, OpenLink)]
+    broker.link_opened(topology, 0.0)
+    broker.link_data(topology, b"+PONG\r\n", 0.0)
+    sink.clear()
+    broker.flush(0.0)
+    assert [a.data for a in sink] == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
+    sink.clear()
+    broker.link_data(topology, b"-ERR unknown subcommand 'SHARDS'. Try CLUSTER HELP.\r\n", 0.1)
+    broker.flush(0.1)
+    assert [a.data for a in sink] == [hiredis.pack_command((b"CLUSTER", b"SLOTS"))]
+    sink.clear()
+    broker.link_data(topology, resp_value([[0, 16383, [b"127.0.0.1", 7001, b"id"]]]), 0.2)
+    assert sorted((a.host, a.port) for a in sink if isinstance(a, OpenLink)) == [("127.0.0.1", 7001)] * 2
