@@ -378,7 +378,7 @@ class SubscriberSession(RedisSession):
                     break
                 out.append(PubMessage(channel=reply[2], payload=reply[3]))
                 continue
-            if sharded and kind in _SHARDED_KINDS:
+            if sharded and isinstance(kind, bytes) and kind in _SHARDED_KINDS:
                 kind = _SHARDED_KINDS[kind]
                 if kind == b"unsubscribe" and self._last_op.get(channel) is True and channel not in self._pending_sub:
                     del self._last_op[channel]  # not ours: Redis gave the channel up (slot migrated, failover)

@@ -236,3 +236,10 @@ def test_a_redis_without_cluster_shards_is_asked_cluster_slots() -> None:
     sink.clear()
     broker.link_data(topology, resp_value([[0, 16383, [b"127.0.0.1", 7001, b"id"]]]), 0.2)
     assert sorted((a.host, a.port) for a in sink if isinstance(a, OpenLink)) == [("127.0.0.1", 7001)] * 2
+
+
+def test_a_push_whose_kind_is_not_a_string_breaks_the_link_not_the_hub() -> None:
+    """Found by fuzz/test_fuzz_cluster.py: a list as the kind raised TypeError (unhashable) out of the session."""
+    s = sub()
+    assert s.feed(b"*3\r\n*0\r\n$1\r\na\r\n:1\r\n", 1.0) == []
+    assert s.broken.startswith("unexpected reply on the subscriber link")
