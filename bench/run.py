@@ -21,6 +21,12 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
     python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
     python bench/run.py connect   --server wshub,wshub-trio --clients 15000 --groups 100
+    python bench/run.py fanout    --server wshub --redis standalone,cluster-sharded,cluster-classic --workers 1,3 \
+        --clients 1000 --groups 30 --rates 200,400,800,1600   (issue 10; bench/cluster_table.py prints the table)
+
+``--redis cluster-sharded`` / ``cluster-classic``: six redis-servers with ``--cluster-enabled`` (three masters, a
+replica each), WS-Hub in ``redis.mode: cluster`` with that ``redis.pubsub``; the listener and publisher get
+``CLUSTER SLOTS`` and send each channel to the master of its slot (SPUBLISH, or PUBLISH in classic mode).
 
 ``api_publish``: a closed loop of publishes to one group of ``--clients`` members,
 ``--api-conns`` connections with ``--api-depth`` requests in flight on each: first
