@@ -386,7 +386,50 @@ class Pool {
   }
 }
 
+// -- Redis Cluster: slot routing ------------------------------------------------
+
+// CRC16/XMODEM of a key, as Redis Cluster computes it (polynomial 0x1021, init 0).
+const CRC16 = (() => {
+  const t = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let j = 0; j < 8; j++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    t[i] = c;
+  }
+  return t;
+})();
+
+// The slot of a key or channel name: CRC16 of its {hash tag} if it has a non-empty one, else of the
+// whole name, modulo 16384.
+function keySlot(name) {
+  let buf = Buffer.from(name);
+  const open = buf.indexOf(123); // {
+  if (open >= 0) {
+    const close = buf.indexOf(125, open + 1); // }
+    if (close > open + 1) buf = buf.subarray(open + 1, close);
+  }
+  let crc = 0;
+  for (const b of buf) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ b) & 0xff];
+  return crc & 16383;
+}
+
+// --slots "START-END=HOST:PORT,..." (bench/run.py reads it from CLUSTER SLOTS) -> a slot -> address
+// table and the list of distinct addresses (the masters), or null for an empty spec.
+function parseSlots(spec) {
+  if (!spec) return null;
+  const owner = new Array(16384).fill('');
+  const masters = [];
+  for (const part of spec.split(',')) {
+    const [range, addr] = part.split('=');
+    const [a, b] = range.split('-').map(Number);
+    for (let s = a; s <= b; s++) owner[s] = addr;
+    if (!masters.includes(addr)) masters.push(addr);
+  }
+  return { owner, masters, addressOf: (name) => owner[keySlot(name)] };
+}
+
 module.exports = {
+  keySlot, parseSlots,
   nowUs, bucketOf, Step, Steps, makePayload, padding, parseHead, emit, onCommands, cpuUs, parseArgs,
   encodeCommand, RespParser, splitHostPort, splitUrl, HttpResponseParser, httpRequest, Pool, NBUCKETS, LINEAR, SUB,
 };

@@ -4,15 +4,24 @@
 // 'g<INDEX % GROUPS>'. All answers to one chunk of Redis input go out in one
 // write (pipelined); replies to the PUBLISHes are read and counted, not awaited.
 //
-// usage: node listener.js --redis 127.0.0.1:6380 --prefix ws-hub: --groups 10
+// On a Redis Cluster (--slots START-END=HOST:PORT,...): with --sharded 1 it
+// SSUBSCRIBEs client-new on the master of its slot and SPUBLISHes each answer to
+// the master of the answer's slot; with --sharded 0, SUBSCRIBE on --redis (any
+// node: classic messages reach every node) and PUBLISH on the answer's master.
+//
+// usage: node listener.js --redis 127.0.0.1:6380 --prefix ws-hub: --groups 10 [--slots SPEC --sharded 0|1]
 // stdout: {"event":"ready"} once SUBSCRIBE is confirmed; {"event":"stats",...} on
 // {"cmd":"stats"}; exits when stdin closes.
 
 const net = require('net');
-const { emit, onCommands, cpuUs, parseArgs, encodeCommand, RespParser, splitHostPort } = require('./common');
+const { emit, onCommands, cpuUs, parseArgs, encodeCommand, RespParser, splitHostPort, parseSlots,
+} = require('./common');
 
-const opts = parseArgs(process.argv.slice(2), { redis: '127.0.0.1:6379', prefix: 'ws-hub:', groups: 1 });
-const { host, port } = splitHostPort(opts.redis);
+const opts = parseArgs(process.argv.slice(2), {
+  redis: '127.0.0.1:6379', prefix: 'ws-hub:', groups: 1, slots: '', sharded: 0,
+});
+const slots = parseSlots(opts.slots);
+const sharded = Boolean(opts.sharded && slots);
 const groups = Math.max(1, opts.groups);
 
 let answered = 0;
@@ -25,38 +34,54 @@ function groupsOf(key) {
   return `["g${i % groups}"]`;
 }
 
-const pub = net.createConnection({ host, port });
-pub.setNoDelay(true);
-const pubParser = new RespParser();
-pub.on('data', (chunk) => {
-  for (const r of pubParser.feed(chunk)) {
-    replies++;
-    if (r instanceof Error) errors++;
-  }
-});
+function connect(addr) {
+  const { host, port } = splitHostPort(addr);
+  const s = net.createConnection({ host, port });
+  s.setNoDelay(true);
+  return s;
+}
 
-const sub = net.createConnection({ host, port });
-sub.setNoDelay(true);
-const subParser = new RespParser();
+// One publishing connection (standalone) or one per master (cluster); each has its pending output.
+const pubs = new Map();
+for (const addr of slots ? slots.masters : [opts.redis]) {
+  const s = connect(addr);
+  const parser = new RespParser();
+  s.on('data', (chunk) => {
+    for (const r of parser.feed(chunk)) {
+      replies++;
+      if (r instanceof Error) errors++;
+    }
+  });
+  pubs.set(addr, { sock: s, out: '' });
+}
+
 const channel = `${opts.prefix}client-new`;
-sub.on('connect', () => sub.write(encodeCommand(['SUBSCRIBE', channel])));
+const sub = connect(sharded ? slots.addressOf(channel) : opts.redis);
+const subParser = new RespParser();
+const verb = slots && opts.sharded ? 'SPUBLISH' : 'PUBLISH';
+sub.on('connect', () => sub.write(encodeCommand([sharded ? 'SSUBSCRIBE' : 'SUBSCRIBE', channel])));
 sub.on('data', (chunk) => {
-  let out = '';
   for (const r of subParser.feed(chunk)) {
     if (!Array.isArray(r)) continue;
     const kind = r[0].toString();
-    if (kind === 'subscribe') {
+    if (kind === 'subscribe' || kind === 'ssubscribe') {
       emit({ event: 'ready' });
-    } else if (kind === 'message') {
+    } else if (kind === 'message' || kind === 'smessage') {
       const key = r[2].toString();
-      out += encodeCommand(['PUBLISH', `${opts.prefix}groups-new:${key}`, groupsOf(key)]);
+      const answer = `${opts.prefix}groups-new:${key}`;
+      pubs.get(slots ? slots.addressOf(answer) : opts.redis).out += encodeCommand([verb, answer, groupsOf(key)]);
       answered++;
     }
   }
-  if (out) pub.write(out);
+  for (const p of pubs.values()) {
+    if (p.out) {
+      p.sock.write(p.out);
+      p.out = '';
+    }
+  }
 });
 
-for (const s of [pub, sub]) {
+for (const s of [...[...pubs.values()].map((p) => p.sock), sub]) {
   s.on('error', (err) => {
     emit({ event: 'error', error: `redis: ${err.message}` });
     process.exit(1);

@@ -5,7 +5,13 @@
 // as POST /api/groups/g<N> to the hub's HTTP API over --conns keep-alive
 // connections, at most --depth requests in flight on each (1: no pipelining).
 //
-// usage: node publisher.js --redis 127.0.0.1:6380 --prefix ws-hub:
+// On a Redis Cluster (--slots START-END=HOST:PORT,... from CLUSTER SLOTS) it keeps
+// one connection per master and sends each message to the master of its
+// channel's slot, as a cluster client would: SPUBLISH with --sharded 1 (shard
+// channels reach only that shard), else PUBLISH (which the cluster copies to every node;
+// its reply then counts that node's subscribers only).
+//
+// usage: node publisher.js --redis 127.0.0.1:6380 --prefix ws-hub: [--slots SPEC --sharded 0|1]
 //        node publisher.js --api http://127.0.0.1:8080 --api-key K [--conns 4] [--depth 1]
 //        (both --redis and --api: --via says which one rate/once/probe use; flood names its own)
 // commands (JSON lines on stdin), each answered by one {"event":"done",...}:
@@ -22,43 +28,66 @@
 const net = require('net');
 const {
   nowUs, emit, onCommands, cpuUs, parseArgs, RespParser, splitHostPort, splitUrl, HttpResponseParser, httpRequest,
-  Pool, Step, padding,
+  Pool, Step, padding, parseSlots,
 } = require('./common');
 
 const opts = parseArgs(process.argv.slice(2), {
-  redis: '', prefix: 'ws-hub:', tick: 1, api: '', 'api-key': '', conns: 4, depth: 1, via: '',
+  redis: '', prefix: 'ws-hub:', slots: '', sharded: 0, tick: 1, api: '', 'api-key': '', conns: 4, depth: 1, via: '',
 });
 const via = opts.via || (opts.api ? 'api' : 'redis');
 const chanPrefix = `${opts.prefix}group-data:g`;
+const slots = parseSlots(opts.slots);
+const verb = opts.sharded ? 'SPUBLISH' : 'PUBLISH';
 
 function fail(what, err) {
   emit({ event: 'error', error: `${what}: ${err.message}` });
   process.exit(1);
 }
 
-// One counter object per command; replies come back in order, so a FIFO of
-// counters (one entry per PUBLISH) tells whose reply each one is.
-const fifo = [];
-let head = 0;
-let sock = null;
-if (opts.redis) {
-  const { host, port } = splitHostPort(opts.redis);
-  sock = net.createConnection({ host, port });
-  sock.setNoDelay(true);
-  sock.on('error', (err) => fail('redis', err));
-  const parser = new RespParser();
-  sock.on('data', (chunk) => {
-    for (const r of parser.feed(chunk)) {
-      const c = fifo[head];
-      fifo[head++] = undefined;
-      if (head > 65536) {
-        fifo.splice(0, head);
-        head = 0;
+// One counter object per command; replies come back in order on each
+// connection, so a FIFO of counters per connection (one entry per PUBLISH)
+// tells whose reply each one is. Standalone: one connection; cluster: one per master.
+class Link {
+  constructor(addr) {
+    const { host, port } = splitHostPort(addr);
+    this.addr = addr;
+    this.fifo = [];
+    this.head = 0;
+    this.pending = '';
+    this.connected = false;
+    this.sock = net.createConnection({ host, port });
+    this.sock.setNoDelay(true);
+    this.sock.on('error', (err) => fail(`redis ${addr}`, err));
+    const parser = new RespParser();
+    this.sock.on('data', (chunk) => {
+      for (const r of parser.feed(chunk)) {
+        const c = this.fifo[this.head];
+        this.fifo[this.head++] = undefined;
+        if (this.head > 65536) {
+          this.fifo.splice(0, this.head);
+          this.head = 0;
+        }
+        if (c === undefined) continue;
+        counted(c, r);
       }
-      if (c === undefined) continue;
-      counted(c, r);
+    });
+  }
+
+  flush() {
+    if (this.pending) {
+      this.sock.write(this.pending);
+      this.pending = '';
     }
-  });
+  }
+}
+
+const links = new Map(); // address -> Link
+if (opts.redis) {
+  for (const addr of slots ? slots.masters : [opts.redis]) links.set(addr, new Link(addr));
+}
+
+function linkOf(group) {
+  return links.get(slots ? slots.addressOf(chanPrefix + group) : opts.redis);
 }
 
 // A reply (a RESP integer or error) or an API answer ({status, body}) for counter c.
@@ -82,8 +111,8 @@ function apiPool(conns, depth) {
   });
 }
 
-function redisPool(conns, depth) {
-  const { host, port } = splitHostPort(opts.redis);
+function redisPool(conns, depth, group) {
+  const { host, port } = splitHostPort(linkOf(group).addr);
   return new Pool({
     host, port, conns, depth, makeParser: () => new RespParser(), onError: (err) => fail('redis', err),
   });
@@ -92,7 +121,7 @@ function redisPool(conns, depth) {
 let pool = null; // the API connections of rate/once/probe, opened at the first command
 function publishCmd(group, payload) {
   const ch = chanPrefix + group;
-  return `*3\r\n$7\r\nPUBLISH\r\n$${ch.length}\r\n${ch}\r\n$${payload.length}\r\n${payload}\r\n`;
+  return `*3\r\n$${verb.length}\r\n${verb}\r\n$${ch.length}\r\n${ch}\r\n$${payload.length}\r\n${payload}\r\n`;
 }
 
 function apiPublish(group, payload) {
@@ -100,20 +129,23 @@ function apiPublish(group, payload) {
 }
 
 // Publish one message to g<group> the --via way; its reply goes to counter c.
-// Redis: appended to `out` (the caller writes it, pipelined); the API: submitted to the pool.
+// Redis: appended to its connection's pending output (write() sends it, pipelined); the API:
+// submitted to the pool.
 function publish(c, group, payload, out) {
   c.published++;
   if (via === 'redis') {
-    fifo.push(c);
-    return out + publishCmd(group, payload);
+    const link = linkOf(group);
+    link.fifo.push(c);
+    link.pending += publishCmd(group, payload);
+    return out;
   }
   if (pool === null) pool = apiPool(opts.conns, opts.depth);
   pool.submit(apiPublish(group, payload), (answer) => counted(c, answer));
   return out;
 }
 
-function write(out) {
-  if (out) sock.write(out);
+function write() {
+  for (const link of links.values()) link.flush();
 }
 
 function counter(step, resolve) {
@@ -195,7 +227,7 @@ function flood(cmd) {
   return new Promise((resolve) => {
     const c = counter(cmd.step, resolve);
     const redis = cmd.via === 'redis';
-    const p = redis ? redisPool(cmd.conns, cmd.depth) : apiPool(cmd.conns, cmd.depth);
+    const p = redis ? redisPool(cmd.conns, cmd.depth, cmd.group) : apiPool(cmd.conns, cmd.depth);
     const rtt = new Step();
     const pad = padding(cmd.size, `M${cmd.step},${nowUs()},`.length);
     c.t0 = nowUs();
@@ -236,5 +268,9 @@ onCommands((cmd) => {
   throw new Error(`unknown command ${cmd.cmd}`);
 }, () => process.exit(0));
 
-if (sock !== null) sock.on('connect', () => emit({ event: 'ready' }));
-else emit({ event: 'ready' }); // the API connections open at the first command
+if (links.size) {
+  let up = 0;
+  for (const link of links.values()) link.sock.on('connect', () => {
+    if (++up === links.size) emit({ event: 'ready' });
+  });
+} else emit({ event: 'ready' }); // the API connections open at the first command

@@ -21,6 +21,12 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
     python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
     python bench/run.py connect   --server wshub,wshub-trio --clients 15000 --groups 100
+    python bench/run.py fanout    --server wshub --redis standalone,cluster-sharded,cluster-classic --workers 1,3 \
+        --clients 1000 --groups 30 --rates 200,400,800,1600   (issue 10; bench/cluster_table.py prints the table)
+
+``--redis cluster-sharded`` / ``cluster-classic``: six redis-servers with ``--cluster-enabled`` (three masters, a
+replica each), WS-Hub in ``redis.mode: cluster`` with that ``redis.pubsub``; the listener and publisher get
+``CLUSTER SLOTS`` and send each channel to the master of its slot (SPUBLISH, or PUBLISH in classic mode).
 
 ``api_publish``: a closed loop of publishes to one group of ``--clients`` members,
 ``--api-conns`` connections with ``--api-depth`` requests in flight on each: first
@@ -64,6 +70,8 @@ ROOT = BENCH.parent
 PYTHON = sys.executable
 NODE = shutil.which("node") or "node"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+REDIS_KINDS = ("standalone", "cluster-sharded", "cluster-classic")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREFIX = "bench:"
 MAX_CLIENTS_PER_PROC = 10_000  # each loadgen process stays well below the 20,000 open-files limit
@@ -352,6 +360,11 @@ class Options:
     api_depth: int = 1  # requests in flight on each of them (1: no pipelining)
     extra_yaml: str = ""  # appended to WS-Hub's config file (bench/presence.py: a presence section)
     compression: bool = False  # permessage-deflate: servers on, load generators offer it
+    redis: str = "standalone"  # one redis-server, or a 3-master + 3-replica cluster (sharded or classic pub/sub)
+
+    @property
+    def cluster(self) -> bool:
+        return self.redis.startswith("cluster")
 
     @property
     def memory(self) -> bool:
@@ -362,6 +375,9 @@ class Rig:
     def __init__(self, opts: Options) -> None:
         self.o = opts
         self.redis: asyncio.subprocess.Process | None = None
+        self.redis_nodes: list[asyncio.subprocess.Process] = []  # every redis-server (cluster: six)
+        self.slots = ""  # cluster: START-END=HOST:PORT,... of the masters, for the Node helpers
+        self.seeds: list[str] = []
         self.server: asyncio.subprocess.Process | None = None
         self.listener: NodeProc | None = None
         self.publisher: NodeProc | None = None
@@ -403,33 +419,65 @@ class Rig:
     async def _start_redis_side(self) -> None:
         """redis-server, the Redis listener, publisher (and subscriber), then the server."""
         o = self.o
-        self.redis_port = free_port()
-        self.redis = await asyncio.create_subprocess_exec(
-            REDIS_SERVER, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-            "no", "--daemonize", "no", "--dir", str(o.logdir), "--logfile", str(o.logdir / "redis.log"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for _ in range(200):
-            if await redis_ping(self.redis_port):
-                break
-            await asyncio.sleep(0.05)
+        if o.cluster:
+            await self._start_cluster()
         else:
-            raise RuntimeError("redis-server did not start")
+            self.redis_port = free_port()
+            self.redis = await self._redis_node(self.redis_port, o.logdir, [])
         raddr = f"127.0.0.1:{self.redis_port}"
+        sharded = "1" if o.redis == "cluster-sharded" else "0"
+        cluster = ["--slots", self.slots, "--sharded", sharded] if o.cluster else []
         self.listener = await NodeProc.start(
-            "listener", "listener.js", ["--redis", raddr, "--prefix", PREFIX, "--groups", str(o.groups)], o.logdir)
+            "listener", "listener.js", ["--redis", raddr, "--prefix", PREFIX, "--groups", str(o.groups), *cluster],
+            o.logdir)
         await self.listener.wait("ready", 10)
         # With an api.key the publisher can flood through the API too (api_publish); its paced
         # messages and probes still go through Redis (--via redis).
         api = [*self._api_args(), "--via", "redis"] if self.api_key else []
         self.publisher = await NodeProc.start("publisher", "publisher.js",
-                                              ["--redis", raddr, "--prefix", PREFIX, *api], o.logdir)
+                                              ["--redis", raddr, "--prefix", PREFIX, *cluster, *api], o.logdir)
         await self.publisher.wait("ready", 10)
         if o.subscriber:
             self.subscriber = await NodeProc.start("subscriber", "subscriber.js", ["--redis", raddr, "--prefix",
                                                                                    PREFIX], o.logdir)
             await self.subscriber.wait("ready", 10)
         await self._start_server(raddr)
+
+    async def _redis_node(self, port: int, logdir: Path, extra: Sequence[str]) -> asyncio.subprocess.Process:
+        logdir.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+            "no", "--daemonize", "no", "--dir", str(logdir), "--logfile", str(logdir / "redis.log"), *extra,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.redis_nodes.append(proc)
+        for _ in range(200):
+            if await redis_ping(port):
+                return proc
+            await asyncio.sleep(0.05)  # polling a process we just spawned: nothing to await
+        raise RuntimeError(f"redis-server on {port} did not start")
+
+    async def _start_cluster(self) -> None:
+        """Six nodes with --cluster-enabled (bus port = port + 10000), then redis-cli --cluster create
+        with a replica each: three masters of 5,461 slots, as tests/test_cluster.py builds it."""
+        ports = [cluster_port() for _ in range(6)]
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
+        for i, port in enumerate(ports):
+            await self._redis_node(port, self.o.logdir / f"redis{i}", extra)
+        self.redis_port = ports[0]
+        self.seeds = [f"127.0.0.1:{p}" for p in ports[:3]]
+        create = await asyncio.create_subprocess_exec(
+            REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "1",
+            "--cluster-yes", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if await asyncio.wait_for(create.wait(), 60) != 0:
+            raise RuntimeError("redis-cli --cluster create failed")
+        for _ in range(300):  # bounded: 300 x 0.1 s for every node to say cluster_state:ok
+            if all([await cluster_ok(p) for p in ports]):
+                break
+            await asyncio.sleep(0.1)  # nodes converge by gossip: no event to await
+        else:
+            raise RuntimeError("the cluster did not settle")
+        self.slots = await cluster_slots(ports[0])
 
     async def _start_loadgens(self) -> None:
         o = self.o
@@ -464,6 +512,9 @@ class Rig:
             # written only when asked for.
             broker = ('broker: memory\n' if o.memory else
                       f'redis:\n  address: "{raddr}"\n  channelPrefix: "{PREFIX}"\n')
+            if o.cluster:
+                broker = (f'redis:\n  mode: cluster\n  address: "{",".join(self.seeds)}"\n'
+                          f'  pubsub: {o.redis.removeprefix("cluster-")}\n  channelPrefix: "{PREFIX}"\n')
             api = f'api:\n  key: "{self.api_key}"\n' if self.api_key else ""
             cfg = o.logdir / "wshub.yaml"
             cfg.write_text(
@@ -506,8 +557,8 @@ class Rig:
         for helper in (self.publisher, self.subscriber, self.listener):
             if helper is not None:
                 await helper.stop()
-        if self.redis is not None:
-            await terminate(self.redis, 5)
+        for node in self.redis_nodes:
+            await terminate(node, 5)
 
     # measurements
 
@@ -519,8 +570,8 @@ class Rig:
         out = {"loadgen": sum(cpu_seconds(lg.pid) for lg in self.loadgens),
                "loadgen_sys": sum(cpu_split(lg.pid)[1] for lg in self.loadgens),
                "server_sys": tree_cpu(self.pid)[1]}
-        if self.redis is not None:
-            out["redis"] = cpu_seconds(self.redis.pid)
+        if self.redis_nodes:  # a cluster: its six nodes together
+            out["redis"] = sum(cpu_seconds(n.pid) for n in self.redis_nodes)
         if self.publisher is not None:
             out["publisher"] = cpu_seconds(self.publisher.pid)
         if self.subscriber is not None:
@@ -611,6 +662,57 @@ class Rig:
             except TimeoutError:
                 ok = False
         return ok
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher, so at most 55535) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+async def redis_call(port: int, *args: str) -> Any:
+    """One command on a new connection (bounded), its RESP2 reply parsed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+
+        async def value() -> Any:
+            line = (await reader.readline()).rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind == b"*":
+                return [await value() for _ in range(int(rest))]
+            if kind == b"$":
+                return None if int(rest) < 0 else (await reader.readexactly(int(rest) + 2))[:-2]
+            if kind == b":":
+                return int(rest)
+            return rest
+
+        return await asyncio.wait_for(value(), 5)
+    finally:
+        writer.close()
+
+
+async def cluster_ok(port: int) -> bool:
+    try:
+        info = await redis_call(port, "CLUSTER", "INFO")
+    except (OSError, asyncio.TimeoutError):
+        return False
+    return isinstance(info, bytes) and b"cluster_state:ok" in info
+
+
+async def cluster_slots(port: int) -> str:
+    """CLUSTER SLOTS as the Node helpers' --slots: START-END=HOST:PORT of each master's range."""
+    reply = await redis_call(port, "CLUSTER", "SLOTS")
+    return ",".join(f"{r[0]}-{r[1]}=127.0.0.1:{r[2][1]}" for r in sorted(reply))
 
 
 def server_env(o: Options) -> dict[str, str]:
@@ -952,7 +1054,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", default="",
                    help="write py-spy raw stacks of WS-Hub's measured phase (fanout: last step) to FILE.wshub / .proto")
     p.add_argument("--hub-pythonpath", default="", help="source tree of the 'proto' server (a patched WS-Hub copy)")
-    p.add_argument("--workers", type=int, default=1, help="WS-Hub's workers setting (processes on one port)")
+    p.add_argument("--workers", default="1",
+                   help="WS-Hub's workers setting (processes on one port); a comma list (1,3) runs each in turn")
+    p.add_argument("--redis", default="standalone",
+                   help="comma list of standalone (one redis-server), cluster-sharded, cluster-classic (three "
+                   "masters with a replica each; WS-Hub in redis.mode: cluster with that redis.pubsub, the "
+                   "listener and publisher sending each channel to the master of its slot, SPUBLISH or PUBLISH)")
     p.add_argument("--uvloop", default="", help="a directory holding uvloop (pip install --target DIR uvloop), "
                    "put on PYTHONPATH of the servers named NAME+uv")
     p.add_argument("--api-conns", type=int, default=4,
@@ -975,6 +1082,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
     a.clients = a.clients or clients
     a.groups = a.groups or groups
     a.api_depth = a.api_depth or (1 if a.scenario == "api_publish" else 64)
+    try:
+        worker_counts = [int(w) for w in a.workers.split(",") if w]
+    except ValueError:
+        p.error(f"--workers: a comma list of integers, got {a.workers!r}")
+    redis_kinds = [k for k in a.redis.split(",") if k]
+    if any(k not in REDIS_KINDS for k in redis_kinds) or not redis_kinds or not worker_counts:
+        p.error(f"--redis: a comma list of {', '.join(REDIS_KINDS)}")
     if a.fill == "json":
         os.environ["BENCH_FILL"] = "json"  # read by the Node helpers (common.js makePayload)
 
@@ -987,33 +1101,40 @@ async def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"-trio names WS-Hub's trio shell (no peer, no uvloop): --server {server}")
         if server.endswith("+uv") and not a.uvloop:
             p.error(f"--server {server} needs --uvloop DIR")
+        if kind == "peer" and redis_kinds != ["standalone"]:
+            p.error("the websockets peer speaks to one standalone Redis: --redis standalone")
         if kind == "peer" and (broker == "memory" or a.scenario == "api_publish"):
             p.error(f"the websockets peer has no memory broker nor HTTP API: --server {server}")
         if broker == "memory" and a.scenario == "upstream":
             p.error("upstream reads the client messages from Redis: it needs the Redis broker")
-        if broker == "memory" and a.workers > 1:
+        if broker == "memory" and max(worker_counts) > 1:
             p.error("workers > 1 needs the Redis broker")
     if any(s.startswith("proto") for s in servers) and not a.hub_pythonpath:
         p.error("--server proto needs --hub-pythonpath")
     results: Json = {}
     logroot = Path(tempfile.mkdtemp(prefix=f"wshub-bench-{a.scenario}-"))
-    for server in servers:
-        logdir = logroot / server
+    runs = [(server, rk, w) for server in servers
+            for rk in (redis_kinds if server_kind(server)[1] == "redis" else ["standalone"]) for w in worker_counts]
+    for server, redis_kind, workers in runs:
+        # The key stays the server's name when there is one Redis kind and one workers count.
+        name = server + (f"@{redis_kind}" if len(redis_kinds) > 1 or redis_kind != "standalone" else "") + (
+            f"x{workers}" if len(worker_counts) > 1 else "")
+        logdir = logroot / name
         logdir.mkdir()
         kind, broker, shell = server_kind(server)
         opts = Options(server="peer" if kind == "peer" else "wshub", broker=broker, shell=shell,
                        clients=a.clients, groups=a.groups,
                        size=a.size, procs=a.procs, per_address=a.per_address, concurrency=a.concurrency,
                        receiver=a.receiver, hub_pythonpath=a.hub_pythonpath if kind == "proto" else "",
-                       uvloop=a.uvloop if server.endswith("+uv") else "", workers=a.workers,
+                       uvloop=a.uvloop if server.endswith("+uv") else "", workers=workers, redis=redis_kind,
                        profile=f"{a.profile}.{server}" if a.profile and kind != "peer" else "", logdir=logdir,
                        api_conns=a.api_conns, api_depth=a.api_depth, compression=a.compression)
         try:
-            results[server] = await SCENARIOS[a.scenario](a, opts)
+            results[name] = await SCENARIOS[a.scenario](a, opts)
             if kind != "peer":
-                results[server]["hub_source"] = hub_source(opts)
+                results[name]["hub_source"] = hub_source(opts)
         except Exception as exc:  # one server failing must not hide the other's numbers
-            results[server] = {"error": f"{type(exc).__name__}: {exc}", "logs": str(logdir)}
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "logs": str(logdir)}
             a.keep = True
     out: Json = {
         "scenario": a.scenario,

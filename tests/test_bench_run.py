@@ -107,3 +107,16 @@ def test_presence_bench_counts_one_call_per_group_per_refresh() -> None:
     # four groups and the heartbeat: five calls per interval, whatever the 40 connections (give or take one
     # refresh that falls on the window's edge)
     assert 4 <= on["per_refresh_interval"]["commands"]["evalsha"] <= 6
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+def test_fanout_on_a_sharded_cluster_reaches_every_member() -> None:
+    """--redis cluster-sharded: six redis-servers, the hub in cluster mode, the publisher SPUBLISHing each group's
+    messages to the master of its slot (two groups: g0 and g1 hash to different masters)."""
+    result = run_bench("fanout", "--server", "wshub", "--redis", "cluster-sharded", "--clients", "20", "--groups", "2",
+                       "--rates", "20", "--seconds", "0.5", "--drain", "5")
+    res = result["results"]["wshub@cluster-sharded"]
+    [step] = res["steps"]
+    assert step["published"] == 10 and step["complete"] and step["lost"] == 0
+    assert step["deliveries"] == 10 * 10
+    assert step["no_subscriber"] == 0  # SPUBLISH met the hub's subscription on the owner of every slot
