@@ -528,49 +528,6 @@ def migrate_slot(cluster: Cluster, slot: int, source: int, target: int) -> None:
     cluster.wait_healthy()
 
 
-def test_three_hubs_on_one_cluster_each_subscribe_only_what_their_clients_need(cluster: Cluster,
-                                                                                prefix: str) -> None:
-    async def scenario() -> None:
-        groups = spread_groups(cluster, prefix, per_master=1)
-        publisher = Publisher(cluster)
-        listener = ShardListener(cluster, f"{prefix}client-new")
-        await listener.start()
-        members: list[Member] = []
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                hubs = [await stack.enter_async_context(running_hub(cluster_config(cluster, prefix)))
-                        for _ in range(3)]
-                for h, hub in enumerate(hubs):
-                    for i in range(2):
-                        key = f"h{h}k{i}"
-                        ws = await websockets.connect(f"ws://127.0.0.1:{hub.port}/ws?session_key={key}", proxy=None)
-                        members.append(Member(key, ws, False))
-                        assert await listener.next() == key.encode()
-                        # hub h's clients are in groups[h] and in groups[0]: hubs share one group
-                        mine = sorted({groups[0], groups[h]})
-                        await publisher.spublish(f"{prefix}groups-new:{key}", json.dumps(mine))
-                for h, hub in enumerate(hubs):
-                    wanted = {f"{prefix}{kind}:h{h}k{i}".encode() for i in range(2)
-                              for kind in ("groups-new", "client-send", "client-kick")}
-                    wanted |= {f"{prefix}group-data:{g}".encode() for g in {groups[0], groups[h]}}
-                    await wait_for(lambda hub=hub, wanted=wanted: hub.core.subscribed_channels() == wanted
-                                   and hub.core.ready, timeout=10, what=f"hub {h} subscribed")
-                await publish_rounds(publisher, prefix, groups, range(10))
-                for member in members:
-                    h = int(member.key[1])
-                    mine = sorted({groups[0], groups[h]})
-                    await member.read_until(mine, "9")
-                    assert_all_in_order([member], mine, 10)
-                    assert set(member.got) == set(mine)
-                for member in members:
-                    await member.ws.close()
-        finally:
-            await listener.close()
-            await publisher.close()
-
-    asyncio.run(scenario())
-
-
 def test_three_hub_processes_on_one_cluster(cluster: Cluster, prefix: str) -> None:
     """asyncio, trio, asyncio: each subscribes its own clients' channels only (PUBSUB SHARDNUMSUB on the owners)."""
     async def scenario() -> None:

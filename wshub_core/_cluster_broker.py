@@ -59,7 +59,7 @@ from ._redis import (
     pack,
 )
 from ._redis_broker import _glob_literal
-from ._redis_history import MAGIC, answer_read, library, parse_envelope
+from ._redis_history import MAGIC, answer_read, library, parse_envelope, publish_args, read_args
 from ._timers import Timers
 
 __all__ = ["ClusterBroker"]
@@ -188,16 +188,14 @@ class ClusterBroker:
             return
         pattern = _glob_literal(prefix) + b"*"
         self._patterns.add(pattern)
-        node = self._node_at(self._pattern_home)
-        if node is not None:
+        if (node := self._node_at(self._pattern_home)) is not None:
             node.sub.want_pattern(pattern)
 
     def release_prefix(self, prefix: bytes) -> None:
         """PUNSUBSCRIBE ``prefix*`` (classic mode)."""
         pattern = _glob_literal(prefix) + b"*"
         self._patterns.discard(pattern)
-        node = self._node_at(self._pattern_home)
-        if node is not None:
+        if (node := self._node_at(self._pattern_home)) is not None:
             node.sub.unwant_pattern(pattern)
 
     def is_confirmed(self, channel: bytes) -> bool:
@@ -215,8 +213,7 @@ class ClusterBroker:
         if self._history_error:
             self.publish(channel, payload, ticket=ticket)
             return
-        args = (payload, message_id) if message_id else (payload,)
-        self._route(pack(b"FCALL", b"wshub_publish", b"1", channel, *args), ticket, True, channel)
+        self._route(pack(*publish_args(channel, payload, message_id)), ticket, True, channel)
 
     def read_history(self, channel: bytes, after: str, count: int, ticket: int) -> None:
         """``FCALL_RO wshub_read`` on the stream's master; dropped, not resent, at a lost link."""
@@ -226,8 +223,7 @@ class ClusterBroker:
             return
         self._history_ticket += 1
         self._history_reads[self._history_ticket] = ticket
-        self._route(pack(b"FCALL_RO", b"wshub_read", b"1", channel, after.encode(), str(count).encode()),
-                    self._history_ticket, False, channel)
+        self._route(pack(*read_args(channel, after, count)), self._history_ticket, False, channel)
 
     @property
     def history_error(self) -> str:
@@ -375,8 +371,9 @@ class ClusterBroker:
                 self._sink.append(SendToLink(link=self._topology_link, data=data))
                 self._timers.schedule(_TOPOLOGY, self._topology.deadline(self._timeout))
         for node in self._nodes.values():
-            for kind in _KINDS:
-                data = node.session(kind).take_commands(now)  # type: ignore[attr-defined]
+            pairs: tuple[tuple[Kind, bytes], ...] = (("subscriber", node.sub.take_commands(now)),
+                                                     ("commands", node.cmd.take_commands(now)))
+            for kind, data in pairs:
                 if data:
                     self._sink.append(SendToLink(link=node.links[kind], data=data))
                     self._timers.schedule((node.address, kind), node.session(kind).deadline(self._timeout))

@@ -50,7 +50,7 @@ from ._redis import (
     SubscriberSession,
     Unsubscribed,
 )
-from ._redis_history import MAGIC, answer_read, library, parse_envelope
+from ._redis_history import MAGIC, answer_read, library, parse_envelope, publish_args, read_args
 from ._redis_presence import RedisPresence
 from ._sentinel import MasterAddress, Sentinels, SentinelSession
 from ._timers import Timers
@@ -205,8 +205,7 @@ class RedisBroker:
         if self._history_error:
             self._cmd.publish(channel, payload, ticket=ticket)
             return
-        args = (payload, message_id) if message_id else (payload,)
-        self._cmd.command(b"FCALL", b"wshub_publish", b"1", channel, *args, ticket=ticket)
+        self._cmd.command(*publish_args(channel, payload, message_id), ticket=ticket)
 
     def read_history(self, channel: bytes, after: str, count: int, ticket: int) -> None:
         """``FCALL_RO wshub_read``; dropped, not resent, at a lost link (its reader asks again)."""
@@ -216,8 +215,7 @@ class RedisBroker:
             return
         self._history_ticket += 1
         self._history_reads[self._history_ticket] = ticket
-        self._cmd.command(b"FCALL_RO", b"wshub_read", b"1", channel, after.encode(), str(count).encode(),
-                          resend=False, ticket=self._history_ticket)
+        self._cmd.command(*read_args(channel, after, count), resend=False, ticket=self._history_ticket)
 
     @property
     def history_error(self) -> str:

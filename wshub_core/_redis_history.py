@@ -38,7 +38,8 @@ import hiredis
 
 from ._broker import OnHistory
 
-__all__ = ["MAGIC", "READ_PAGE", "answer_read", "library", "parse_envelope", "parse_read", "valid_position"]
+__all__ = ["MAGIC", "READ_PAGE", "answer_read", "library", "parse_envelope", "parse_read", "publish_args", "read_args",
+           "valid_position"]
 
 MAGIC = b"\xffwshub\x00"  # an envelope's first bytes: 0xFF starts no UTF-8 text
 READ_PAGE = 1000  # entries per read (a gap or resume longer than this takes several)
@@ -114,6 +115,16 @@ def library(*, size: int, ttl: float, sharded: bool = False) -> bytes:
     """The library's code for ``FUNCTION LOAD REPLACE``, with the config's size and ttl in it."""
     return (_LIBRARY % {"size": size, "ttl": max(1, round(ttl * 1000)),
                         "publish": "SPUBLISH" if sharded else "PUBLISH"}).encode()
+
+
+def publish_args(channel: bytes, payload: bytes, message_id: bytes) -> tuple[bytes, ...]:
+    """The ``FCALL wshub_publish`` command for ``payload`` on ``channel`` (with its message id, if any)."""
+    return (b"FCALL", b"wshub_publish", b"1", channel, payload, *((message_id,) if message_id else ()))
+
+
+def read_args(channel: bytes, after: str, count: int) -> tuple[bytes, ...]:
+    """The ``FCALL_RO wshub_read`` command: up to ``count`` entries of ``channel`` after ``after``."""
+    return b"FCALL_RO", b"wshub_read", b"1", channel, after.encode(), str(count).encode()
 
 
 def answer_read(on_history: OnHistory, caller: int, error: str, reply: object) -> None:
