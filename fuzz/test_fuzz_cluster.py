@@ -50,13 +50,14 @@ HOSTILE = st.one_of(
 class Rig:
     def __init__(self, pubsub: str) -> None:
         config = load_config(f"redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\n  channelPrefix: 'p:'\n"
-                             f"  pubsub: {pubsub}\n", source="fuzz")
+                             f"  pubsub: {pubsub}\npresence:\n  enabled: true\n", source="fuzz")
         self.sink: list[Action] = []
         self.open: set[int] = set()
         self.broker = ClusterBroker(config=config, seed=1, sink=self.sink, on_message=lambda c, p: None,
                                     on_confirmed=lambda c: None, on_publisher_back=lambda: None,
                                     on_published=lambda t, e, p: None, on_entry=lambda c, i, p, d: None,
-                                    on_history=lambda t, last, entries, e: None)
+                                    on_history=lambda t, last, entries, e: None,
+                                    on_presence=lambda t, counts, e: None)
         self.now = 0.0
         self.broker.start(0.0)
         self.drain()
@@ -96,6 +97,8 @@ def test_hostile_bytes_on_any_cluster_link_never_raise(pubsub: str, inputs: list
     broker.need(b"p:group-data:g")
     broker.publish(b"p:client-data:k", b"hi")
     broker.read_history(b"p:group-data:g", "0-0", 10, 5)
+    broker.presence_set("g", "k", 1)  # hostile answers to the presence scripts too
+    broker.presence_query("g", 6)
     broker.flush(rig.now)
     for link in sorted(rig.drain()):
         rig.up(link)

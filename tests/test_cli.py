@@ -93,12 +93,15 @@ class TestSentinelConfig:
         assert redis["sentinelPassword"] == "***" and "s3ntinel" not in result.stdout
         assert "redis.sentinelPassword" in result.stdout.splitlines()[0]
 
-    def test_cluster_presence_is_refused_naming_the_key_and_its_source(self, shell: str, tmp_path: Path) -> None:
+    def test_cluster_mode_takes_presence_but_refuses_a_database(self, shell: str, tmp_path: Path) -> None:
         (tmp_path / "config.yaml").write_text("redis:\n  mode: cluster\npresence:\n  enabled: true\n")
         result = wshub("--check-config", cwd=tmp_path, shell=shell)
+        assert result.returncode == 0, result
+        assert yaml.safe_load(result.stdout)["presence"]["enabled"] is True
+        result = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_REDIS_DB="2")
         assert result.returncode == 2, result
-        assert "presence.enabled in config.yaml: not supported with redis.mode in config.yaml yet" in result.stderr, \
-            result.stderr
+        assert "redis.db in environment variable WSHUB_REDIS_DB: must be 0 with redis.mode in config.yaml" \
+            in result.stderr, result.stderr
 
     def test_sentinel_mode_without_a_master_name(self, shell: str, tmp_path: Path) -> None:
         result = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_REDIS_MODE="sentinel")

@@ -30,13 +30,25 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import jwt
 import pytest
 import redis
 import redis.asyncio as aredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from helpers import REDIS_SERVER, RedisProcess, http_exchange, hub_process, on_hub, running_hub, wait_for, within
+from helpers import (
+    REDIS_SERVER,
+    TEST_API_KEY,
+    RedisProcess,
+    http_exchange,
+    hub_process,
+    on_hub,
+    running_hub,
+    wait_for,
+    wait_until,
+    within,
+)
 from wshub_core import load_config
 from wshub_core._cluster import key_slot, parse_shards
 
@@ -574,3 +586,153 @@ def test_three_hub_processes_on_one_cluster(cluster: Cluster, prefix: str) -> No
             await publisher.close()
 
     asyncio.run(scenario())
+
+
+# -- presence --------------------------------------------------------------------------------------------
+
+PRESENCE_SECRET = "cluster-presence-secret-0123456789abcdef"
+PRESENCE_TIMEOUT = 2.0
+
+
+def presence_token(key: str, groups: list[str]) -> str:
+    """A token whose groups claim puts the client in its groups at once: no listener needed."""
+    return jwt.encode({"sub": key, "groups": groups, "exp": int(time.time()) + 600}, PRESENCE_SECRET,
+                      algorithm="HS256")
+
+
+def presence_groups(cluster: Cluster, prefix: str) -> list[str]:
+    """One group per master, by the slot of its events channel (where its presence keys live too)."""
+    groups: list[str] = []
+    owners: set[int] = set()
+    i = 0
+    while len(owners) < 3:
+        owner = cluster.owner(f"{prefix}presence:r{i}")
+        if owner not in owners:
+            owners.add(owner)
+            groups.append(f"r{i}")
+        i += 1
+    return groups
+
+
+async def presence_answer(port: int, group: str) -> dict[str, int] | None:
+    """The keys of ``GET /api/groups/GROUP/presence``; None while the hub cannot ask (503)."""
+    answer = await http_exchange(port, f"GET /api/groups/{group}/presence HTTP/1.1\r\nHost: x\r\n"
+                                       f"Authorization: Bearer {TEST_API_KEY}\r\nConnection: close\r\n\r\n".encode())
+    if answer.status != 200:
+        return None
+    keys: dict[str, int] = json.loads(answer.body)["keys"]
+    return keys
+
+
+async def presence_is(ports: list[int], groups: list[str], expected: dict[str, int], what: str,
+                      timeout: float = 10.0) -> None:
+    seen: dict[tuple[int, str], dict[str, int] | None] = {}
+
+    async def agreed() -> bool:
+        for p in ports:
+            for g in groups:
+                seen[p, g] = await presence_answer(p, g)
+        return all(answer == expected for answer in seen.values())
+    try:
+        await wait_until(agreed, timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: the hubs answered {seen}") from None
+
+
+async def presence_event(listener: ShardListener, timeout: float = 10.0) -> dict[str, str]:
+    event: dict[str, str] = json.loads(await listener.next(timeout))
+    return event
+
+
+def test_presence_across_hub_processes_through_a_failover_and_a_killed_hub(cluster: Cluster, prefix: str) -> None:
+    """Sharded: join/leave SPUBLISHed on each group's master; the answers agree on both hubs, survive a failover
+    of a master holding presence keys, and lose a SIGKILLed hub's keys within presence.timeout."""
+    async def scenario() -> None:
+        groups = presence_groups(cluster, prefix)
+        env = {"WSHUB_REDIS_MODE": "cluster", "WSHUB_REDIS_ADDRESS": f"127.0.0.1:{cluster.nodes[0].port}",
+               "WSHUB_REDIS_CHANNEL_PREFIX": prefix, "WSHUB_HISTORY_ENABLED": "false",
+               "WSHUB_REDIS_RECONNECT_MIN": "0.05", "WSHUB_REDIS_RECONNECT_MAX": "0.5",
+               "WSHUB_AUTH_JWT_SECRET": PRESENCE_SECRET, "WSHUB_PRESENCE_ENABLED": "true",
+               "WSHUB_PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT), "WSHUB_PRESENCE_GRACE": "0.2"}
+        listeners = {g: ShardListener(cluster, f"{prefix}presence:{g}") for g in groups}
+        for listener in listeners.values():
+            await listener.start()
+        try:
+            async with hub_process(shell="asyncio", **env) as a, hub_process(shell="trio", **env) as b:
+                url = "ws://127.0.0.1:{}/ws?session_key={}"
+                alice = await websockets.connect(url.format(a.port, presence_token("alice", groups)), proxy=None)
+                for g in groups:
+                    assert await presence_event(listeners[g]) == {"event": "join", "group": g, "key": "alice"}
+                bob = await websockets.connect(url.format(b.port, presence_token("bob", groups)), proxy=None)
+                alice2 = await websockets.connect(url.format(b.port, presence_token("alice", groups)), proxy=None)
+                for g in groups:  # bob joins; alice's second connection is no join
+                    assert await presence_event(listeners[g]) == {"event": "join", "group": g, "key": "bob"}
+                await presence_is([a.port, b.port], groups, {"alice": 2, "bob": 1}, "both hubs' counts")
+
+                # A failover of the master that holds groups[0]'s presence keys: the hubs follow it and the
+                # counts are still whole there (each hub writes its own again when the new master's link is up).
+                victim = cluster.owner(f"{prefix}presence:{groups[0]}")
+                cluster.sync(cluster.replica_of(victim)).execute_command("CLUSTER", "FAILOVER")
+                await wait_for(lambda: cluster.owner(f"{prefix}presence:{groups[0]}") != victim, timeout=SETTLE,
+                               what="the replica promoted")
+                await listeners[groups[0]].close()  # its master is a replica now: SSUBSCRIBE on the new one
+                listeners[groups[0]] = ShardListener(cluster, f"{prefix}presence:{groups[0]}")
+                await listeners[groups[0]].start()
+                await presence_is([a.port, b.port], groups, {"alice": 2, "bob": 1}, "counts after the failover",
+                                  timeout=SETTLE)
+                carol = await websockets.connect(url.format(a.port, presence_token("carol", groups[:1])), proxy=None)
+                assert await presence_event(listeners[groups[0]]) == {"event": "join", "group": groups[0],
+                                                                      "key": "carol"}
+
+                # SIGKILL b: no goodbye. Its keys leave every answer, and a survivor SPUBLISHes bob's leave.
+                assert b.proc is not None
+                b.proc.send_signal(signal.SIGKILL)
+                await presence_is([a.port], groups[1:], {"alice": 1}, "b's entries gone",
+                                  timeout=PRESENCE_TIMEOUT * 2 + 5)
+                for g in groups:
+                    assert await presence_event(listeners[g], timeout=PRESENCE_TIMEOUT * 2 + 5) == {
+                        "event": "leave", "group": g, "key": "bob"}
+                assert await presence_answer(a.port, groups[0]) == {"alice": 1, "carol": 1}
+                for ws in (alice, alice2, bob, carol):
+                    await ws.close()
+        finally:
+            for listener in listeners.values():
+                await listener.close()
+        cluster.wait_healthy()
+
+    asyncio.run(scenario())
+
+
+def test_presence_in_classic_mode_publishes_events_every_node_delivers(shell: str, cluster: Cluster,
+                                                                       prefix: str) -> None:
+    async def scenario() -> None:
+        group = presence_groups(cluster, prefix)[1]
+        config = cluster_config(cluster, prefix, redis_pubsub="classic", presence_enabled=True, presence_grace=0,
+                                auth_jwt={"secret": PRESENCE_SECRET}, api_key=TEST_API_KEY)
+        far = next(n.port for n in cluster.nodes if n.port != cluster.owner(f"{prefix}presence:{group}"))
+        heard = aredis.Redis(host="127.0.0.1", port=far).pubsub()  # classic: any node, even a replica, hears it
+        await heard.subscribe(f"{prefix}presence:{group}")
+        try:
+            async with running_hub(config, shell) as server:
+                await wait_for(lambda: on_hub(server, lambda s: s.core.ready), timeout=10, what="ready")
+                ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?session_key="
+                                              + presence_token("dana", [group]), proxy=None)
+                assert await classic_event(heard) == {"event": "join", "group": group, "key": "dana"}
+                assert await presence_answer(server.port, group) == {"dana": 1}
+                await ws.close()
+                assert await classic_event(heard) == {"event": "leave", "group": group, "key": "dana"}
+                assert await presence_answer(server.port, group) == {}
+        finally:
+            await heard.aclose()
+
+    asyncio.run(scenario())
+
+
+async def classic_event(pubsub: Any, timeout: float = 10.0) -> dict[str, str]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if msg is not None:
+            event: dict[str, str] = json.loads(msg["data"])
+            return event
+    raise AssertionError("no presence event arrived")

@@ -71,17 +71,21 @@ class Channels:
         return self.presence_prefix + group.encode()
 
     def presence_keys(self, group: str) -> tuple[bytes, bytes]:
-        """A group's presence keys (who, and which hubs are alive in it): in the slot of its group-data channel.
+        """A group's presence keys (who, and which hubs are alive in it): in the slot of its events channel.
 
         Redis Cluster hashes a name by its hash tag (the first ``{...}`` with
-        something inside) or else whole; the keys carry the channel's tag, or
-        the whole channel as their tag, so a script that touches them can
-        publish on the channel from the same node.
+        something inside) or else whole; the keys carry the events channel's
+        tag, or the whole channel as their tag, so the script that changes
+        them publishes ``join``/``leave`` (SPUBLISH on a sharded Cluster) on a
+        channel its node serves.
         """
-        channel = self.group_data(group)
-        tag = hash_tag(channel)
-        base = channel if tag is not None or b"}" in channel else b"{" + channel + b"}"
-        return base + b":presence", base + b":presence-hubs"
+        base = slot_base(self.presence(group))
+        return base + b":counts", base + b":hubs"
+
+
+def slot_base(channel: bytes) -> bytes:
+    """A prefix for keys that must live in ``channel``'s Cluster slot: its own tag, or the channel as the tag."""
+    return channel if hash_tag(channel) is not None or b"}" in channel else b"{" + channel + b"}"
 
 
 def hash_tag(name: bytes) -> bytes | None:

@@ -27,8 +27,12 @@ Rules:
    stalled (``_probe.py``).
 4. History: each master loads the ``wshub`` library when its command link
    comes up; ``wshub_publish`` and ``wshub_read`` go to the stream's master
-   like any command. Presence is not offered on a Cluster (``_config.py``
-   refuses it): its keys of every hub would need a slot of their own.
+   like any command. Presence (``_redis_presence.py``): each script call goes
+   to the master of its keys' slot (a group's keys share its events channel's
+   slot, so join/leave are SPUBLISHed from there), SCRIPT LOAD to every
+   master, and the whole local state is written again each time a master's
+   command link comes up (counts are absolute: a promoted replica, or a
+   master restarted empty, is made whole).
 5. Nothing a node sends raises out of here: a broken link is dropped and
    redialled, and the topology asked again.
 """
@@ -43,6 +47,7 @@ import hiredis
 
 from ._actions import Action, CloseLink, OpenLink, SendToLink
 from ._broker import OnConfirmed, OnEntry, OnHistory, OnMessage, OnPresence, OnPublished, OnPublisherBack
+from ._channels import Channels
 from ._cluster import Address, SlotMap, key_slot, parse_redirect, parse_shards, parse_slots
 from ._config import Config
 from ._logs import host_port
@@ -60,6 +65,7 @@ from ._redis import (
 )
 from ._redis_broker import _glob_literal
 from ._redis_history import MAGIC, answer_read, library, parse_envelope, publish_args, read_args
+from ._redis_presence import RedisPresence
 from ._timers import Timers
 
 __all__ = ["ClusterBroker"]
@@ -69,11 +75,13 @@ log = logging.getLogger("wshub")
 Kind = Literal["subscriber", "commands"]
 _KINDS: tuple[Kind, ...] = ("subscriber", "commands")
 _TOPOLOGY = "topology"  # the topology link's timer owner, and its name in logs and metrics
+_PRESENCE = "presence"  # timer owner of the presence refresh
 _REFRESH = 10.0  # seconds between topology refreshes while nothing suggests a change
 _HISTORY_TICKETS = 1 << 60  # as in _redis_broker.py: far above the API's tickets; the first loads the library
 _LOAD = _HISTORY_TICKETS
-# Where the channel is in each routed command: PUBLISH/SPUBLISH ch ..., FCALL/FCALL_RO fn 1 ch ...
-_CHANNEL_AT = {b"PUBLISH": 1, b"SPUBLISH": 1, b"FCALL": 3, b"FCALL_RO": 3}
+# Where the channel (or key) is in each routed command: PUBLISH/SPUBLISH ch ..., FCALL/FCALL_RO fn 1 ch ...,
+# presence's EVALSHA sha 2 key ... and SADD/SREM key member
+_CHANNEL_AT = {b"PUBLISH": 1, b"SPUBLISH": 1, b"FCALL": 3, b"FCALL_RO": 3, b"EVALSHA": 3, b"SADD": 1, b"SREM": 1}
 
 
 class _Node:
@@ -151,6 +159,12 @@ class ClusterBroker:
         self.redirects = 0  # -MOVED/-ASK replies followed
         self.moves = 0  # needed channels moved to another master by a new topology
         self.refreshes = 0  # topologies read
+        self._presence: RedisPresence | None = None
+        if config.presence:
+            self._presence = RedisPresence(channels=Channels(config.channel_prefix), hub_id=f"{seed:08x}",
+                                           timeout=config.presence_timeout, command=self._presence_command,
+                                           on_presence=self._presence_answer,
+                                           publish=self._publish_verb.decode())
 
     def _backoff(self, offset: int) -> Backoff:
         return Backoff(minimum=self._config.reconnect_min, maximum=self._config.reconnect_max,
@@ -161,6 +175,8 @@ class ClusterBroker:
     def start(self, now: float) -> None:
         """Dial the first seed node for the topology; the masters' links open once it is known."""
         self._dial_topology(now)
+        if self._presence is not None:
+            self._timers.schedule(_PRESENCE, now + self._config.presence_timeout / 3)
 
     def need(self, channel: bytes) -> None:
         """Subscribe ``channel`` on the master it belongs to (now, or once the topology names one)."""
@@ -231,12 +247,29 @@ class ClusterBroker:
         return self._history_error
 
     def presence_set(self, group: str, key: str, count: int) -> None:
-        """Presence is refused on a Cluster by the config: nothing to keep."""
+        """Written at the next flush, coalesced per group, on the master of the group's presence keys."""
+        if self._presence is not None:
+            self._presence.set(group, key, count)
 
     def presence_query(self, group: str, ticket: int) -> None:
-        """Answered at once: presence is off on a Cluster."""
+        """Every live hub's keys in ``group``, from the master of its presence keys."""
+        if self._presence is None:
+            self._presence_answer(ticket, None, "presence is off")
+        else:
+            self._presence.query(group, ticket)
+
+    def _presence_answer(self, ticket: int, counts: dict[str, int] | None, error: str) -> None:
         if self._on_presence is not None:
-            self._on_presence(ticket, None, "presence is off")
+            self._on_presence(ticket, counts, error)
+
+    def _presence_command(self, *args: bytes, resend: bool = True, ticket: int = 0) -> None:
+        """Presence's commands: SCRIPT LOAD on every master, the others on the master of their key's slot."""
+        cmd = pack(*args)
+        if args[0] == b"SCRIPT":
+            for node in self._nodes.values():
+                node.cmd.put(cmd, resend=resend, ticket=ticket)
+            return
+        self._route(cmd, ticket, resend, args[_CHANNEL_AT[args[0]]])
 
     # -- link inputs ---------------------------------------------------------------------
 
@@ -312,6 +345,8 @@ class ClusterBroker:
                     self._on_publisher_back()
                 if self._library:
                     node.cmd.command(b"FUNCTION", b"LOAD", b"REPLACE", self._library, resend=False, ticket=_LOAD)
+                if self._presence is not None:
+                    self._presence.restore()  # this master may be a promoted replica, or restarted empty
             elif node.probe.enabled:
                 self._probe_up(node, link, now)
             self._arm_probe(node, now)
@@ -349,6 +384,12 @@ class ClusterBroker:
             if owner == _TOPOLOGY:
                 self._topology_timer(now)
                 continue
+            if owner == _PRESENCE:
+                assert self._presence is not None
+                if self.can_publish:
+                    self._presence.refresh()  # else restore() writes everything as the masters come back
+                self._timers.schedule(_PRESENCE, now + self._config.presence_timeout / 3)
+                continue
             assert isinstance(owner, tuple)
             address, kind = owner
             node = self._nodes.get(address)
@@ -365,6 +406,8 @@ class ClusterBroker:
 
     def flush(self, now: float) -> None:
         """What each link owes, one write per link."""
+        if self._presence is not None and self.can_publish:
+            self._presence.flush()  # else kept, and written whole by restore() when the masters are back
         if self._topology.state is RedisState.READY:
             data = self._topology.take_commands(now)
             if data:
@@ -708,6 +751,8 @@ class ClusterBroker:
     def _answer_lost(self, ticket: int) -> None:
         if ticket >= _HISTORY_TICKETS:
             self._history_reply(ticket, "link lost", None)
+        elif ticket < 0:
+            self._presence_reply(ticket, "link lost", None)
         elif ticket > 0 and self._on_published is not None:
             self._on_published(ticket, "link lost", "")
 
@@ -819,10 +864,19 @@ class ClusterBroker:
             elif node.probe.owns(ticket):
                 if not (reply is None and error == "link lost"):
                     node.probe.acknowledged(ticket)
+            elif ticket < 0:
+                self._presence_reply(ticket, error, reply)
             elif self._on_published is not None and ticket > 0:
                 if error and error != "link lost":
                     self._refused(error)
                 self._on_published(ticket, error, reply.decode("ascii", "replace") if isinstance(reply, bytes) else "")
+
+    def _presence_reply(self, ticket: int, error: str, reply: object) -> None:
+        if self._presence is not None and self._presence.owns(ticket):
+            if reply is None and error == "link lost":
+                self._presence.dropped(ticket)
+            else:
+                self._presence.reply(ticket, error, reply)
 
     def _history_reply(self, ticket: int, error: str, reply: object) -> None:
         caller = self._history_reads.pop(ticket, 0)

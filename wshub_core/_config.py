@@ -533,9 +533,6 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     sentinels: tuple[tuple[str, int], ...] = ()
     seeds: tuple[tuple[str, int], ...] = ()
     if mode == "cluster":
-        check(not values["presence"] or values["broker"] != "redis", "presence.enabled",
-              f"not supported with {origins['redis.mode']} yet: every hub's presence keys would need one slot; "
-              "use standalone or sentinel mode for presence")
         check(not values["redis_db"], "redis.db", f"must be 0 with {origins['redis.mode']}: a Cluster has one "
               "database")
         seeds, tls = _node_addresses(address, where, 6379, "cluster seed node")

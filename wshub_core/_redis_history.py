@@ -23,7 +23,7 @@ is older than L, so nothing is reported missing that was delivered.
 Rules:
 1. Every key the functions touch is declared (KEYS[1]) or, for a message id,
    derived from it with the same hash tag rule as presence keys
-   (``Channels.presence_keys``): one Cluster slot.
+   (``_channels.slot_base``): one Cluster slot.
 2. The envelope starts with a byte that no UTF-8 text can start with (0xFF),
    so a plain PUBLISH of text can never be read as one.
 3. Nothing Redis answers raises: a reply of the wrong shape is an error

@@ -1,11 +1,11 @@
 """Presence in Redis: this hub's connection counts per (group, key), shared with every hub through Lua scripts.
 
-Storage, per group G (keys in the slot of ``group-data:G``, see
-``Channels.presence_keys``):
+Storage, per group G (keys in the slot of its events channel ``presence:G``,
+see ``Channels.presence_keys``):
 
-- a hash ``...:presence``: field ``HUB:KEY`` -> how many connections of KEY
+- a hash ``...:counts``: field ``HUB:KEY`` -> how many connections of KEY
   that hub has in G;
-- a sorted set ``...:presence-hubs``: HUB -> until when (ms, Redis's clock)
+- a sorted set ``...:hubs``: HUB -> until when (ms, Redis's clock)
   that hub's fields count. A hub that stops refreshing (killed) drops out of
   every answer when its score passes, and the next refresh by any hub in the
   group deletes its fields and publishes ``leave`` for keys nobody else has.
@@ -26,7 +26,13 @@ Rules:
 3. Time is Redis's (``TIME`` inside the scripts): hubs share no clock.
 4. ``join`` and ``leave`` are decided inside the scripts, atomically, from
    every live hub's counts: the first connection of a key anywhere, and the
-   last one leaving.
+   last one leaving. They are published with the broker's verb: PUBLISH, or
+   SPUBLISH on a sharded Cluster (the keys share the channel's slot, so the
+   script's node serves it).
+5. Every script touches keys of one slot (a group's two keys, or the
+   heartbeat and the hub's groups set, which share a tag): on a Cluster each
+   call goes to that slot's master (``command``'s routing), SCRIPT LOAD to
+   every master, and ``restore`` runs again as each master's link comes up.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ _TOTAL = (
     "local function total(live, key) local n = 0 for _, h in ipairs(live) do "
     "n = n + (tonumber(redis.call('HGET', KEYS[1], h .. ':' .. key)) or 0) end return n end "
 )
-_EVENT = "redis.call('PUBLISH', ARGV[3], cjson.encode({event = %s, group = ARGV[4], key = key})) "
+_EVENT = "redis.call('%%s', ARGV[3], cjson.encode({event = %s, group = ARGV[4], key = key})) "  # verb later
 
 # KEYS hash, hubs; ARGV hub, ttl ms, event channel, group, then key, count pairs: set this hub's counts.
 _SET = (_NOW + _TOTAL + "local hub, ttl = ARGV[1], tonumber(ARGV[2]) "
@@ -97,8 +103,13 @@ _QUERY = (_NOW + "local live = {} "
           "local out = {} for _, key in ipairs(order) do table.insert(out, key) table.insert(out, totals[key]) end "
           "return out")
 
-_SCRIPTS = {name: (text.encode(), hashlib.sha1(text.encode()).hexdigest().encode())
-            for name, text in (("set", _SET), ("sweep", _SWEEP), ("beat", _BEAT), ("query", _QUERY))}
+
+
+def _scripts(verb: str) -> dict[str, tuple[bytes, bytes]]:
+    """Each script's text and SHA1, the events published with ``verb`` (PUBLISH or SPUBLISH)."""
+    texts = (("set", _SET % verb), ("sweep", _SWEEP % verb), ("beat", _BEAT), ("query", _QUERY))
+    return {name: (text.encode(), hashlib.sha1(text.encode()).hexdigest().encode()) for name, text in texts}
+
 
 Command = Callable[..., None]  # CommandSession.command(*args, resend=..., ticket=...)
 OnPresence = Callable[[int, "dict[str, int] | None", str], None]  # (ticket, counts or None, error)
@@ -108,11 +119,13 @@ class RedisPresence:
     """This hub's presence entries and the commands that keep them in Redis."""
 
     __slots__ = ("_channels", "_hub", "_ttl", "_command", "_on_presence", "_local", "_dirty", "_groups",
-                 "_pending", "_next", "_hub_groups", "_restored_at")
+                 "_pending", "_next", "_hub_groups", "_restored_at", "_scripts")
 
     def __init__(self, *, channels: Channels, hub_id: str, timeout: float, command: Command,
-                 on_presence: OnPresence) -> None:
-        """``command`` queues a command on the command link; ``on_presence`` answers a ``query``'s ticket."""
+                 on_presence: OnPresence, publish: str = "PUBLISH") -> None:
+        """``command`` queues a command (on a Cluster: on its key's master); ``on_presence`` answers a ``query``'s
+        ticket; ``publish`` is the verb of the join/leave events."""
+        self._scripts = _scripts(publish)
         self._channels = channels
         self._hub = hub_id.encode()
         self._ttl = str(max(1, round(timeout * 1000))).encode()
@@ -174,7 +187,7 @@ class RedisPresence:
     def restore(self) -> None:
         """The command link is (back) up: load the scripts, write everything again (rule 2), beat."""
         self._restored_at = self._next  # calls issued before this (tickets above it) may still fail NOSCRIPT
-        for text, _ in _SCRIPTS.values():
+        for text, _ in self._scripts.values():
             self._command(b"SCRIPT", b"LOAD", text, resend=False)
         self._groups.clear()
         self._dirty = {group: dict(keys) for group, keys in self._local.items()}
@@ -224,7 +237,7 @@ class RedisPresence:
 
     def _call(self, what: str, group: str, caller: int, *args: bytes) -> None:
         """EVALSHA with one internal ticket: the scripts are loaded by ``restore`` before any call."""
-        _, sha = _SCRIPTS[what]
+        _, sha = self._scripts[what]
         self._next -= 1
         self._pending[self._next] = (what, group, caller)
         self._command(b"EVALSHA", sha, b"2", *args, resend=False, ticket=self._next)

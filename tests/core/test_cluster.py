@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from core.harness import resp_value
 from wshub_core import load_config
 from wshub_core._actions import Action, OpenLink, SendToLink
+from wshub_core._channels import Channels
 from wshub_core._cluster import SLOTS, Redirect, key_slot, parse_redirect, parse_shards, parse_slots
 from wshub_core._cluster_broker import ClusterBroker, _channel_of
 from wshub_core._redis import (
@@ -178,23 +179,29 @@ def test_outstanding_commands_move_to_another_node_whole() -> None:
     assert c.idle and c.buffered_bytes == 0 and len(c) == 0
 
 
-def test_a_slot_without_a_master_holds_its_commands_only() -> None:
-    """While one shard has no master (mid-failover), its slots' publishes wait, in order; the others go on."""
+def topology_up(yaml: str = "") -> tuple[ClusterBroker, list[Action], int]:
+    """A cluster broker whose topology link to the seed is up (its CLUSTER SHARDS not yet flushed)."""
     sink: list[Action] = []
-    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\nhistory:\n  enabled: false\n",
-                         source="test")
+    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\n" + yaml, source="test")
     broker = ClusterBroker(config=config, seed=1, sink=sink, on_message=lambda c, p: None,
                            on_confirmed=lambda c: None, on_publisher_back=lambda: None)
     broker.start(0.0)
+    (topology,) = [a.link for a in sink if isinstance(a, OpenLink)]
+    sink.clear()
+    broker.link_opened(topology, 0.0)
+    broker.link_data(topology, b"+PONG\r\n", 0.0)
+    return broker, sink, topology
+
+
+def test_a_slot_without_a_master_holds_its_commands_only() -> None:
+    """While one shard has no master (mid-failover), its slots' publishes wait, in order; the others go on."""
+    broker, sink, topology = topology_up("history:\n  enabled: false\n")
 
     def opened() -> dict[int, tuple[str, int]]:
         links = {a.link: (a.host, a.port) for a in sink if isinstance(a, OpenLink)}
         sink.clear()
         return links
 
-    (topology,) = opened()
-    broker.link_opened(topology, 0.0)
-    broker.link_data(topology, b"+PONG\r\n", 0.0)
     broker.flush(0.0)  # CLUSTER SHARDS goes out
     reply = shards_reply(([0, 8191], [("127.0.0.1", 7001, "master", "online")]),
                          ([8192, 16383], [("127.0.0.1", 7002, "master", "fail")]))
@@ -218,14 +225,7 @@ def test_a_slot_without_a_master_holds_its_commands_only() -> None:
 
 
 def test_a_redis_without_cluster_shards_is_asked_cluster_slots() -> None:
-    sink: list[Action] = []
-    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\n", source="test")
-    broker = ClusterBroker(config=config, seed=1, sink=sink, on_message=lambda c, p: None,
-                           on_confirmed=lambda c: None, on_publisher_back=lambda: None)
-    broker.start(0.0)
-    (topology,) = [a.link for a in sink if isinstance(a, OpenLink)]
-    broker.link_opened(topology, 0.0)
-    broker.link_data(topology, b"+PONG\r\n", 0.0)
+    broker, sink, topology = topology_up()
     sink.clear()
     broker.flush(0.0)
     assert [a.data for a in sink] == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
@@ -243,3 +243,68 @@ def test_a_push_whose_kind_is_not_a_string_breaks_the_link_not_the_hub() -> None
     s = sub()
     assert s.feed(b"*3\r\n*0\r\n$1\r\na\r\n:1\r\n", 1.0) == []
     assert s.broken.startswith("unexpected reply on the subscriber link")
+
+
+def _commands(data: bytes) -> list[list[bytes]]:
+    reader = hiredis.Reader()
+    reader.feed(data)
+    out: list[list[bytes]] = []
+    while (cmd := reader.gets()) is not False:
+        assert isinstance(cmd, list)
+        out.append(cmd)
+    return out
+
+
+def test_presence_goes_to_the_master_of_each_group_s_keys_and_is_written_again_on_a_new_master() -> None:
+    """Each script call to the slot of its keys (join/leave are SPUBLISHed there), SCRIPT LOAD to every master,
+    and everything written again when a master's command link comes up (it may be a promoted replica)."""
+    broker, sink, topology = topology_up("history:\n  enabled: false\npresence:\n  enabled: true\n")
+    broker.flush(0.0)
+    sink.clear()
+    low, high = ("127.0.0.1", 7001), ("127.0.0.1", 7002)
+    broker.link_data(topology, resp_value(shards_reply(([0, 8191], [(*low, "master", "online")]),
+                                                       ([8192, 16383], [(*high, "master", "online")]))), 0.0)
+    dialled = [(a.link, (a.host, a.port)) for a in sink if isinstance(a, OpenLink)]
+    commands = {address: link for link, address in dialled[1::2]}  # each master: subscriber, then commands
+    for link, _ in dialled:
+        broker.link_opened(link, 0.0)
+        broker.link_data(link, b"+PONG\r\n", 0.0)
+    channels = Channels("ws-hub:")
+    groups = {side: next(g for i in range(100) if (key_slot(channels.presence(g := f"g{i}")) < 8192) == (side is low))
+              for side in (low, high)}
+
+    def sent() -> dict[tuple[str, int], list[list[bytes]]]:
+        by_link = {link: address for address, link in commands.items()}
+        out: dict[tuple[str, int], list[list[bytes]]] = {low: [], high: []}
+        for action in sink:
+            if isinstance(action, SendToLink) and action.link in by_link:
+                out[by_link[action.link]] += [c for c in _commands(action.data) if c != [b"PING"]]
+        sink.clear()
+        return out
+
+    sink.clear()
+    broker.flush(0.0)
+    first = sent()
+    for side in (low, high):  # the scripts, on each master
+        assert sum(1 for cmd in first[side] if cmd[:2] == [b"SCRIPT", b"LOAD"]) >= 4
+    for group in groups.values():
+        broker.presence_set(group, "alice", 1)
+    broker.flush(0.0)
+    second = sent()
+    for side, group in groups.items():
+        (call,) = [cmd for cmd in second[side] if cmd[0] == b"EVALSHA"]
+        assert call[3:5] == list(channels.presence_keys(group)) and call[7] == channels.presence(group)
+    # The high master's command link drops and comes back (a promoted replica, say): its counts again, and the
+    # low master's too (counts are absolute: writing them twice is harmless).
+    broker.link_lost(commands[high], 1.0)
+    sink.clear()
+    broker.handle_timer(5.0)
+    (again,) = [a.link for a in sink if isinstance(a, OpenLink)]
+    broker.link_opened(again, 5.0)
+    commands[high] = again
+    broker.link_data(again, b"+PONG\r\n", 5.0)
+    broker.flush(5.0)
+    third = sent()
+    assert [cmd[:2] for cmd in third[high]][:4] == [[b"SCRIPT", b"LOAD"]] * 4  # loaded before it is used
+    for side, group in groups.items():
+        assert any(cmd[0] == b"EVALSHA" and cmd[3] == channels.presence_keys(group)[0] for cmd in third[side]), side

@@ -246,8 +246,6 @@ class TestSentinelMode:
     @pytest.mark.parametrize(("text", "message"), [
         ("redis:\n  mode: cluster\n  pubsub: both\n",
          r"redis\.pubsub in config\.yaml: must be 'sharded' or 'classic', got 'both'"),
-        ("redis:\n  mode: cluster\npresence:\n  enabled: true\n",
-         r"presence\.enabled in config\.yaml: not supported with redis\.mode in config\.yaml yet"),
         ("redis:\n  mode: cluster\n  db: 2\n", r"redis\.db in config\.yaml: must be 0 with redis\.mode"),
         ("redis:\n  mode: cluster\n  address: 'a,,b'\n", r"an empty cluster seed node address"),
         ("redis:\n  mode: cluster\n  address: 'redis://:pw@a:1'\n", r"the password is redis\.password"),

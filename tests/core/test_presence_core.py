@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from wshub_core import SendToLink
 from wshub_core._channels import Channels, hash_tag
+from wshub_core._cluster import key_slot
 from wshub_core._redis_presence import RedisPresence
 
 from .harness import CMD, Harness, fuzz_examples, make_config, resp_array, resp_bulk, resp_error, resp_int
@@ -114,12 +115,15 @@ class TestHashTags:
         assert hash_tag(b"foo{bar}{zap}") == b"bar"
         assert hash_tag(b"plain") is None
 
-    def test_presence_keys_share_the_group_channel_s_slot(self) -> None:
+    def test_presence_keys_share_the_events_channel_s_slot(self) -> None:
+        # The script that changes them SPUBLISHes join/leave on a sharded Cluster: same slot, same node.
         channels = Channels("ws-hub:")
-        assert channels.presence_keys("room") == (b"{ws-hub:group-data:room}:presence",
-                                                  b"{ws-hub:group-data:room}:presence-hubs")
+        assert channels.presence_keys("room") == (b"{ws-hub:presence:room}:counts", b"{ws-hub:presence:room}:hubs")
+        for group in ("room", "a{b}c", "{x}", "é", "a:b"):
+            events = channels.presence(group)
+            assert {key_slot(k) for k in channels.presence_keys(group)} == {key_slot(events)}, group
         hash_key, _ = channels.presence_keys("a{b}c")
-        assert hash_tag(hash_key) == hash_tag(channels.group_data("a{b}c")) == b"b"
+        assert hash_tag(hash_key) == hash_tag(channels.presence("a{b}c")) == b"b"
 
 
 class TestRedisPresenceCommands:
