@@ -114,13 +114,13 @@ _HTML = r"""<!DOCTYPE html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const STORE = "wshub-admin-key";
-const POLL_MS = 1000, SAMPLES = 120, LOG_LINES = 200;
+const POLL_MS = 1000, SAMPLES = 120, LOG_LINES = 200, PRESENCE_EVERY = 5;  // presence panel: every 5 s too
 const CLOSE_CODES = { 1000: "normal", 1001: "going away", 1002: "protocol error", 1005: "no code",
   1006: "no close frame", 1007: "invalid UTF-8", 1008: "policy / slow consumer", 1009: "too big",
   1011: "keepalive timeout", 4000: "kicked", 0: "HTTP" };
 let key = sessionStorage.getItem(STORE) || "";
 let generation = 0;  // bumped on every open and lock: late answers of an older key do nothing
-let pollTimer = null, stream = null, previous = null, series = { conn: [], in: [], out: [] };
+let pollTimer = null, stream = null, previous = null, series = { conn: [], in: [], out: [] }, polls = 0;
 
 function line(list, text, cls) {
   const li = document.createElement("li");
@@ -188,6 +188,10 @@ async function poll(mine, first) {
     if (mine !== generation) return;
     if (response.ok) {
       render(await response.json());
+      // Events refresh the panel at once; this catches what no event tells (shard channels have no patterns,
+      // so a sharded Cluster's event stream carries no join/leave).
+      const showing = $("presenceGroup").dataset.showing;
+      if (showing !== undefined && ++polls % PRESENCE_EVERY === 0) showPresence(showing);
       if (first) {
         $("dash").hidden = false;
         $("auth").textContent = "Key accepted; refreshing every second.";
@@ -303,7 +307,7 @@ async function readEvents(mine) {
   }
 }
 
-// GET /api/groups/G/presence, again on each join or leave of the group shown.
+// GET /api/groups/G/presence, again on each join or leave of the group shown and every PRESENCE_EVERY polls.
 async function showPresence(group) {
   $("presenceGroup").dataset.showing = group;
   try {
