@@ -78,6 +78,7 @@ from wshub_core import (
     RedisLink,
     RedisState,
     SendToClient,
+    SendToClients,
     SendToLink,
     load_config,
 )
@@ -302,6 +303,9 @@ class CoreBench:
         for action in actions:
             if isinstance(action, SendToClient):
                 by_conn[action.conn].received.append(action.data)
+            elif isinstance(action, SendToClients):
+                for conn in action.conns:
+                    by_conn[conn].received.append(action.data)
             elif isinstance(action, SendToLink):
                 readers[self.links.sent_on(action)].feed(action.data)
             elif isinstance(action, CloseClient):
