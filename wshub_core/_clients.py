@@ -282,6 +282,11 @@ class ClientTable:
         self._dirty[conn] = client
         if not client.accept(request, compression=self._compression):
             return False
+        # The handshake's deadline is over: left in place (schedule only moves a deadline earlier) it
+        # would wake every new connection once, handshakeTimeout after it opened, for nothing.
+        self._timers.cancel(conn)
+        if client.write_paused_since is not None:
+            self._timers.schedule(conn, client.write_paused_since + self._write_wait)
         if self._ping_interval is not None:
             self._timers.schedule(conn, now + self._ping_interval)
         return True
