@@ -404,17 +404,20 @@ class ClientTable:
         self._dirty = {}
         # id(data) -> (data, conns owed exactly it); the tuple holds data, so no id is reused in this flush.
         shared: dict[int, tuple[bytes, list[int]]] = {}
+        last: bytes | None = None  # the previous such socket's bytes: a broadcast's members come in a row
+        last_conns: list[int] = []
         for conn, client in dirty.items():
             out = client.out
             if out:
                 if client.write_paused_since is None:
                     if len(out) == 1 and client.state is not _CLOSED:
                         data = out[0]
-                        entry = shared.get(id(data))
-                        if entry is None:
-                            shared[id(data)] = (data, [conn])
-                        else:
-                            entry[1].append(conn)
+                        if data is not last:
+                            entry = shared.get(id(data))
+                            if entry is None:
+                                entry = shared[id(data)] = (data, [])
+                            last, last_conns = data, entry[1]
+                        last_conns.append(conn)
                         # take_output's work; _close_at is None here, as it is in every state but CLOSED.
                         client.out = []
                         client.out_bytes = 0
