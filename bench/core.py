@@ -82,6 +82,11 @@ from wshub_core import (
     load_config,
 )
 
+try:
+    from wshub_core import SendToClients
+except ImportError:  # a core from before issue 13's broadcast action, run for a before/after
+    SendToClients = None  # type: ignore[assignment,misc]
+
 PREFIX = "bench:"
 # No stall probe: its SUBSCRIBE at link up and one PUBLISH per 5 s are no part of the phases measured here.
 # History off unless --history: then group messages are envelopes (as wshub_publish publishes them), and the
@@ -302,6 +307,9 @@ class CoreBench:
         for action in actions:
             if isinstance(action, SendToClient):
                 by_conn[action.conn].received.append(action.data)
+            elif SendToClients is not None and isinstance(action, SendToClients):
+                for conn in action.conns:
+                    by_conn[conn].received.append(action.data)
             elif isinstance(action, SendToLink):
                 readers[self.links.sent_on(action)].feed(action.data)
             elif isinstance(action, CloseClient):

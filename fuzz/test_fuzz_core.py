@@ -29,6 +29,7 @@ from wshub_core import (
     OpenLink,
     RedisLink,
     SendToClient,
+    SendToClients,
     SendToLink,
     load_config,
 )
@@ -70,7 +71,8 @@ def upgrade(hub: Hub, key: str = "k") -> tuple[int, Connection]:
 
 
 def client_bytes(actions: list[Action], conn: int) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient) and a.conn == conn)
+    return b"".join(a.data for a in actions if (isinstance(a, SendToClient) and a.conn == conn)
+                    or (isinstance(a, SendToClients) and conn in a.conns))
 
 
 def closed(actions: list[Action], conn: int) -> bool:

@@ -44,6 +44,7 @@ from wshub_core import (
     PauseClient,
     ResumeClient,
     SendToClient,
+    SendToClients,
     SendToLink,
     StopListening,
     Stopped,
@@ -262,7 +263,15 @@ class Server(Generic[CoreT]):
 
     def _execute(self, action: Action) -> None:
         kind = type(action)
-        if kind is SendToClient:
+        if kind is SendToClients:  # a group message: the same bytes to every member, one write each
+            assert isinstance(action, SendToClients)
+            data = action.data
+            get = self.transports.get
+            for conn in action.conns:
+                transport = get(conn)
+                if transport is not None:
+                    transport.write(data)
+        elif kind is SendToClient:
             assert isinstance(action, SendToClient)
             transport = self.transports.get(action.conn)
             if transport is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "PauseClient",
     "ResumeClient",
     "SendToClient",
+    "SendToClients",
     "SendToLink",
     "StopListening",
     "Stopped",
@@ -30,7 +31,24 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendToClient:
+    """Write everything the core queued for one socket since the last drain: one write per socket."""
+
     conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendToClients:
+    """Write the same bytes on each of several sockets, each as its one write of this drain.
+
+    A group message's frame is built once and is all its members are owed, so
+    one action carries it for all of them: a broadcast costs the shell a loop,
+    not an action object and a dispatch per member. ``conns`` has at least two
+    ids, none of them in another ``SendToClient`` or ``SendToClients`` of the
+    same drain.
+    """
+
+    conns: tuple[int, ...]
     data: bytes
 
 
@@ -91,6 +109,7 @@ class Stopped:
 
 Action = (
     SendToClient
+    | SendToClients
     | CloseClient
     | PauseClient
     | ResumeClient

@@ -48,7 +48,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 
-from ._actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
+from ._actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient, SendToClients
 from ._client import ClientConnection, ClientState, CloseCode, HttpRequest, Outcome
 from ._metrics import Sample
 from ._timers import Timers
@@ -56,6 +56,7 @@ from ._timers import Timers
 __all__ = ["ClientTable", "Pause"]
 
 _OPEN = ClientState.OPEN  # per input: a module global is a cheap load, a class attribute (3.11) is not
+_CLOSED = ClientState.CLOSED
 _PING_CHUNK = b": ping\n\n"  # an SSE comment: readers ignore it; a proxy or a dead peer shows itself
 
 
@@ -281,6 +282,11 @@ class ClientTable:
         self._dirty[conn] = client
         if not client.accept(request, compression=self._compression):
             return False
+        # The handshake's deadline is over: left in place (schedule only moves a deadline earlier) it
+        # would wake every new connection once, handshakeTimeout after it opened, for nothing.
+        self._timers.cancel(conn)
+        if client.write_paused_since is not None:
+            self._timers.schedule(conn, client.write_paused_since + self._write_wait)
         if self._ping_interval is not None:
             self._timers.schedule(conn, now + self._ping_interval)
         return True
@@ -292,12 +298,23 @@ class ClientTable:
         self._dirty[conn] = client
 
     def broadcast(self, conns: Iterable[int], frame: bytes) -> None:
-        """The same frame bytes to each of ``conns`` (the hot path of a group message)."""
+        """The same frame bytes to each of ``conns`` (the hot path of a group message).
+
+        Per member this only appends a reference to the one frame: an open
+        connection's case of ``ClientConnection.send_frame`` is inlined (a call
+        per member was a fifth of the core's work per delivery); any other state
+        takes the method, which knows what a closing connection may still send.
+        """
         clients = self._clients
         dirty = self._dirty
+        size = len(frame)
         for conn in conns:
             client = clients[conn]
-            client.send_frame(frame)
+            if client.state is _OPEN:
+                client.out.append(frame)
+                client.out_bytes += size
+            else:
+                client.send_frame(frame)
             dirty[conn] = client
 
     def close(self, conn: int, code: int, reason: str) -> None:
@@ -370,7 +387,13 @@ class ClientTable:
     # -- output ------------------------------------------------------------------------
 
     def flush(self, now: float) -> None:
-        """Queue one write per socket with what is owed to it, closes after; forget the closed."""
+        """Queue one write per socket with what is owed to it, closes after; forget the closed.
+
+        A socket owed exactly one piece of bytes, the same object as others are
+        owed (a group message's frame), is not given an action of its own: those
+        sockets share one ``SendToClients`` after the loop. Only open sockets
+        share one (a closing one's write must come before its ``CloseClient``).
+        """
         if not self._dirty:
             return  # a client to parse on or to stamp is always dirty too
         if self._reparse or self._stamp:
@@ -379,14 +402,31 @@ class ClientTable:
         limit = self._max_outbound_buffer
         dirty = self._dirty
         self._dirty = {}
+        # id(data) -> (data, conns owed exactly it); the tuple holds data, so no id is reused in this flush.
+        shared: dict[int, tuple[bytes, list[int]]] = {}
+        last: bytes | None = None  # the previous such socket's bytes: a broadcast's members come in a row
+        last_conns: list[int] = []
         for conn, client in dirty.items():
-            if client.out:
+            out = client.out
+            if out:
                 if client.write_paused_since is None:
+                    if len(out) == 1 and client.state is not _CLOSED:
+                        data = out[0]
+                        if data is not last:
+                            entry = shared.get(id(data))
+                            if entry is None:
+                                entry = shared[id(data)] = (data, [])
+                            last, last_conns = data, entry[1]
+                        last_conns.append(conn)
+                        # take_output's work; _close_at is None here, as it is in every state but CLOSED.
+                        client.out = []
+                        client.out_bytes = 0
+                        continue
                     actions.append(SendToClient(conn=conn, data=client.take_output()))
-                elif client.out_bytes > limit and client.state is not ClientState.CLOSED:
+                elif client.out_bytes > limit and client.state is not _CLOSED:
                     self._close_slow(client, f"over {limit} bytes queued")
                     self._dirty.pop(conn, None)
-            if client.state is ClientState.CLOSED and conn in self._clients:
+            if client.state is _CLOSED and conn in self._clients:
                 if client.out and not client.abort:
                     # Held while the socket was full: a graceful close flushes the
                     # transport first, so our last frames and the close frame still go.
@@ -398,6 +438,9 @@ class ClientTable:
                     deadline = (now if since is None else min(since, now)) + self._write_wait
                     self._closing[conn] = deadline
                     self._timers.schedule(conn, deadline)
+        for data, conns in shared.values():
+            actions.append(SendToClient(conn=conns[0], data=data) if len(conns) == 1
+                           else SendToClients(conns=tuple(conns), data=data))
 
     # -- internals ---------------------------------------------------------------------
 

@@ -382,15 +382,24 @@ class Server(Generic[CoreT]):
             self.drain()
 
     def _send_to_client(self, action: act.SendToClient) -> None:
-        client = self.clients.get(action.conn)
+        self._write(action.conn, action.data)
+
+    def _send_to_clients(self, action: act.SendToClients) -> None:
+        data = action.data
+        for conn in action.conns:
+            self._write(conn, data)
+
+    def _write(self, conn: int, data: bytes) -> None:
+        """Hand ``data`` to the socket's sender; over the high-water mark of refused bytes, a write pause."""
+        client = self.clients.get(conn)
         if client is None or client.closing:
             return
-        client.out.append(action.data)
-        client.unsent += len(action.data)
+        client.out.append(data)
+        client.unsent += len(data)
         client.lot.unpark_all()
         if client.blocked and not client.write_paused and client.unsent > WRITE_HIGH_WATER:
             client.write_paused = True
-            self.core.client_write_paused(action.conn, trio.current_time())  # drain() takes the actions it makes
+            self.core.client_write_paused(conn, trio.current_time())  # drain() takes the actions it makes
 
     def _close_client(self, action: act.CloseClient) -> None:
         conn = action.conn
@@ -520,6 +529,7 @@ class Server(Generic[CoreT]):
 
     _executors: ClassVar[dict[type[Any], Callable[[Any, Any], None]]] = {
         act.SendToClient: _send_to_client,
+        act.SendToClients: _send_to_clients,
         act.SendToLink: _send_to_link,
         act.CloseClient: _close_client,
         act.PauseClient: _pause,

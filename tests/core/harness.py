@@ -64,6 +64,7 @@ from wshub_core import (
     RedisState,
     ResumeClient,
     SendToClient,
+    SendToClients,
     SendToLink,
     StopListening,
     Stopped,
@@ -625,18 +626,21 @@ class Harness:
                 if self.auto_handshake and self._deliver_handshakes():
                     continue
                 return done
+            written: set[int] = set()  # one write per socket per drain, alone or in a SendToClients
             for action in actions:
                 self.log.append((self.now, action))
                 done.append(action)
-                self._execute(action)
+                self._execute(action, written)
         raise AssertionError("the hub never went quiet")
 
-    def _execute(self, action: Action) -> None:
+    def _execute(self, action: Action, written: set[int]) -> None:
         if isinstance(action, SendToClient):
-            client = self._live_client(action.conn, action)
-            if not action.data:
-                raise ContractError(f"empty SendToClient for conn {action.conn}")
-            client.receive(action.data)
+            self._write(action.conn, action.data, action, written)
+        elif isinstance(action, SendToClients):
+            if len(set(action.conns)) != len(action.conns) or len(action.conns) < 2:
+                raise ContractError(f"SendToClients needs two distinct conns or more: {action.conns!r}")
+            for conn in action.conns:
+                self._write(conn, action.data, action, written)
         elif isinstance(action, CloseClient):
             client = self.clients.get(action.conn)
             if client is not None and client.closing and action.abort:
@@ -696,6 +700,15 @@ class Harness:
             self.stopped = True
         else:  # pragma: no cover - a new action type must be taught to the harness
             raise ContractError(f"unknown action {action!r}")
+
+    def _write(self, conn: int, data: bytes, action: Action, written: set[int]) -> None:
+        client = self._live_client(conn, action)
+        if not data:
+            raise ContractError(f"empty write for conn {conn}: {action!r}")
+        if conn in written:
+            raise ContractError(f"two writes to conn {conn} in one drain: {action!r}")
+        written.add(conn)
+        client.receive(data)
 
     def _live_client(self, conn: int, action: Action) -> Client:
         client = self.clients.get(conn)

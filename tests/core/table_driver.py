@@ -7,7 +7,8 @@ What it is responsible for:
   by its path (read the body and answer it, defer the answer, stream, upgrade,
   answer at once), so a test says what it sends, not how the hub reacts;
 - the checks: every action is checked against the table's contract (no bytes
-  after ``CloseClient``, one ``SendToClient`` per socket per flush).
+  after ``CloseClient``, one write per socket per flush: a ``SendToClient``, or its place in a
+  ``SendToClients``).
 
 What it must never do: open a socket, read a clock, or reach into the table's
 private state.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from wshub_core import CloseClient, PauseClient, ResumeClient, SendToClient
+from wshub_core import CloseClient, PauseClient, ResumeClient, SendToClient, SendToClients
 from wshub_core._actions import Action
 from wshub_core._client import ClientConnection, HttpBody, HttpRequest, MessageReceived, Outcome
 from wshub_core._clients import ClientTable
@@ -234,17 +235,17 @@ class Driver:
         written: set[int] = set()
         for action in actions:
             self.log.append((self.now, action))
+            if isinstance(action, SendToClients):
+                if len(set(action.conns)) != len(action.conns) or len(action.conns) < 2:
+                    raise ContractError(f"SendToClients needs two distinct conns or more: {action!r}")
+                for conn in action.conns:
+                    self._write(conn, action.data, action, written)
+                continue
             sock = self.socks.get(getattr(action, "conn", -1))
             if sock is None:
                 raise ContractError(f"action for an unknown socket: {action!r}")
             if isinstance(action, SendToClient):
-                if sock.closed:
-                    raise ContractError(f"bytes after CloseClient: {action!r}")
-                if sock.conn in written:
-                    raise ContractError(f"two writes to one socket in one flush: {action!r}")
-                written.add(sock.conn)
-                sock.raw += action.data
-                sock.writes += 1
+                self._write(sock.conn, action.data, action, written)
             elif isinstance(action, CloseClient):
                 if sock.closed and not action.abort:
                     raise ContractError(f"CloseClient twice: {action!r}")
@@ -256,8 +257,21 @@ class Driver:
                 sock.paused = False
         return actions
 
+    def _write(self, conn: int, data: bytes, action: Action, written: set[int]) -> None:
+        sock = self.socks.get(conn)
+        if sock is None:
+            raise ContractError(f"action for an unknown socket: {action!r}")
+        if sock.closed:
+            raise ContractError(f"bytes after CloseClient: {action!r}")
+        if conn in written:
+            raise ContractError(f"two writes to one socket in one flush: {action!r}")
+        written.add(conn)
+        sock.raw += data
+        sock.writes += 1
+
     def actions_of(self, sock: Sock, since: float = 0.0) -> list[Action]:
-        return [a for t, a in self.log if getattr(a, "conn", None) == sock.conn and t >= since]
+        return [a for t, a in self.log if (getattr(a, "conn", None) == sock.conn
+                                           or sock.conn in getattr(a, "conns", ())) and t >= since]
 
     def _on_left(self, client: ClientConnection) -> None:
         sock = self.socks[client.conn]

@@ -12,7 +12,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from wshub_core import SendToClient
+from wshub_core import SendToClient, SendToClients
 from wshub_core._deflate import BoundedDeflate, Compressor
 
 from .harness import Client, Harness, make_config
@@ -35,7 +35,8 @@ def connect(h: Harness, key: str, extension: PerMessageDeflate | None) -> Client
 
 
 def frames_to(h: Harness, client: Client, since: int) -> list[bytes]:
-    return [a.data for a in h.actions_since(since) if isinstance(a, SendToClient) and a.conn == client.conn]
+    return [a.data for a in h.actions_since(since) if (isinstance(a, SendToClient) and a.conn == client.conn)
+            or (isinstance(a, SendToClients) and client.conn in a.conns)]
 
 
 class TestNegotiation:

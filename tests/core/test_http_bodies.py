@@ -383,6 +383,35 @@ class TestKeepAlive_RFC9112_9_3:
         assert sock.closed and sock.abort is True and d.table.slow_closes == 1
 
 
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class TestDeadlinesAfterTheUpgrade:
+    """The handshake deadline ends with the upgrade: a new connection is not woken at it for nothing."""
+
+    def test_the_next_wake_up_is_the_first_ping(self) -> None:
+        d, sock = driver(handshake_timeout=10.0, pong_wait=20.0)
+        d.now = 1.0
+        d.send(sock, UPGRADE)
+        assert state(d, sock) is ClientState.OPEN
+        assert d.table.next_deadline() == pytest.approx(1.0 + 18.0)  # 0.9 x pongWait, not the handshake's 10.0
+
+    def test_without_keepalive_nothing_is_due(self) -> None:
+        d, sock = driver(handshake_timeout=10.0, pong_wait=None)
+        d.send(sock, UPGRADE)
+        assert state(d, sock) is ClientState.OPEN and d.table.next_deadline() is None
+
+    def test_a_write_stall_that_began_before_the_upgrade_keeps_its_deadline(self) -> None:
+        d, sock = driver(handshake_timeout=10.0, write_wait=5.0, pong_wait=20.0)
+        d.write_paused(sock)  # at 0.0
+        d.now = 1.0
+        d.send(sock, UPGRADE)
+        assert d.table.next_deadline() == pytest.approx(5.0)
+        d.advance(5.0)
+        assert sock.closed and sock.abort is True and d.table.slow_closes == 1
+
+
 class TestPipelining_RFC9112_9_3_2:
     @BYTEWISE
     def test_pipelined_requests_are_answered_in_order_in_one_write(self, bytewise: bool) -> None:

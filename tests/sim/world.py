@@ -219,6 +219,7 @@ from wshub_core import (
     RedisLink,
     ResumeClient,
     SendToClient,
+    SendToClients,
     SendToLink,
     StopListening,
     Stopped,
@@ -1205,6 +1206,9 @@ class World:
         kind = type(a)
         if kind is SendToClient:
             self._send_to_client(a.conn, a.data)
+        elif kind is SendToClients:
+            for conn in a.conns:
+                self._send_to_client(conn, a.data)
         elif kind is SendToLink:
             self._send_to_redis(a.link, a.data)
         elif kind is CloseClient:
