@@ -267,3 +267,48 @@ def test_with_workers_every_line_names_its_worker_and_client_ids_are_unique(shel
                 await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_log_level_warning_writes_no_line_per_connection(shell: str, tmp_path: Path) -> None:
+    """logLevel: warning (for many connections): clients are served, and no connect/close line is formatted;
+    warnings still are. A bad value is a config error naming the key and where it came from."""
+    async def scenario() -> None:
+        port = free_port()
+        dead = free_port()  # no Redis here: the hub warns about its links
+        environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{dead}",
+                          WSHUB_REDIS_RECONNECT_MAX="0.2", WSHUB_LOG_LEVEL="warning", WSHUB_SHUTDOWN_TIMEOUT="0.5")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), cwd=tmp_path,
+                                                    env=environ, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        log = HubLog(proc.stderr)
+        try:
+            await log.until(lambda line: "WARNING wshub: redis" in line)  # a warning: the level lets it through
+            for i in range(3):  # served: upgraded (their announcements wait for Redis), and not logged
+                status = (await raw_exchange(port, upgrade_head(f"k{i}"))).split(b" ", 2)[1]
+                assert status == b"101", status
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, rest = await asyncio.wait_for(proc.communicate(), 10)
+        lines = log.lines + rest.decode().splitlines()
+        assert all(RECORD.match(line) and " INFO " not in line for line in lines), lines
+        assert proc.returncode == 0
+
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", shell_module(shell), "--check-config", cwd=tmp_path,
+            env=hub_env(WSHUB_LOG_LEVEL="verbose"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await check.communicate()
+        assert check.returncode == 2
+        assert ("logLevel in environment variable WSHUB_LOG_LEVEL: must be 'debug', 'info', 'warning' or 'error', "
+                "got 'verbose'") in err.decode(), err
+
+    asyncio.run(scenario())
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await within(reader.readuntil(b"\r\n\r\n"))
+    finally:
+        writer.close()

@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true",
                         help="check, print the effective config, exit 0 (or 2)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines (same as logFormat: json)")
-    parser.add_argument("--debug", action="store_true", help="log at DEBUG level instead of INFO")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level (overrides logLevel)")
     return parser.parse_args(argv)
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None, *, serve: Serve) -> int:
         print(check_output(config), end="")
         return 0
     json_lines = args.log_json or config.log_format == "json"
-    setup_logging(json_lines=json_lines, debug=args.debug)
+    setup_logging(json_lines=json_lines, level="debug" if args.debug else config.log_level)
     config = with_api_key(config)
     raise_file_limit()
     config_file = str(path.absolute()) if text is not None else None

@@ -98,6 +98,9 @@ KEYS: tuple[Key, ...] = (
         minimum=0, doc="on SIGTERM, how long to wait for clients to close and buffered messages to flush"),
     Key(path="logFormat", attr="log_format", kind="str", default="text",
         doc="'text' (human-readable) or 'json' (one JSON object per line)"),
+    Key(path="logLevel", attr="log_level", kind="str", default="info",
+        doc="'info' (a line per connect, close and groups change), 'warning' (no line per connection: links, "
+            "refusals and errors; for many connections), 'error' or 'debug' (as --debug)"),
     Key(path="broker", attr="broker", kind="str", default="",
         doc="'memory' (in this process, nothing else to run; one worker) or 'redis'; when unset: 'redis' "
             "if the file or the environment sets any redis.* key, else 'memory'"),
@@ -214,6 +217,7 @@ class Config:
     workers: int = 1
     shutdown_timeout: float = 10.0
     log_format: str = "text"
+    log_level: str = "info"
     broker: str = "redis"  # load_config decides; a Config built by hand keeps the Redis broker it always had
     api_key: str = ""
     api_max_body_size: int = 1024 * 1024
@@ -491,6 +495,8 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> Config:
     check(values["server_url"].startswith("/"), "serverUrl", "must start with '/'")
     check(bool(values["client_key"]), "clientKey", "must not be empty")
     check(values["log_format"] in ("text", "json"), "logFormat", "must be 'text' or 'json'")
+    check(values["log_level"] in ("debug", "info", "warning", "error"), "logLevel",
+          f"must be 'debug', 'info', 'warning' or 'error', got {values['log_level']!r}")
     check(values["broker"] in ("", "memory", "redis"), "broker", "must be 'memory' or 'redis'")
     if not values["broker"]:
         # A Go hub's config.yaml names redis.address: it still means Redis. Nothing about Redis: the first run
