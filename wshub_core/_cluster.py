@@ -57,6 +57,13 @@ class SlotMap:
         except ValueError:
             return None
 
+    def copy(self) -> SlotMap:
+        """The same map, to amend (``assign``) without changing this one."""
+        other = SlotMap([])
+        other._owner = list(self._owner)
+        other.masters = self.masters
+        return other
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SlotMap) and self._owner == other._owner
 

@@ -21,7 +21,9 @@ Rules:
 2. A command is routed by its channel's slot; a reply ``-MOVED`` or ``-ASK``
    sends it again where Redis says (``ASK``: behind ``ASKING``), in order; a
    master that leaves the topology hands its unanswered commands to the new
-   owners of their slots. Commands with no owner yet wait, in order.
+   owners of their slots. Commands with no owner yet wait, in order, and so
+   do a slot's commands while the master it left still owes answers for it
+   (they may come back ``-MOVED``: nothing newer may overtake them).
 3. Every subscriber link delivers the probe its master's command link
    publishes on a channel in one of that master's slots, or is dropped as
    stalled (``_probe.py``).
@@ -74,6 +76,7 @@ log = logging.getLogger("wshub")
 
 Kind = Literal["subscriber", "commands"]
 _KINDS: tuple[Kind, ...] = ("subscriber", "commands")
+_Held = tuple[bytes, int, bool, bytes]  # a command waiting for its slot's master: (command, ticket, resend, channel)
 _TOPOLOGY = "topology"  # the topology link's timer owner, and its name in logs and metrics
 _PRESENCE = "presence"  # timer owner of the presence refresh
 _REFRESH = 10.0  # seconds between topology refreshes while nothing suggests a change
@@ -137,6 +140,7 @@ class ClusterBroker:
         self._use_slots = False  # the nodes do not know CLUSTER SHARDS (before Redis 7)
         self._topology_error = ""
         self._map: SlotMap | None = None
+        self._answered: SlotMap | None = None  # the last topology read, before any -MOVED amended ``_map``
         self._nodes: dict[Address, _Node] = {}
         self._next_seed = 3  # backoff seeds of the nodes' sessions
         self._link_of: dict[int, tuple[_Node, Kind]] = {}  # current node links; input for any other id is stale
@@ -149,6 +153,10 @@ class ClusterBroker:
         self._pending: deque[tuple[bytes, int, bool, bytes]] = deque()  # (command, ticket, resend, channel)
         self._pending_bytes = 0
         self._held_slots: dict[int, int] = {}  # slot -> its commands in _pending: later ones wait behind them
+        # A slot that left a master still owing answers to some of its commands: (that master, the slot's
+        # commands it has redirected since, the slot's commands routed since). They wait, in that order,
+        # until it has answered them all: a command -MOVED later must not land behind a newer one.
+        self._moving: dict[int, tuple[Address, list[_Held], list[_Held]]] = {}
         self._link_errors: dict[str, str] = {}  # a link's name -> why it went down
         self._timers = Timers()
         self._warned_prefix = False
@@ -332,6 +340,7 @@ class ClusterBroker:
                 self._refused(str(error))
             self._acknowledged(node)
             self._redirected(node, now)
+            self._release_moved(node)
         if session.broken:
             self._drop(node, kind, now, session.broken, close=True)
             return
@@ -426,7 +435,7 @@ class ClusterBroker:
     @property
     def ready(self) -> bool:
         """The topology covers every slot, every master's links are up, every needed channel is confirmed."""
-        if self._map is None or not self._map.complete() or self._pending:
+        if self._map is None or not self._map.complete() or self._pending or self._moving:
             return False
         for node in self._nodes.values():
             if node.sub.state is not RedisState.READY or node.cmd.state is not RedisState.READY:
@@ -455,23 +464,24 @@ class ClusterBroker:
                     error = self._link_errors.get(_name(kind, node.address), "")
                     return (f"redis {kind} link to {host_port(*node.address)} {session.state.value}"
                             + (f" (last error: {error})" if error else ""))
-        if self._pending:
-            return f"{len(self._pending)} commands waiting for their slot's master"
+        if self._pending or self._moving:
+            return f"{len(self._pending) + len(self._moving_commands())} commands waiting for their slot's master"
         return "subscriptions not confirmed yet"
 
     @property
     def idle(self) -> bool:
         """Nothing published is waiting for a node."""
-        return not self._pending and all(node.cmd.idle for node in self._nodes.values())
+        return not self._pending and not self._moving and all(node.cmd.idle for node in self._nodes.values())
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes of commands not yet answered, on every master and waiting for one."""
-        return self._pending_bytes + sum(node.cmd.buffered_bytes for node in self._nodes.values())
+        return self._pending_bytes + sum(len(held[0]) for held in self._moving_commands()) + sum(
+            node.cmd.buffered_bytes for node in self._nodes.values())
 
     def pending_count(self) -> int:
         """Commands not yet answered."""
-        return len(self._pending) + sum(len(node.cmd) for node in self._nodes.values())
+        return len(self._pending) + len(self._moving_commands()) + sum(len(node.cmd) for node in self._nodes.values())
 
     def subscribed_channels(self) -> set[bytes]:
         """Channels subscribed on some master (the probes' left out)."""
@@ -551,6 +561,10 @@ class ClusterBroker:
     def _route(self, cmd: bytes, ticket: int, resend: bool, channel: bytes) -> None:
         """Queue ``cmd`` on the master of ``channel``'s slot, or hold it until there is one."""
         slot = key_slot(channel)
+        moving = self._moving.get(slot)
+        if moving is not None:
+            moving[2].append((cmd, ticket, resend, channel))
+            return
         node = self._node_at(self._map.owner(slot) if self._map is not None else None)
         if node is None or self._held_slots.get(slot):  # behind what waits already for this slot: order holds
             self._hold(cmd, ticket, resend, channel)
@@ -563,6 +577,28 @@ class ClusterBroker:
         self._pending_bytes += len(cmd)
         slot = key_slot(channel)
         self._held_slots[slot] = self._held_slots.get(slot, 0) + 1
+
+    def _moved_away(self, old: _Node, left: set[int] | None = None) -> None:
+        """Slots that left ``old`` (``None``: as the map says) while it owes answers to some of their commands."""
+        for slot in sorted(_slots_of(old.cmd.outstanding())):
+            if slot not in self._moving and ((slot in left) if left is not None else
+                                             self._map is not None and self._map.owner(slot) != old.address):
+                self._moving[slot] = (old.address, [], [])
+
+    def _release_moved(self, node: _Node) -> None:
+        """Once ``node`` owes no answer for a slot that left it: that slot's waiting commands, in order."""
+        if not self._moving:
+            return
+        owed = _slots_of(node.cmd.outstanding())
+        for slot in sorted(self._moving):
+            old, redirected, routed = self._moving[slot]
+            if old == node.address and slot not in owed:
+                del self._moving[slot]
+                for held in (*redirected, *routed):
+                    self._route(*held)
+
+    def _moving_commands(self) -> list[_Held]:
+        return [held for _, redirected, routed in self._moving.values() for held in (*redirected, *routed)]
 
     def _drain_pending(self) -> None:
         """Send what waited for a master, in order, as far as the topology allows."""
@@ -587,6 +623,12 @@ class ClusterBroker:
             channel = _channel_of(cmd)
             if target is not None and not target.ask and self._map is not None:
                 self._map.assign(target.slot, target.address)  # as Redis says, until a topology says otherwise
+                self._moved_away(node, {target.slot})
+            moving = self._moving.get(key_slot(channel))
+            if moving is not None and moving[0] == node.address and not (target is not None and target.ask):
+                moved = True
+                moving[1].append((cmd, ticket, resend, channel))  # after the ones it redirected before
+                continue
             if target is not None and target.address in self._nodes and not self._held_slots.get(key_slot(channel)):
                 there = self._nodes[target.address].cmd
                 if target.ask:
@@ -667,13 +709,15 @@ class ClusterBroker:
         session = self._topology
         if session.waiting_since is not None or session.state is not RedisState.READY:
             return session.deadline(self._timeout)
-        settled = self._map is not None and self._map.complete() and not self._pending and all(
+        settled = self._map is not None and self._map.complete() and not self._pending and not self._moving and all(
             n.sub.state is RedisState.READY and n.cmd.state is RedisState.READY for n in self._nodes.values())
         return now + (_REFRESH if settled else max(self._config.reconnect_min, 0.5))
 
     def _apply(self, found: SlotMap, now: float) -> None:
         """A topology: open links to new masters, retire old ones, move channels, send what waited."""
-        if found == self._map:
+        if found == self._answered:
+            # Nothing new (a node whose view lags a failover, say): what a -MOVED told us stands, and what
+            # it sent to a master not in the map keeps waiting, instead of bouncing between the two at once.
             self._drain_pending()
             return
         masters = set(found.masters)
@@ -686,12 +730,25 @@ class ClusterBroker:
         else:
             log.info("redis cluster topology: %d masters (%s)", len(masters),
                      ", ".join(host_port(*a) for a in sorted(masters)), extra={"event": "topology"})
-        self._map = found
+        self._answered = found
+        self._map = found = found.copy()
         handed: list[tuple[bytes, int, bool]] = []
+        dropped = False  # announcements lost with a link (volatile): the hub makes them again
+        late: list[_Held] = []  # commands routed while their slot waited for a master retired now
         for address in sorted(before - masters):
-            handed += self._retire(self._nodes[address])
+            for slot in sorted(self._moving):
+                old, redirected, routed = self._moving[slot]
+                if old == address:  # what it redirected, then what it still owes, then what came since
+                    del self._moving[slot]
+                    handed += [(cmd, ticket, resend) for cmd, ticket, resend, _ in redirected]
+                    late += routed
+            retired = self._nodes[address]
+            handed += self._retire(retired)
+            dropped |= retired.cmd.dropped  # its link dropped them, and it will not come back to say so
         for address in sorted(masters - before):
             self._open_node(address, now)
+        for node in self._nodes.values():
+            self._moved_away(node)
         self._pattern_home = found.owner(0)
         for node in self._nodes.values():  # classic: the patterns live with slot 0's master alone
             for pattern in node.sub.subscribed_patterns():
@@ -702,7 +759,6 @@ class ClusterBroker:
                     node.sub.want_pattern(pattern)
         for channel in sorted(self._needed):
             self._place(channel)
-        dropped = False
         first: deque[tuple[bytes, int, bool, bytes]] = deque()
         for cmd, ticket, resend in handed:  # before what waits: they were sent first
             if not resend:
@@ -711,6 +767,7 @@ class ClusterBroker:
                 continue
             first.append((cmd, ticket, resend, _channel_of(cmd)))
         first.extend(self._pending)
+        first.extend(late)
         self._pending = first
         self._drain_pending()
         if dropped:
@@ -818,6 +875,7 @@ class ClusterBroker:
         else:
             node.probe.abandon()
             self._acknowledged(node)
+            self._release_moved(node)  # a lost link drops what it must not resend
         self._link_errors[_name(kind, node.address)] = why
         log.warning("redis %s link to %s: %s; retrying in %.2fs", kind, host_port(*node.address), why,
                     session.connect_at - now, extra={"event": "link_down", "link": kind, "reason": why})
@@ -853,7 +911,11 @@ class ClusterBroker:
         node.cmd.acknowledged = []
         for ticket, error, reply in acknowledged:
             if ticket == _LOAD:
-                if error and error != "link lost" and not self._history_error:
+                if error.startswith("READONLY"):
+                    # A replica our map still calls a master (a failover it has not caught up with): not a
+                    # refusal of history; the master loads the library when its command link comes up.
+                    self._refresh(self.now)
+                elif error and error != "link lost" and not self._history_error:
                     self._history_error = f"Redis refused FUNCTION LOAD on {host_port(*node.address)}: {error}"
                     log.warning("history is off: %s (group messages are delivered, but not kept, repaired or "
                                 "replayed)", self._history_error, extra={"event": "history_off", "reason": error})
@@ -930,6 +992,11 @@ def _why(state: RedisState, error: str) -> str:
     if state is RedisState.HANDSHAKE:
         return f"closed before answering the handshake{': ' + error if error else ''}"
     return f"connection lost: {error or 'closed by the server'}"
+
+
+def _slots_of(commands: list[bytes]) -> set[int]:
+    """The slots of the routed commands among ``commands``."""
+    return {key_slot(channel) for cmd in commands if (channel := _channel_of(cmd))}
 
 
 def _channel_of(cmd: bytes) -> bytes:

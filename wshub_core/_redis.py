@@ -498,6 +498,10 @@ class CommandSession(RedisSession):
             self._outbox = kept
             volatile.clear()
 
+    def outstanding(self) -> list[bytes]:
+        """Every command not yet answered (written or not), in order, PINGs left out."""
+        return [cmd for cmd in (*self._inflight, *self._outbox) if cmd is not _PING]
+
     def take_outstanding(self) -> list[tuple[bytes, int, bool]]:
         """Every command not yet answered, in order, as (command, ticket, resend), and forget them.
 

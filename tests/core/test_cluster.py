@@ -308,3 +308,160 @@ def test_presence_goes_to_the_master_of_each_group_s_keys_and_is_written_again_o
     assert [cmd[:2] for cmd in third[high]][:4] == [[b"SCRIPT", b"LOAD"]] * 4  # loaded before it is used
     for side, group in groups.items():
         assert any(cmd[0] == b"EVALSHA" and cmd[3] == channels.presence_keys(group)[0] for cmd in third[side]), side
+
+
+ONE_MASTER = shards_reply(([0, 16383], [("127.0.0.1", 7001, "master", "online")]))
+TWO_MASTERS = shards_reply(([0, 8191], [("127.0.0.1", 7001, "master", "online")]),
+                           ([8192, 16383], [("127.0.0.1", 7002, "master", "online")]))
+
+
+def cluster(shards: list[object], *, history: bool = False, backs: list[int] | None = None) -> tuple[
+        ClusterBroker, list[Action], dict[tuple[int, str], int], int]:
+    """A broker that read the topology ``shards``, every master's links up (the sink emptied); its links by
+    (port, kind), and its topology link."""
+    sink: list[Action] = []
+    config = load_config("redis:\n  mode: cluster\n  address: '127.0.0.1:7000'\nhistory:\n  enabled: "
+                         f"{'true' if history else 'false'}\n", source="test")
+    broker = ClusterBroker(config=config, seed=1, sink=sink, on_message=lambda c, p: None,
+                           on_confirmed=lambda c: None,
+                           on_publisher_back=lambda: None if backs is None else backs.append(1))
+    broker.start(0.0)
+    (topology,) = [a.link for a in sink if isinstance(a, OpenLink)]
+    broker.link_opened(topology, 0.0)
+    broker.link_data(topology, b"+PONG\r\n", 0.0)
+    broker.flush(0.0)
+    sink.clear()
+    broker.link_data(topology, resp_value(shards), 0.0)
+    links = {(broker._link_of[a.link][0].address[1], broker._link_of[a.link][1]): a.link
+             for a in sink if isinstance(a, OpenLink)}
+    for link in links.values():
+        broker.link_opened(link, 0.0)
+        broker.link_data(link, b"+PONG\r\n", 0.0)
+    sink.clear()
+    return broker, sink, links, topology
+
+
+def sent_to(sink: list[Action], link: int) -> list[bytes]:
+    return [a.data for a in sink if isinstance(a, SendToLink) and a.link == link]
+
+
+def test_a_replica_refusing_function_load_leaves_history_on() -> None:
+    """Found by the simulation (seed 298): a master's command link redialled to its old address came up on the
+    node a failover had turned into a replica, before the map caught up; its ``-READONLY`` to FUNCTION LOAD
+    turned history off for good, and every resume after that was told ``reset``. Now it asks the topology."""
+    broker, sink, links, topology = cluster(ONE_MASTER, history=True)
+    broker.flush(0.0)
+    assert any(b"FUNCTION" in data for data in sent_to(sink, links[(7001, "commands")]))
+    sink.clear()
+    broker.link_data(links[(7001, "commands")], b"-READONLY You can't write against a read only replica.\r\n", 0.1)
+    broker.flush(0.1)
+    assert broker.history_error == ""
+    assert sent_to(sink, topology) == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
+
+
+def test_a_moved_to_a_master_the_topology_does_not_name_yet_waits_for_a_new_topology() -> None:
+    """Found by the simulation (seed 298): after a failover a replica answered -MOVED to the new master while
+    the topology, read from a node whose view lagged, still named the old one. Each same answer sent the
+    command back to the old master at once, which moved it again: a loop at network speed (in the
+    simulation, at one instant). An answer that says nothing new now leaves it waiting."""
+    broker, sink, links, topology = cluster(ONE_MASTER)
+    commands = links[(7001, "commands")]
+    broker.publish(b"ch", b"1")
+    broker.flush(0.0)
+    assert spublished(sink, commands) == [b"1"]
+    sink.clear()
+    broker.link_data(commands, b"-MOVED %d 127.0.0.1:7002\r\n" % key_slot(b"ch"), 0.1)
+    broker.flush(0.1)
+    assert sent_to(sink, topology) == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
+    sink.clear()
+    broker.link_data(topology, resp_value(ONE_MASTER), 0.1)
+    broker.flush(0.1)
+    assert spublished(sink, commands) == []  # not back to 7001: it waits
+    assert broker.pending_count() == 1
+    sink.clear()
+    broker.handle_timer(0.7)  # asked again soon, while something waits
+    broker.flush(0.7)
+    assert sent_to(sink, topology) == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
+    sink.clear()
+    broker.link_data(topology, resp_value(shards_reply(([0, 16383], [("127.0.0.1", 7002, "master", "online")]))),
+                     0.7)
+    assert sorted((a.host, a.port) for a in sink if isinstance(a, OpenLink)) == [("127.0.0.1", 7002)] * 2
+
+
+def test_a_retired_master_whose_link_dropped_an_announcement_has_it_made_again() -> None:
+    """Found by the simulation (seed 11918, under an earlier mix of its faults): a client-new (sent with
+    ``resend=False``) was queued for a master that had died; the failed redial dropped it, and a failover
+    retired that master before its link came back to say so: the key was never announced, and its
+    connection stayed without groups. Retiring such a master now asks the hub to announce again."""
+    backs: list[int] = []
+    broker, sink, links, topology = cluster(ONE_MASTER, backs=backs)
+    broker.link_lost(links[(7001, "commands")], 1.0)  # the master dies
+    broker.publish(b"client-new", b"k", resend=False)
+    sink.clear()
+    broker.handle_timer(3.0)
+    (redial,) = [a.link for a in sink if isinstance(a, OpenLink)]
+    broker.link_lost(redial, 3.0)  # refused: the announcement is dropped with the link
+    assert broker.pending_count() == 0 and not backs
+    broker.flush(3.0)
+    broker.link_data(topology, resp_value(shards_reply(([0, 16383], [("127.0.0.1", 7002, "master", "online")]))),
+                     3.1)
+    assert backs == [1]
+
+
+def spublished(sink: list[Action], link: int) -> list[bytes]:
+    reader = hiredis.Reader()
+    reader.feed(b"".join(a.data for a in sink if isinstance(a, SendToLink) and a.link == link))
+    out = []
+    while (cmd := reader.gets()) is not False:
+        if isinstance(cmd, list) and cmd[0] == b"SPUBLISH":
+            out.append(cmd[2])
+    return out
+
+
+def two_in_flight() -> tuple[ClusterBroker, list[Action], dict[tuple[int, str], int], int, bytes]:
+    """Two masters, and two client messages of a channel in slots 0-4095 in flight on 7001."""
+    broker, sink, links, topology = cluster(TWO_MASTERS)
+    ch = next(b"c%d" % i for i in range(100) if key_slot(b"c%d" % i) < 4096)
+    broker.publish(ch, b"1")
+    broker.publish(ch, b"2")
+    broker.flush(0.0)
+    assert spublished(sink, links[(7001, "commands")]) == [b"1", b"2"]
+    return broker, sink, links, topology, ch
+
+
+def test_commands_moved_one_reply_at_a_time_keep_their_order_before_newer_ones() -> None:
+    """Client messages of one key, in flight on a master whose slot just moved: each comes back -MOVED in
+    its own read. A message published between two of those reads went to the new master at once, ahead
+    of the older one still to be moved: out of order. Now the slot's commands wait until the old master
+    has answered all it owed for the slot, then go in their order."""
+    broker, sink, links, _, ch = two_in_flight()
+    sink.clear()
+    moved = b"-MOVED %d 127.0.0.1:7002\r\n" % key_slot(ch)
+    broker.link_data(links[(7001, "commands")], moved, 0.1)
+    broker.publish(ch, b"3")
+    broker.flush(0.1)
+    assert spublished(sink, links[(7002, "commands")]) == []  # 2 is still owed by 7001
+    broker.link_data(links[(7001, "commands")], moved, 0.1)
+    broker.flush(0.1)
+    assert spublished(sink, links[(7002, "commands")]) == [b"1", b"2", b"3"]
+    assert broker.pending_count() == 3
+
+
+def test_a_new_topology_moving_a_slot_keeps_its_commands_behind_the_old_master_s_answers() -> None:
+    """The same when a topology, not a -MOVED, says the slot moved: what 7001 still owes for it comes first."""
+    broker, sink, links, topology, ch = two_in_flight()
+    broker.link_lost(links[(7002, "subscriber")], 0.05)  # a sign the topology may have changed: it is read
+    sink.clear()
+    broker.flush(0.05)
+    assert [a.data for a in sink if isinstance(a, SendToLink)] == [hiredis.pack_command((b"CLUSTER", b"SHARDS"))]
+    broker.link_data(topology, resp_value(shards_reply(([4096, 8191], [("127.0.0.1", 7001, "master", "online")]),
+                                                       ([0, 4095, 8192, 16383],
+                                                        [("127.0.0.1", 7002, "master", "online")]))), 0.1)
+    broker.publish(ch, b"3")
+    sink.clear()
+    broker.flush(0.1)
+    assert spublished(sink, links[(7002, "commands")]) == []
+    moved = b"-MOVED %d 127.0.0.1:7002\r\n" % key_slot(ch)
+    broker.link_data(links[(7001, "commands")], moved + moved, 0.2)
+    broker.flush(0.2)
+    assert spublished(sink, links[(7002, "commands")]) == [b"1", b"2", b"3"]

@@ -3,6 +3,7 @@
     python -m tests.sim --seed 17            # replay one seed (add --trace for every event)
     python -m tests.sim --seeds 1000         # a campaign: seeds 0..999, then a summary line
     python -m tests.sim --seeds 500 --start 10000
+    python -m tests.sim --seeds 500 --cluster   # 500 Redis Cluster seeds (N % 7 == 4, not Sentinel's)
 
 Exit status: 0 if every seed passed, 1 otherwise.
 """
@@ -13,6 +14,7 @@ import argparse
 import sys
 import time
 
+from .cluster import is_cluster_seed
 from .world import SimFailure, run_seed
 
 
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="store_true", help="print every simulated event (with --seed)")
     parser.add_argument("--fingerprint", action="store_true",
                         help="also print a checksum of the event sequence (to compare replays)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="campaign: only Redis Cluster seeds (the first --seeds of them from --start)")
     parser.add_argument("--quiet", action="store_true", help="campaign: print failures and the summary only")
     args = parser.parse_args(argv)
 
@@ -42,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[int] = []
     events = 0
     virtual = 0.0
-    for seed in range(args.start, args.start + args.seeds):
+    seeds = range(args.start, args.start + args.seeds)
+    if args.cluster:
+        seeds = range(args.start, args.start + 14 * args.seeds + 14)  # about 2 in 14 are cluster seeds
+        seeds = [s for s in seeds if is_cluster_seed(s)][: args.seeds]  # type: ignore[assignment]
+    for seed in seeds:
         try:
             result = run_seed(seed, fingerprint=args.fingerprint)
         except SimFailure as exc:
@@ -56,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = f" fingerprint={result['fingerprint']}" if args.fingerprint else ""
             print(f"ok seed={seed} events={result['events']}{extra}", flush=True)
     wall = time.perf_counter() - started
-    print(f"simulation summary: seeds run={args.seeds} (from {args.start}) failures={len(failures)} "
+    kind = " cluster" if args.cluster else ""
+    print(f"simulation summary: seeds run={len(seeds)}{kind} (from {args.start}) failures={len(failures)} "
           f"events simulated={events} virtual time={virtual:.0f}s wall={wall:.1f}s"
           + (f" failing seeds={failures}" if failures else ""))
     return 1 if failures else 0

@@ -60,6 +60,10 @@ What is simulated
   pushes ``+switch-master``), the same unannounced, and a sentinel that dies
   and refuses for a while. What is *not* simulated: two data sets (what the
   old master accepted and did not replicate), which is Sentinel's contract.
+* **Redis Cluster** (seeds ``N % 7 == 4`` that are not Sentinel's): ``cluster.py``
+  (``ClusterWorld``, ``SimCluster``) replaces the one Redis with three shards of
+  nodes, the shell's links by role with links by id, and the faults with a
+  Cluster's; its module docstring says what it simulates and checks.
 * **Clients** speak real WebSocket through ``wsproto``'s client ``WSConnection``:
   numbered messages ``cid|seq|padding`` (text or binary, sometimes fragmented,
   sometimes followed by a ping, sometimes over ``maxMessageSize``), pongs,
@@ -425,25 +429,15 @@ class RedisConn:
         self.prelude_left = prelude
 
 
-class SimRedis:
-    """Just enough Redis: AUTH, SELECT, PING, (UN)SUBSCRIBE, PUBLISH, the wshub functions; RESP2 pub/sub."""
+class Stalls:
+    """A Redis process's one thread: what it executes waits, in arrival order, while it is stalled."""
 
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.subs: dict[bytes, dict[RedisConn, None]] = {}  # channel -> network subscribers (ordered)
+    def __init__(self) -> None:
         self.stalled = False
         self.queue: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self.mode = "up"  # "up" | "refuse" | "blackhole" (for new connects)
-        self.next_id = 0
-        self.kill_after_publish = 0  # > 0: the connection dies after executing that many more PUBLISHes
-        # History: the ``wshub`` library loaded, and each stream (key = channel): [id, prev, payload] in order.
-        self.functions = False
-        self.streams: dict[bytes, deque[tuple[tuple[int, int], str, str, bytes]]] = {}
-        self.stream_last: dict[bytes, tuple[int, int]] = {}  # each stream's last id (XADD's floor)
-        self.trimmed: dict[bytes, int] = {}  # entries trimmed from each stream so far
 
     def run(self, fn: Callable[..., None], *args: Any) -> None:
-        """Execute now, or when a stall ends (Redis is single-threaded: in arrival order)."""
+        """Execute now, or when the stall ends."""
         if self.stalled:
             self.queue.append((fn, args))
         else:
@@ -454,6 +448,23 @@ class SimRedis:
         queue, self.queue = self.queue, []
         for fn, args in queue:
             fn(*args)
+
+
+class SimRedis(Stalls):
+    """Just enough Redis: AUTH, SELECT, PING, (UN)SUBSCRIBE, PUBLISH, the wshub functions; RESP2 pub/sub."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__()
+        self.world = world
+        self.subs: dict[bytes, dict[RedisConn, None]] = {}  # channel -> network subscribers (ordered)
+        self.mode = "up"  # "up" | "refuse" | "blackhole" (for new connects)
+        self.next_id = 0
+        self.kill_after_publish = 0  # > 0: the connection dies after executing that many more PUBLISHes
+        # History: the ``wshub`` library loaded, and each stream (key = channel): [id, prev, payload] in order.
+        self.functions = False
+        self.streams: dict[bytes, deque[tuple[tuple[int, int], str, str, bytes]]] = {}
+        self.stream_last: dict[bytes, tuple[int, int]] = {}  # each stream's last id (XADD's floor)
+        self.trimmed: dict[bytes, int] = {}  # entries trimmed from each stream so far
 
     def accept(self, link: RedisLink, link_id: int, addr: tuple[str, int]) -> RedisConn:
         self.next_id += 1
@@ -608,13 +619,17 @@ class SimRedis:
             return
         if len(args) < 3 or args[1] != b"1":
             w.fail(f"the hub sent a malformed {name!r}: {args!r}")
+        self._function(c, name, args)
+
+    def _function(self, c: RedisConn, name: bytes, args: list[bytes]) -> None:
+        """Run ``wshub_read`` or ``wshub_publish`` (``args``: FCALL's) and answer it."""
         fn, key, rest = args[0], args[2], args[3:]
         if fn == b"wshub_read" and len(rest) == 2:
             self._reply(c, self.history_read(key, rest[0].decode(), int(rest[1])))
         elif fn == b"wshub_publish" and name == b"FCALL" and rest:
             self._reply(c, _bulk(self.history_publish(key, rest[0]).encode()))
         else:
-            w.fail(f"the hub called {fn!r} with {rest!r} ({name!r})")
+            self.world.fail(f"the hub called {fn!r} with {rest!r} ({name!r})")
 
     def history_publish(self, key: bytes, payload: bytes) -> str:
         """XADD with the previous id, MAXLEN ~ history.size, then PUBLISH of the envelope; returns the id."""
@@ -1031,10 +1046,11 @@ class World:
         self.p_whole = rng.choice([0.3, 0.6, 0.9])
 
         # state
+        self.cfg = cfg = self._topology_config(cfg)
         self.hub = Hub(config=cfg, seed=seed)
         if page and self.hub._history is not None:
             self.hub._history._page = page  # short pages: a repair or a resume takes several reads
-        self.redis = SimRedis(self)
+        self.redis = self._make_redis()
         # The shell's side, by role: the hub names links by ids (one per dial), the invariants by role.
         self.redis_conn: dict[RedisLink, RedisConn] = {}  # the open link of each role
         self.connecting: dict[RedisLink, tuple[int, float]] = {}  # role -> (link id of the dial, since)
@@ -1071,6 +1087,13 @@ class World:
         self._timer_token = 0
         self._spin = 0
         self._next_cid = 0
+
+    def _topology_config(self, cfg: Config) -> Config:
+        """The configuration of the Redis topology the subclass simulates (here: as drawn)."""
+        return cfg
+
+    def _make_redis(self) -> SimRedis:
+        return SimRedis(self)
 
     # -- engine ----------------------------------------------------------------------
 
@@ -1981,13 +2004,8 @@ class World:
         if self.sentinel_mode:
             kinds += ["failover", "failover_unannounced", "drop_sentinel"]
             weights += [3, 1, 2]
-        if self.history_mode:
-            kinds.append("burst")
-            weights.append(3)
-        kind = rng.choices(kinds, weights)[0]
-        self.stats["faults"] += 1
+        kind = self._pick_fault(kinds, weights)
         timeout = self.cfg.redis_timeout
-        self.log("FAULT %s", kind)
         heal = self.now
         if kind == "drop_sub":
             self.kill_link(SUB)
@@ -2020,9 +2038,8 @@ class World:
             self.kill_link(SENTINEL)
             heal = self.now + rng.uniform(0.1, 3.0)
             self.at(heal, self.sentinel_down.discard, index)
-        elif kind == "burst":  # many entries at once: the output buffer may overflow, history.size be outrun
-            n = rng.randint(3, min(3 * self.cfg.history_size + 10, 120))
-            self.redis.run(self._burst, rng.choice(self.groups), n)
+        elif kind == "burst":
+            self._start_burst()
         elif kind == "stall":
             self.redis.stalled = True
             heal = self.now + rng.uniform(0.2, 2.0) * timeout
@@ -2033,8 +2050,26 @@ class World:
             self.redis.mode = "blackhole"
             heal = self.now + rng.uniform(0.5, 2.0) * timeout
             self.at(heal, self._set_mode, "up")
+        self._next_fault(heal)
+
+    def _pick_fault(self, kinds: list[str], weights: list[float]) -> str:
+        """One of ``kinds`` (history seeds: or a burst), counted and logged."""
+        if self.history_mode:
+            kinds.append("burst")
+            weights.append(3)
+        kind = self.rng.choices(kinds, weights)[0]
+        self.stats["faults"] += 1
+        self.log("FAULT %s", kind)
+        return kind
+
+    def _start_burst(self) -> None:
+        """Many entries at once: the output buffer may overflow, history.size be outrun."""
+        n = self.rng.randint(3, min(3 * self.cfg.history_size + 10, 120))
+        self.redis.run(self._burst, self.rng.choice(self.groups), n)
+
+    def _next_fault(self, heal: float) -> None:
         self.fault_until = max(self.fault_until, heal)
-        self.at(heal + rng.uniform(0.5, 2.0) * self.fault_gap, self._fault)
+        self.at(heal + self.rng.uniform(0.5, 2.0) * self.fault_gap, self._fault)
 
     def master_addr(self) -> tuple[str, int]:
         return MASTER_ADDRS[self.master]
@@ -2069,38 +2104,35 @@ class World:
         # re-published after the resubscribe), and may take listener_delay from then.
         settle = (max(self.fault_until - self.now, 0.0) + cfg.reconnect_max + 2 * cfg.redis_timeout
                   + self.listener_delay + 1.0)
-        settle = max(settle, 2.5 * cfg.write_wait + 1.0)
+        settle = max(settle, 2.5 * cfg.write_wait + 1.0) + self._settle_extra()
         if self.ending == "shutdown_now":
             self.phase = "ending"
             self._shutdown()
             return
         self.at(self.now + settle, self._probe)
 
+    def _settle_extra(self) -> float:
+        """More settling time a topology needs (a Cluster's periodic refresh)."""
+        return 0.0
+
     def _probe(self) -> None:
         """(a3) Liveness once quiet: links up, subscriptions converged, groups assigned, a probe delivered."""
         self.log("probe")
         hub = self.hub
-        c_sub = self.redis_conn.get(SUB)
-        for link in (SUB, CMD):
-            c = self.redis_conn.get(link)
-            if c is None or not c.alive or c.prelude_left:
-                self.fail(f"(a3) the {link.value} link is not up after the faults healed")
-        assert c_sub is not None
+        self._check_links_up()
         model_needed = {pfx + k.encode() for k in self.key_members
                         for pfx in (self.pfx_key, self.pfx_send, self.pfx_kick)}
         for members in self.key_members.values():
             for c in members.values():
                 if c.groups is None:
                     self.fail(f"(a3) {c!r} has no groups after the run settled")
-                if c.read_paused and not any(name == b"PUBLISH" for _, name in self.redis_conn[CMD].pending):
+                if c.read_paused and not self._publish_in_flight():
                     self.fail(f"(a3) {c!r} is still paused (PauseClient) with Redis healthy and no PUBLISH "
                               f"in flight")
                 model_needed |= {self.pfx_group + g.encode() for g in c.groups}
         if hub.needed_channels() != model_needed:
             self.fail(f"(a3) the hub needs {sorted(hub.needed_channels())}, the model {sorted(model_needed)}")
-        hub_subs = {ch for ch in c_sub.subs if not ch.startswith(self.pfx_probe)}  # the probe's own channel apart
-        if hub_subs != model_needed:
-            self.fail(f"(a3) Redis has the hub subscribed to {sorted(hub_subs)}, needed {sorted(model_needed)}")
+        self._check_subscriptions(model_needed)
         if not hub.ready:
             self.fail("(a3) hub.ready is False once everything settled")
         probes = {}
@@ -2111,6 +2143,21 @@ class World:
         expect = [(c, sorted((g, probes[g]) for g in c.groups or ()))
                   for members in self.key_members.values() for c in members.values()]
         self.at(self.now + 1.0, self._probe_check, expect)
+
+    def _check_links_up(self) -> None:
+        for link in (SUB, CMD):
+            c = self.redis_conn.get(link)
+            if c is None or not c.alive or c.prelude_left:
+                self.fail(f"(a3) the {link.value} link is not up after the faults healed")
+
+    def _publish_in_flight(self) -> bool:
+        return any(name == b"PUBLISH" for _, name in self.redis_conn[CMD].pending)
+
+    def _check_subscriptions(self, needed: set[bytes]) -> None:
+        """(a3) Redis has the hub subscribed to exactly the channels needed."""
+        hub_subs = {ch for ch in self.redis_conn[SUB].subs if not ch.startswith(self.pfx_probe)}  # the probe's apart
+        if hub_subs != needed:
+            self.fail(f"(a3) Redis has the hub subscribed to {sorted(hub_subs)}, needed {sorted(needed)}")
 
     def _probe_check(self, expect: list[tuple[SimClient, list[tuple[str, int]]]]) -> None:
         for c, wanted in expect:
@@ -2202,6 +2249,21 @@ class World:
         if hub.needed_channels() or hub.subscribed_channels():
             self.fail(f"(c) the hub still needs {sorted(hub.needed_channels())} / subscribes "
                       f"{sorted(hub.subscribed_channels())}")
+        self._check_links_final()
+        if self.stopped_at is not None and self.shutdown_at is not None and \
+                self.stopped_at > self.shutdown_at + self.cfg.shutdown_timeout - EPS:
+            # Stopped by the shutdown timeout: the process exits, buffered messages are lost by design.
+            self.phase = "done"
+            self.finished = True
+            return
+        self._check_all_published("at the end")
+        for key, left in sorted(self.key_left_at.items()):
+            if self.gone_seen.get(key, -1.0) < left:
+                self.fail(f"(c) no client-gone for {key!r} after its last connection closed at {left - T0:.6f}")
+        self.phase = "done"
+        self.finished = True
+
+    def _check_links_final(self) -> None:
         for link in (SUB, CMD):
             c = self.redis_conn.get(link)
             if c is None:
@@ -2215,18 +2277,6 @@ class World:
         for ch in self.redis.subs:
             if not ch.startswith(self.pfx_probe):
                 self.fail(f"(c) Redis still has subscribers on {ch!r}")
-        if self.stopped_at is not None and self.shutdown_at is not None and \
-                self.stopped_at > self.shutdown_at + self.cfg.shutdown_timeout - EPS:
-            # Stopped by the shutdown timeout: the process exits, buffered messages are lost by design.
-            self.phase = "done"
-            self.finished = True
-            return
-        self._check_all_published("at the end")
-        for key, left in sorted(self.key_left_at.items()):
-            if self.gone_seen.get(key, -1.0) < left:
-                self.fail(f"(c) no client-gone for {key!r} after its last connection closed at {left - T0:.6f}")
-        self.phase = "done"
-        self.finished = True
 
     # -- (d) deadlines ---------------------------------------------------------------------
 
@@ -2260,6 +2310,11 @@ class World:
                 if t > ping_due + EPS:
                     self.fail(f"(d) {c!r}: no ping by {ping_due - T0:.6f} (last bytes in at {c.hub_rx - T0:.6f}, "
                               f"last ping at {c.ping_base - T0:.6f}, interval {self.interval})")
+        self._check_links_due(t)
+
+    def _check_links_due(self, t: float) -> None:
+        """(d) for the Redis links: reply timeouts, idle pings, connect timeouts, redials."""
+        cfg = self.cfg
         timeout = cfg.redis_timeout
         watcher = self.redis_conn.get(SENTINEL)
         for link in (SUB, CMD, SENTINEL) if self.sentinel_mode else (SUB, CMD):
@@ -2293,4 +2348,7 @@ class World:
 
 def run_seed(seed: int, *, verbose: bool = False, fingerprint: bool = False) -> dict[str, Any]:
     """Run one seed; raises ``SimFailure`` (text starts with ``seed=N``) if an invariant breaks."""
-    return World(seed, verbose=verbose, fingerprint=fingerprint).run()
+    from .cluster import ClusterWorld, is_cluster_seed  # it builds on this module
+
+    world = ClusterWorld if is_cluster_seed(seed) else World
+    return world(seed, verbose=verbose, fingerprint=fingerprint).run()
