@@ -625,10 +625,14 @@ class Rig:
         missing = list(range(self.o.groups))
         probes = 0
         have = live = last = 0
+        before = 0
         for probe_id in range(1, 401):  # bounded: 400 x 50 ms
-            if missing:
+            # Probe again only when the last round made no progress: a probe to 100,000 members takes
+            # seconds to arrive, and one sent every 50 ms meanwhile would pile broadcasts on the hub.
+            if missing and have == before:
                 await self.publisher.call({"cmd": "probe", "id": probe_id, "groups": missing}, "done", 30)
                 probes += 1
+            before = have
             await asyncio.sleep(0.05)
             statuses = [await lg.call({"cmd": "probe_status"}, "probe_status", 30) for lg in self.loadgens]
             have = sum(s["have"] for s in statuses)
@@ -1022,7 +1026,7 @@ async def scenario_hold(a: argparse.Namespace, opts: Options) -> Json:
         "kernel_tcp_before": kernel0, "kernel_tcp_after": kernel1,
         "kernel_tcp_kib_per_conn": round((kernel1["mem_kib"] - kernel0["mem_kib"]) / max(1, n), 2),
         "loadgen_rss_kib_per_conn": round(loadgen_rss / max(1, n), 2),
-        "processes": procs, "reps": a.reps, "incomplete_reps": incomplete,
+        "processes": procs, "probe_rounds": c["probe_rounds"], "reps": a.reps, "incomplete_reps": incomplete,
         "to_last_member_ms": [round(t, 1) for t in to_last],
         "last_member_p50_ms": round(quantile(to_last, 0.5), 3), "last_member_max_ms": round(max(to_last), 3),
         "delivery": hist_all.summary_ms(),
