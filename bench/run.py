@@ -588,6 +588,8 @@ class Rig:
             out["redis"] = sum(cpu_seconds(n.pid) for n in self.redis_nodes)
         if self.publisher is not None:
             out["publisher"] = cpu_seconds(self.publisher.pid)
+        if self.listener is not None:
+            out["listener"] = cpu_seconds(self.listener.pid)
         if self.subscriber is not None:
             out["subscriber"] = cpu_seconds(self.subscriber.pid)
         return out
@@ -598,12 +600,14 @@ class Rig:
 
     # connecting
 
-    async def connect_all(self) -> Json:
-        """Open every client, then probe until every one has received a message of its group."""
+    async def connect_all(self, budget: float = 600.0) -> Json:
+        """Open every client, then probe until every one has received a message of its group.
+        TimeoutError if the clients are not all open within ``budget`` seconds."""
         t0 = now_us()
+        deadline = time.monotonic() + budget
         for lg in self.loadgens:
             await lg.send({"cmd": "connect"})
-        opens = [await lg.wait("open", 600) for lg in self.loadgens]
+        opens = [await lg.wait("open", max(0.1, deadline - time.monotonic())) for lg in self.loadgens]
         self.opened = sum(o["opened"] for o in opens)
         failed = sum(o["failed"] for o in opens)
         errors: dict[str, int] = {}
@@ -625,17 +629,19 @@ class Rig:
         missing = list(range(self.o.groups))
         probes = 0
         have = live = last = 0
-        before = 0
+        stalled = 10
         for probe_id in range(1, 401):  # bounded: 400 x 50 ms
-            # Probe again only when the last round made no progress: a probe to 100,000 members takes
+            # Probe again only after ten rounds (0.5 s) without progress: a probe to 100,000 members takes
             # seconds to arrive, and one sent every 50 ms meanwhile would pile broadcasts on the hub.
-            if missing and have == before:
+            if missing and stalled >= 10:
                 await self.publisher.call({"cmd": "probe", "id": probe_id, "groups": missing}, "done", 30)
                 probes += 1
+                stalled = 0
             before = have
             await asyncio.sleep(0.05)
             statuses = [await lg.call({"cmd": "probe_status"}, "probe_status", 30) for lg in self.loadgens]
             have = sum(s["have"] for s in statuses)
+            stalled = 0 if have > before else stalled + 1
             live = sum(s["live"] for s in statuses)
             last = max(s["last"] for s in statuses)
             missing = sorted({g for s in statuses for g in s["missing_groups"]})
@@ -984,17 +990,41 @@ def per_process(pid: int) -> list[Json]:
     return out
 
 
+async def hold_cut_short(r: Rig, a: argparse.Namespace, rss0: int, cpu0: float, h0: Json, t0: float) -> Json:
+    """What ``hold`` reached when the clients were not all open within --budget: how many were, and
+    where the CPU went meanwhile (a starved machine, or one side busy)."""
+    live = sum([(await lg.call({"cmd": "probe_status"}, "probe_status", 60))["live"] for lg in r.loadgens])
+    seconds = time.monotonic() - t0
+    h1 = r.helper_cpu()
+    return {
+        "connect_complete": False, "budget_s": a.budget, "clients": a.clients, "open_at_budget": live,
+        "connects_per_s": round(live / seconds, 1),
+        "rss_kib_per_conn": round((tree_rss_kib(r.pid) - rss0) / max(1, live), 2),
+        "processes": per_process(r.pid), "kernel_tcp": sockstat_tcp(),
+        "cpu_util_while_connecting": cpu_util(r.server_cpu() - cpu0, h0, h1, seconds),
+        "load1": round(os.getloadavg()[0], 2),
+    }
+
+
+def cpu_util(hub: float, h0: Json, h1: Json, seconds: float) -> Json:
+    """Cores used over ``seconds`` by the hub and by each helper (helper_cpu's keys)."""
+    return {"hub": round(hub / seconds, 3), **{k: round((h1[k] - h0[k]) / seconds, 3) for k in h1}}
+
+
 async def scenario_hold(a: argparse.Namespace, opts: Options) -> Json:
     """N clients held open, every one in a group; then --reps broadcasts that reach every member
     (--groups 1: one group of everyone; G groups: one publish per group, each counted to its last member)."""
     async with rig(opts) as r:
         await asyncio.sleep(1.0)
         rss0, kernel0 = tree_rss_kib(r.pid), sockstat_tcp()
-        cpu0 = r.server_cpu()
-        c = await r.connect_all()
+        cpu0, h0, t0 = r.server_cpu(), r.helper_cpu(), time.monotonic()
+        try:
+            c = await r.connect_all(budget=a.budget)
+        except TimeoutError:
+            return await hold_cut_short(r, a, rss0, cpu0, h0, t0)
         if c["grouped"] < c["opened"]:
             raise RuntimeError(f"only {c['grouped']} of {c['opened']} clients got a probe: {c}")
-        cpu1 = r.server_cpu()
+        cpu1, h1, t1 = r.server_cpu(), r.helper_cpu(), time.monotonic()
         await asyncio.sleep(a.settle)
         rss1, kernel1, procs = tree_rss_kib(r.pid), sockstat_tcp(), per_process(r.pid)
         loadgen_rss = sum(rss_kib(lg.pid) for lg in r.loadgens)
@@ -1026,7 +1056,9 @@ async def scenario_hold(a: argparse.Namespace, opts: Options) -> Json:
         "kernel_tcp_before": kernel0, "kernel_tcp_after": kernel1,
         "kernel_tcp_kib_per_conn": round((kernel1["mem_kib"] - kernel0["mem_kib"]) / max(1, n), 2),
         "loadgen_rss_kib_per_conn": round(loadgen_rss / max(1, n), 2),
-        "processes": procs, "probe_rounds": c["probe_rounds"], "reps": a.reps, "incomplete_reps": incomplete,
+        "connect_complete": True, "processes": procs, "probe_rounds": c["probe_rounds"],
+        "cpu_util_while_connecting": cpu_util(cpu1 - cpu0, h0, h1, max(0.001, t1 - t0)),
+        "reps": a.reps, "incomplete_reps": incomplete,
         "to_last_member_ms": [round(t, 1) for t in to_last],
         "last_member_p50_ms": round(quantile(to_last, 0.5), 3), "last_member_max_ms": round(max(to_last), 3),
         "delivery": hist_all.summary_ms(),
@@ -1136,6 +1168,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gap", type=float, default=0.2, help="broadcast: seconds between repetitions")
     p.add_argument("--rate", type=float, default=20.0, help="upstream: messages/s per client")
     p.add_argument("--settle", type=float, default=2.0, help="connect: idle seconds before reading RSS")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="hold: seconds for every client to open; past it the run reports how many did, and stops")
     p.add_argument("--procs", type=int, default=0, help="loadgen processes (default: one per 10,000 clients)")
     p.add_argument("--per-address", type=int, default=25_000, help="clients per source address 127.0.0.N")
     p.add_argument("--concurrency", type=int, default=200, help="connects in flight (all loadgens)")
