@@ -49,6 +49,18 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("server CPU utilisation", "server_cpu_util"),
         ("loadgen CPU per message (us)", "loadgen_cpu_us_per_msg"),
     ],
+    "hold": [
+        ("clients held / in their group", "clients/grouped"),
+        ("failed connects / closed early", "failed/closed_early"),
+        ("connects/s (until the server is idle)", "connects_per_s"),
+        ("server CPU per connect (us)", "cpu_us_per_connect"),
+        ("RSS before / after (KiB)", "rss_before_kib/rss_after_kib"),
+        ("RSS per connection (KiB)", "rss_kib_per_conn"),
+        ("loadgen RSS per connection (KiB)", "loadgen_rss_kib_per_conn"),
+        ("time to last member, each broadcast (ms)", "to_last_member_ms"),
+        ("delivery p50 / p99 / max (ms)", "delivery"),
+        ("incomplete broadcasts", "incomplete_reps"),
+    ],
 }
 STEP_ROWS = [
     ("offered deliveries/s", "offered_deliveries_per_s"),
@@ -65,7 +77,20 @@ def cell(result: Json, key: str) -> str:
     if "error" in result:
         return "error"
     parts = [result.get(k) for k in key.split("/")]
-    return " / ".join("-" if p is None else f"{p:,}" if isinstance(p, int) else str(p) for p in parts)
+    return " / ".join(value(p) for p in parts)
+
+
+def value(p: object) -> str:
+    """A number with thousands separators; a dict's values (p50/p99/max) with slashes; a list with commas."""
+    if p is None:
+        return "-"
+    if isinstance(p, int):
+        return f"{p:,}"
+    if isinstance(p, dict):
+        return " / ".join(value(v) for v in p.values())
+    if isinstance(p, list):
+        return ", ".join(value(v) for v in p)
+    return str(p)
 
 
 def table(line: Json) -> str:

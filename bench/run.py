@@ -3,11 +3,11 @@
 
 Every run starts its own redis-server on a free port, the server under test
 (WS-Hub: ``python -m wshub_asyncio``, or ``python -m wshub_trio`` for the servers
-named ``wshub-trio``, ``wshub-trio-memory``; the reference peer: ``bench/peer_websockets.py``),
-the benchmark listener, the publisher (and, for ``upstream``, a Redis subscriber)
-and the Node load generator(s). ``--server wshub-memory`` runs WS-Hub on its
-memory broker instead: no redis-server, the listener (``bench/api_listener.js``)
-reads ``GET /api/events`` and answers with ``PUT /api/keys/KEY/groups``, and the
+named ``wshub-trio``, ``wshub-trio-memory``; the reference peer ``peer``: ``bench/peer_websockets.py``;
+the Node peer ``node``: ``bench/peer_node.js`` on ws + ioredis), the benchmark listener, the
+publisher (and, for ``upstream``, a Redis subscriber) and the Node load generator(s).
+``--server wshub-memory`` runs WS-Hub on its memory broker instead: no redis-server, the listener
+(``bench/api_listener.js``) reads ``GET /api/events`` and answers with ``PUT /api/keys/KEY/groups``, and the
 publisher POSTs to ``/api/groups/GROUP`` over ``--api-conns`` keep-alive
 connections. It measures the server's CPU from
 /proc/PID/stat (utime+stime) and RSS from /proc/PID/status, and stops every
@@ -21,6 +21,14 @@ the other in the same invocation, so their numbers can be compared as ratios.
     python bench/run.py fanout    --server wshub,wshub-memory --clients 1000 --groups 1 --rates 100,400,800
     python bench/run.py api_publish --server wshub,wshub-memory --clients 20 --seconds 5 --api-conns 4 --api-depth 1
     python bench/run.py connect   --server wshub,wshub-trio --clients 15000 --groups 100
+    python bench/run.py connect   --server wshub,node,peer --clients 15000 --groups 100   (issue 13: next to Node ws)
+    python bench/run.py hold      --server wshub --workers 6 --clients 100000 --per-address 1000 --procs 7 \
+        --concurrency 300 --budget 420 --reps 2 --drain 60   (issue 13; 1,000 per source address: bind() stays cheap)
+
+``hold``: ``--clients`` connections held open, every one in a group, then ``--reps`` broadcasts (one publish per
+group) counted to the last member; RSS of the hub's tree per connection, each process's open files (how the
+kernel spread the connects over SO_REUSEPORT workers), the kernel's TCP buffer memory (/proc/net/sockstat,
+machine-wide, both ends of every loopback connection) and the connect rate.
     python bench/run.py fanout    --server wshub --redis standalone,cluster-sharded,cluster-classic --workers 1,3 \
         --clients 1000 --groups 30 --rates 200,400,800,1600   (issue 10; bench/cluster_table.py prints the table)
 
@@ -72,6 +80,7 @@ NODE = shutil.which("node") or "node"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 REDIS_KINDS = ("standalone", "cluster-sharded", "cluster-classic")
+PEERS = ("peer", "node")  # the reference servers: bench/peer_websockets.py, bench/peer_node.js
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREFIX = "bench:"
 MAX_CLIENTS_PER_PROC = 10_000  # each loadgen process stays well below the 20,000 open-files limit
@@ -339,7 +348,7 @@ async def redis_ping(port: int) -> bool:
 
 @dataclass
 class Options:
-    server: str
+    server: str  # wshub, peer (bench/peer_websockets.py) or node (bench/peer_node.js)
     clients: int
     groups: int
     size: int = 64
@@ -526,6 +535,12 @@ class Rig:
             self.server = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", f"wshub_{o.shell}", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=err,
                 cwd=o.logdir, env=env)
+        elif o.server == "node":
+            self.server = await asyncio.create_subprocess_exec(
+                NODE, str(BENCH / "peer_node.js"), "--address", f"127.0.0.1:{self.port}", "--redis", raddr,
+                "--prefix", PREFIX, "--pong-wait", "60", "--max-message-size", "65536",
+                "--compression", "1" if o.compression else "0",
+                stdout=subprocess.DEVNULL, stderr=err, cwd=BENCH, env=env)
         else:
             self.server = await asyncio.create_subprocess_exec(
                 PYTHON, str(BENCH / "peer_websockets.py"), "--address", f"127.0.0.1:{self.port}", "--redis", raddr,
@@ -553,7 +568,9 @@ class Rig:
         for lg in self.loadgens:
             await lg.stop()
         if self.server is not None:
-            await terminate(self.server, 15)
+            # A hub's workers first process every disconnect the load generators just caused (16,000 each at
+            # 100,000 clients took up to 25 s on the shared cores): a SIGKILLed parent would orphan them.
+            await terminate(self.server, max(15.0, self.o.clients / 2000))
         for helper in (self.publisher, self.subscriber, self.listener):
             if helper is not None:
                 await helper.stop()
@@ -574,6 +591,8 @@ class Rig:
             out["redis"] = sum(cpu_seconds(n.pid) for n in self.redis_nodes)
         if self.publisher is not None:
             out["publisher"] = cpu_seconds(self.publisher.pid)
+        if self.listener is not None:
+            out["listener"] = cpu_seconds(self.listener.pid)
         if self.subscriber is not None:
             out["subscriber"] = cpu_seconds(self.subscriber.pid)
         return out
@@ -584,12 +603,14 @@ class Rig:
 
     # connecting
 
-    async def connect_all(self) -> Json:
-        """Open every client, then probe until every one has received a message of its group."""
+    async def connect_all(self, budget: float = 600.0) -> Json:
+        """Open every client, then probe until every one has received a message of its group.
+        TimeoutError if the clients are not all open within ``budget`` seconds."""
         t0 = now_us()
+        deadline = time.monotonic() + budget
         for lg in self.loadgens:
             await lg.send({"cmd": "connect"})
-        opens = [await lg.wait("open", 600) for lg in self.loadgens]
+        opens = [await lg.wait("open", max(0.1, deadline - time.monotonic())) for lg in self.loadgens]
         self.opened = sum(o["opened"] for o in opens)
         failed = sum(o["failed"] for o in opens)
         errors: dict[str, int] = {}
@@ -611,13 +632,19 @@ class Rig:
         missing = list(range(self.o.groups))
         probes = 0
         have = live = last = 0
+        stalled = 10
         for probe_id in range(1, 401):  # bounded: 400 x 50 ms
-            if missing:
+            # Probe again only after ten rounds (0.5 s) without progress: a probe to 100,000 members takes
+            # seconds to arrive, and one sent every 50 ms meanwhile would pile broadcasts on the hub.
+            if missing and stalled >= 10:
                 await self.publisher.call({"cmd": "probe", "id": probe_id, "groups": missing}, "done", 30)
                 probes += 1
+                stalled = 0
+            before = have
             await asyncio.sleep(0.05)
             statuses = [await lg.call({"cmd": "probe_status"}, "probe_status", 30) for lg in self.loadgens]
             have = sum(s["have"] for s in statuses)
+            stalled = 0 if have > before else stalled + 1
             live = sum(s["live"] for s in statuses)
             last = max(s["last"] for s in statuses)
             missing = sorted({g for s in statuses for g in s["missing_groups"]})
@@ -955,6 +982,101 @@ async def scenario_broadcast(a: argparse.Namespace, opts: Options) -> Json:
     }
 
 
+def sockstat_tcp() -> Json:
+    """The kernel's TCP line of /proc/net/sockstat: sockets in use and their buffer memory (pages -> KiB)."""
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()[1:]
+                fields = dict(zip(parts[::2], (int(v) for v in parts[1::2]), strict=True))
+                return {"inuse": fields["inuse"], "mem_kib": fields["mem"] * os.sysconf("SC_PAGE_SIZE") // 1024}
+    return {"inuse": 0, "mem_kib": 0}
+
+
+def per_process(pid: int) -> list[Json]:
+    """RSS and open files of each process of the tree: how evenly the kernel spread the connects over workers."""
+    out = []
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            out.append({"pid": p, "rss_kib": rss_kib(p), "files": len(os.listdir(f"/proc/{p}/fd"))})
+    return out
+
+
+async def hold_cut_short(r: Rig, a: argparse.Namespace, rss0: int, cpu0: float, h0: Json, t0: float) -> Json:
+    """What ``hold`` reached when the clients were not all open within --budget: how many were, and
+    where the CPU went meanwhile (a starved machine, or one side busy)."""
+    live = sum([(await lg.call({"cmd": "probe_status"}, "probe_status", 60))["live"] for lg in r.loadgens])
+    seconds = time.monotonic() - t0
+    h1 = r.helper_cpu()
+    return {
+        "connect_complete": False, "budget_s": a.budget, "clients": a.clients, "open_at_budget": live,
+        "connects_per_s": round(live / seconds, 1),
+        "rss_kib_per_conn": round((tree_rss_kib(r.pid) - rss0) / max(1, live), 2),
+        "processes": per_process(r.pid), "kernel_tcp": sockstat_tcp(),
+        "cpu_util_while_connecting": cpu_util(r.server_cpu() - cpu0, h0, h1, seconds),
+        "load1": round(os.getloadavg()[0], 2),
+    }
+
+
+def cpu_util(hub: float, h0: Json, h1: Json, seconds: float) -> Json:
+    """Cores used over ``seconds`` by the hub and by each helper (helper_cpu's keys)."""
+    return {"hub": round(hub / seconds, 3), **{k: round((h1[k] - h0[k]) / seconds, 3) for k in h1}}
+
+
+async def scenario_hold(a: argparse.Namespace, opts: Options) -> Json:
+    """N clients held open, every one in a group; then --reps broadcasts that reach every member
+    (--groups 1: one group of everyone; G groups: one publish per group, each counted to its last member)."""
+    async with rig(opts) as r:
+        await asyncio.sleep(1.0)
+        rss0, kernel0 = tree_rss_kib(r.pid), sockstat_tcp()
+        cpu0, h0, t0 = r.server_cpu(), r.helper_cpu(), time.monotonic()
+        try:
+            c = await r.connect_all(budget=a.budget)
+        except TimeoutError:
+            return await hold_cut_short(r, a, rss0, cpu0, h0, t0)
+        if c["grouped"] < c["opened"]:
+            raise RuntimeError(f"only {c['grouped']} of {c['opened']} clients got a probe: {c}")
+        cpu1, h1, t1 = r.server_cpu(), r.helper_cpu(), time.monotonic()
+        await asyncio.sleep(a.settle)
+        rss1, kernel1, procs = tree_rss_kib(r.pid), sockstat_tcp(), per_process(r.pid)
+        loadgen_rss = sum(rss_kib(lg.pid) for lg in r.loadgens)
+        assert r.publisher is not None
+        await r.reset_reports()
+        to_last: list[float] = []
+        incomplete = 0
+        hist_all = Histogram()
+        for rep in range(1, a.reps + 1):
+            for g in range(opts.groups):
+                await r.publisher.call({"cmd": "once", "step": rep, "group": g, "size": opts.size}, "done", 30)
+            complete = await r.expect(rep, [1] * opts.groups, a.drain)
+            hist, count, _first, _last = await r.collect(rep)
+            hist_all.merge({"hist": list(hist.counts.items()), "max": hist.max_us})
+            to_last.append(hist.max_us / 1000)
+            incomplete += not complete or count < c["opened"]
+            await asyncio.sleep(a.gap)
+        reports = [await lg.call({"cmd": "report"}, "report", 60) for lg in r.loadgens]
+        n = c["opened"]
+        seconds = (c["t_idle"] - c["t0"]) / 1e6
+    return {
+        "clients": n, "failed": c["failed"], "errors": c["errors"], "grouped": c["grouped"],
+        "closed_early": sum(rep["closed_early"] for rep in reports),
+        "connect_seconds": round(seconds, 3), "connects_per_s": round(n / seconds, 1) if seconds > 0 else None,
+        "open_seconds": round((c["t_open"] - c["t0"]) / 1e6, 3),
+        "cpu_us_per_connect": round((c["cpu_settled"] - cpu0) * 1e6 / max(1, n), 1),
+        "connect_cpu_util": round((cpu1 - cpu0) / max(0.001, (c["t_grouped"] - c["t0"]) / 1e6), 3),
+        "rss_before_kib": rss0, "rss_after_kib": rss1, "rss_kib_per_conn": round((rss1 - rss0) / max(1, n), 2),
+        "kernel_tcp_before": kernel0, "kernel_tcp_after": kernel1,
+        "kernel_tcp_kib_per_conn": round((kernel1["mem_kib"] - kernel0["mem_kib"]) / max(1, n), 2),
+        "loadgen_rss_kib_per_conn": round(loadgen_rss / max(1, n), 2),
+        "connect_complete": True, "processes": procs, "probe_rounds": c["probe_rounds"],
+        "cpu_util_while_connecting": cpu_util(cpu1 - cpu0, h0, h1, max(0.001, t1 - t0)),
+        "reps": a.reps, "incomplete_reps": incomplete,
+        "to_last_member_ms": [round(t, 1) for t in to_last],
+        "last_member_p50_ms": round(quantile(to_last, 0.5), 3), "last_member_max_ms": round(max(to_last), 3),
+        "delivery": hist_all.summary_ms(),
+    }
+
+
 async def scenario_upstream(a: argparse.Namespace, opts: Options) -> Json:
     opts.subscriber = True
     async with rig(opts) as r:
@@ -1002,6 +1124,7 @@ SCENARIOS = {
     "broadcast": scenario_broadcast,
     "upstream": scenario_upstream,
     "api_publish": scenario_api_publish,
+    "hold": scenario_hold,
 }
 
 # Metrics compared as WS-Hub / peer in the "ratio" field.
@@ -1011,6 +1134,7 @@ RATIO_KEYS = {
     "broadcast": ["last_member_p50_ms", "last_member_p99_ms", "cpu_us_per_delivery"],
     "upstream": ["msgs_per_s", "p99_ms", "cpu_us_per_msg"],
     "api_publish": ["api_publishes_per_s", "api_cpu_us_per_publish"],
+    "hold": ["connects_per_s", "rss_kib_per_conn", "last_member_max_ms"],
 }
 
 
@@ -1039,22 +1163,25 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--server", default="both",
-                   help="both (= wshub,peer), or a comma list of wshub, peer, proto (WS-Hub from --hub-pythonpath); "
+                   help="both (= wshub,peer), or a comma list of wshub, peer, node (bench/peer_node.js: ws + ioredis), "
+                   "proto (WS-Hub from --hub-pythonpath); "
                    "NAME-memory runs WS-Hub (wshub, proto) on the memory broker, with no redis-server: the listener "
                    "and publisher use its HTTP API; NAME+uv runs that server on uvloop from --uvloop DIR; wshub-trio "
                    "(wshub-trio-memory, proto-trio) runs WS-Hub's trio shell, python -m wshub_trio")
     p.add_argument("--clients", type=int, default=None,
-                   help="default: connect 15000, broadcast 10000, api_publish 20, else 1000")
+                   help="default: connect 15000, broadcast and hold 10000, api_publish 20, else 1000")
     p.add_argument("--groups", type=int, default=None, help="default: connect 100, others 1")
     p.add_argument("--size", type=int, default=64, help="payload bytes")
     p.add_argument("--rates", default="100,200,400,800", help="fanout: published messages/s per step")
     p.add_argument("--seconds", type=float, default=5.0, help="fanout/upstream: seconds per step")
     p.add_argument("--drain", type=float, default=10.0, help="max seconds to wait for the last receipts")
     p.add_argument("--no-stop", action="store_true", help="fanout: keep stepping after saturation")
-    p.add_argument("--reps", type=int, default=30, help="broadcast: repetitions")
+    p.add_argument("--reps", type=int, default=None, help="broadcast (default 30), hold (default 3): repetitions")
     p.add_argument("--gap", type=float, default=0.2, help="broadcast: seconds between repetitions")
     p.add_argument("--rate", type=float, default=20.0, help="upstream: messages/s per client")
     p.add_argument("--settle", type=float, default=2.0, help="connect: idle seconds before reading RSS")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="hold: seconds for every client to open; past it the run reports how many did, and stops")
     p.add_argument("--procs", type=int, default=0, help="loadgen processes (default: one per 10,000 clients)")
     p.add_argument("--per-address", type=int, default=25_000, help="clients per source address 127.0.0.N")
     p.add_argument("--concurrency", type=int, default=200, help="connects in flight (all loadgens)")
@@ -1086,11 +1213,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--label", default="", help="free text copied into the result")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     a = p.parse_args(argv)
-    defaults = {"connect": (15_000, 100), "broadcast": (10_000, 1), "api_publish": (20, 1)}
+    defaults = {"connect": (15_000, 100), "broadcast": (10_000, 1), "api_publish": (20, 1), "hold": (10_000, 1)}
     clients, groups = defaults.get(a.scenario, (1000, 1))
     a.clients = a.clients or clients
     a.groups = a.groups or groups
     a.api_depth = a.api_depth or (1 if a.scenario == "api_publish" else 64)
+    a.reps = a.reps or (3 if a.scenario == "hold" else 30)
     try:
         worker_counts = [int(w) for w in a.workers.split(",") if w]
     except ValueError:
@@ -1104,16 +1232,18 @@ async def main(argv: Sequence[str] | None = None) -> int:
     servers = ["wshub", "peer"] if a.server == "both" else a.server.split(",")
     for server in servers:
         kind, broker, shell = server_kind(server)
-        if kind not in ("wshub", "peer", "proto") or broker not in ("redis", "memory"):
+        if kind not in ("wshub", *PEERS, "proto") or broker not in ("redis", "memory"):
             p.error(f"unknown server {server!r}")
+        if kind == "node" and server != "node":
+            p.error(f"the Node peer runs as it is (no -trio, -memory, +uv): --server {server}")
         if shell == "trio" and (kind == "peer" or server.endswith("+uv")):
             p.error(f"-trio names WS-Hub's trio shell (no peer, no uvloop): --server {server}")
         if server.endswith("+uv") and not a.uvloop:
             p.error(f"--server {server} needs --uvloop DIR")
-        if kind == "peer" and redis_kinds != ["standalone"]:
-            p.error("the websockets peer speaks to one standalone Redis: --redis standalone")
-        if kind == "peer" and (broker == "memory" or a.scenario == "api_publish"):
-            p.error(f"the websockets peer has no memory broker nor HTTP API: --server {server}")
+        if kind in PEERS and redis_kinds != ["standalone"]:
+            p.error("the peers speak to one standalone Redis: --redis standalone")
+        if kind in PEERS and (broker == "memory" or a.scenario == "api_publish"):
+            p.error(f"the peers have no memory broker nor HTTP API: --server {server}")
         if broker == "memory" and a.scenario == "upstream":
             p.error("upstream reads the client messages from Redis: it needs the Redis broker")
         if broker == "memory" and max(worker_counts) > 1:
@@ -1131,16 +1261,16 @@ async def main(argv: Sequence[str] | None = None) -> int:
         logdir = logroot / name
         logdir.mkdir()
         kind, broker, shell = server_kind(server)
-        opts = Options(server="peer" if kind == "peer" else "wshub", broker=broker, shell=shell,
+        opts = Options(server=kind if kind in PEERS else "wshub", broker=broker, shell=shell,
                        clients=a.clients, groups=a.groups,
                        size=a.size, procs=a.procs, per_address=a.per_address, concurrency=a.concurrency,
                        receiver=a.receiver, hub_pythonpath=a.hub_pythonpath if kind == "proto" else "",
                        uvloop=a.uvloop if server.endswith("+uv") else "", workers=workers, redis=redis_kind,
-                       profile=f"{a.profile}.{server}" if a.profile and kind != "peer" else "", logdir=logdir,
+                       profile=f"{a.profile}.{server}" if a.profile and kind not in PEERS else "", logdir=logdir,
                        api_conns=a.api_conns, api_depth=a.api_depth, compression=a.compression)
         try:
             results[name] = await SCENARIOS[a.scenario](a, opts)
-            if kind != "peer":
+            if kind not in PEERS:
                 results[name]["hub_source"] = hub_source(opts)
         except Exception as exc:  # one server failing must not hide the other's numbers
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "logs": str(logdir)}
@@ -1150,7 +1280,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "params": {k: v for k, v in vars(a).items() if k not in ("keep", "profile", "scenario")},
         "machine": machine(), "results": results,
     }
-    for num, den in (("wshub", "peer"), ("proto", "wshub"), ("wshub+uv", "peer+uv"), ("proto+uv", "peer+uv"),
+    for num, den in (("wshub", "peer"), ("wshub", "node"), ("peer", "node"),
+                     ("proto", "wshub"), ("wshub+uv", "peer+uv"), ("proto+uv", "peer+uv"),
                      ("proto+uv", "proto"), ("wshub-memory", "wshub"), ("proto-memory", "wshub-memory"),
                      ("wshub-trio", "wshub"), ("wshub-trio-memory", "wshub-memory")):
         if num in results and den in results and "error" not in results[num] and "error" not in results[den]:

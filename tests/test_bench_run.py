@@ -88,12 +88,26 @@ def test_memory_broker_refuses_what_needs_redis() -> None:
 
 def test_a_compressed_json_broadcast_is_smaller_on_the_wire_for_both_servers() -> None:
     """--compression and --fill json: the load generators inflate every frame, and count what came on the wire."""
-    result = run_bench("broadcast", "--server", "wshub,peer", "--clients", "20", "--reps", "2", "--gap", "0.05",
+    result = run_bench("broadcast", "--server", "wshub,peer,node", "--clients", "20", "--reps", "2", "--gap", "0.05",
                        "--size", "4096", "--fill", "json", "--compression", "--drain", "5")
-    for server in ("wshub", "peer"):
+    for server in ("wshub", "peer", "node"):
         res = result["results"][server]
         assert res["members"] == 20 and res["incomplete_reps"] == 0
         assert 0 < res["wire_bytes_per_broadcast"] < 20 * 4096 / 2  # JSON records deflate to under a quarter
+
+
+def test_hold_reaches_every_member_from_several_source_addresses() -> None:
+    """hold with workers: every client (three source addresses, two load generators) gets each broadcast, and
+    the hub's tree shows its workers' open files; the Node peer (ws + ioredis) runs the same protocol."""
+    result = run_bench("hold", "--server", "wshub,node", "--workers", "2", "--clients", "30", "--per-address", "10",
+                       "--procs", "2", "--reps", "2", "--gap", "0.05", "--settle", "0.2", "--drain", "5")
+    for server, processes in (("wshub", 3), ("node", 1)):
+        res = result["results"][server]
+        assert res["clients"] == res["grouped"] == 30 and res["failed"] == 0 and res["closed_early"] == 0
+        assert res["incomplete_reps"] == 0 and len(res["to_last_member_ms"]) == 2
+        assert len(res["processes"]) == processes
+        assert sum(p["files"] for p in res["processes"]) >= 30  # every client's socket is one of them
+    assert set(result["ratio_wshub_over_node"]) == {"connects_per_s", "rss_kib_per_conn", "last_member_max_ms"}
 
 
 def test_presence_bench_counts_one_call_per_group_per_refresh() -> None:
