@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -102,3 +104,58 @@ def test_the_hub_runs_on_uvloop_when_it_is_installed(redis_server: RedisProcess,
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_workers_shut_down_when_their_supervisor_is_killed(shell: str, redis_server: RedisProcess, prefix: str,
+                                                           tmp_path: Path) -> None:
+    """SIGKILL of the supervisor relays nothing: each worker is told by the kernel (SIGTERM) and closes its
+    clients with 1001 as on a normal stop, instead of serving on beside the next start's workers."""
+    port = free_port()
+    env = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_WORKERS="2",
+                  WSHUB_REDIS_ADDRESS=f"127.0.0.1:{redis_server.port}", WSHUB_REDIS_CHANNEL_PREFIX=prefix)
+    proc = subprocess.Popen([sys.executable, "-m", shell_module(shell)], cwd=tmp_path, env=env,
+                            stderr=subprocess.DEVNULL)
+
+    pids: list[int] = []
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+    async def scenario() -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        clients: list[websockets.ClientConnection] = []
+        while len(clients) < 10:
+            try:
+                clients.append(await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_key=k{len(clients)}"))
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline, "the workers did not start"
+                await asyncio.sleep(0.05)  # the workers are still starting: nothing to await
+        pids.extend(workers())
+        assert len(pids) == 2, pids
+        proc.kill()
+        proc.wait(timeout=5)
+        for ws in clients:
+            await within(ws.wait_closed(), 15)
+            assert ws.close_code == 1001, ws.close_code
+        for pid in pids:  # gone, not just quiet (reaped by init once the supervisor is)
+            deadline = asyncio.get_running_loop().time() + 15
+            while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
+                assert asyncio.get_running_loop().time() < deadline, f"worker {pid} still runs"
+                await asyncio.sleep(0.05)  # a process's exit has no event another process can await
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:  # a failed run must not leave workers serving
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return "zombie"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import importlib.metadata
 import json
@@ -201,6 +202,19 @@ def serve_guarded(run: Callable[[socket.socket | None], int], config: Config, *,
         return 1
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with(supervisor: int) -> None:
+    """A worker gets SIGTERM when its supervisor dies, as if relayed: a SIGKILLed supervisor (OOM killer,
+    ``kill -9``) relays nothing, and its workers would serve on, unseen, beside the next start's."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(config: Config, *, config_file: str | None, json_errors: bool, serve: Serve) -> int:
     """Fork ``workers`` hub processes on one SO_REUSEPORT port; relay SIGINT/SIGTERM; exit when all have.
 
@@ -215,6 +229,7 @@ def supervise(config: Config, *, config_file: str | None, json_errors: bool, ser
 
     signal.signal(signal.SIGINT, relay)  # before forking: no window where a signal kills only us
     signal.signal(signal.SIGTERM, relay)
+    supervisor = os.getpid()
     for number in range(1, config.workers + 1):
         pid = os.fork()
         if pid == 0:
@@ -223,6 +238,7 @@ def supervise(config: Config, *, config_file: str | None, json_errors: bool, ser
                 set_worker(f"w{number}")  # every line, and every client id, names its worker
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # the worker's loop installs its own
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _end_with(supervisor)
                 code = serve(config, config_file=config_file, json_errors=json_errors, reuseport=True)
             finally:
                 os._exit(code)
