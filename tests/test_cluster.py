@@ -440,6 +440,12 @@ async def _fault_scenario(shell: str, cluster: Cluster, prefix: str, fault: str)
                     cluster.sync(replica).execute_command("CLUSTER", "FAILOVER")
                 elif fault == "kill":
                     cluster.node(victim).kill()
+                    # The hub must say so (503) until the replica takes over: ask until it does, rather than
+                    # once, which could come before the hub has read the closed links.
+                    async def down() -> bool:
+                        return await readyz(server) != 200
+                    await wait_until(down, timeout=10, what="/readyz 503 after the master was killed")
+                    ready_seen.append(False)
                 elif fault == "stop":  # until the probe finds the stall (the cluster may fail it over meanwhile)
                     stopped = cluster.node(victim)
                     cluster.paused.add(victim)

@@ -104,7 +104,7 @@ def test_metrics_count_what_happened(shell: str, redis_server: RedisProcess, pre
 def _non_default(key: Any) -> str:
     """A valid value different from the key's default, as an environment string."""
     special = {"address": "127.0.0.1:9999", "redis.address": "redis://10.0.0.1:7000/2", "logFormat": "json",
-               "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
+               "logLevel": "warning", "serverUrl": "/socket", "tls.certFile": "/c.pem", "tls.keyFile": "/k.pem",
                "webSocket.allowedOrigins": "https://a.example,https://b.example", "broker": "redis",
                "auth.jwt.secret": "x" * 32, "auth.jwt.previousSecret": "y" * 32,
                "webSocket.maxBytesPerSecond": "1000000", "redis.pubsub": "classic"}
