@@ -19,6 +19,7 @@ import base64
 import contextlib
 import dataclasses
 import os
+import random
 import re
 import shutil
 import signal
@@ -72,6 +73,23 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def closed_port() -> int:
+    """A port nothing listens on, below the ephemeral range (32768-60999 here).
+
+    A ``free_port()`` is an ephemeral port: the hub's own connect to it can be
+    given that same port as its source, and loopback TCP then connects to
+    itself. The connect succeeds, and "nothing listens there" is not true.
+    """
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no closed port below the ephemeral range")
 
 
 class RedisProcess:

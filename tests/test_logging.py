@@ -21,7 +21,17 @@ from urllib.parse import quote
 import pytest
 import websockets
 
-from helpers import RedisProcess, free_port, hub_env, raw_websocket, shell_module, upgrade_head, within, ws_frame
+from helpers import (
+    RedisProcess,
+    closed_port,
+    free_port,
+    hub_env,
+    raw_websocket,
+    shell_module,
+    upgrade_head,
+    within,
+    ws_frame,
+)
 
 FORGED = "x\r\n2026-01-01 12:00:00,000 WARNING wshub: fake\x00"
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
@@ -274,7 +284,7 @@ def test_log_level_warning_writes_no_line_per_connection(shell: str, tmp_path: P
     warnings still are. A bad value is a config error naming the key and where it came from."""
     async def scenario() -> None:
         port = free_port()
-        dead = free_port()  # no Redis here: the hub warns about its links
+        dead = closed_port()  # no Redis here: the hub warns about its links
         environ = hub_env(WSHUB_ADDRESS=f"127.0.0.1:{port}", WSHUB_REDIS_ADDRESS=f"127.0.0.1:{dead}",
                           WSHUB_REDIS_RECONNECT_MAX="0.2", WSHUB_LOG_LEVEL="warning", WSHUB_SHUTDOWN_TIMEOUT="0.5")
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", shell_module(shell), cwd=tmp_path,

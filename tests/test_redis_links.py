@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aredis
 
-from helpers import RedisProcess, free_port, http_exchange, hub_process
+from helpers import RedisProcess, closed_port, http_exchange, hub_process
 
 
 async def readyz(port: int) -> tuple[int, bytes]:
@@ -96,7 +96,7 @@ def test_a_refused_connect_names_the_address_and_the_reason(shell: str) -> None:
 
 
 async def _a_refused_connect_names_the_address_and_the_reason(shell: str) -> None:
-    port = free_port()  # nothing listens there
+    port = closed_port()  # nothing listens there
     async with hub_process(shell=shell, WSHUB_REDIS_ADDRESS=f"127.0.0.1:{port}") as hub:
         failures = await hub.lines_matching(
             rf"redis commands link to 127\.0\.0\.1:{port}: connect failed: Connection refused"
@@ -137,7 +137,7 @@ def test_sentinel_mode_with_no_sentinel_answering_tries_each_in_turn_and_says_so
 
 
 async def _no_sentinel_answers(shell: str) -> None:
-    ports = [free_port(), free_port()]  # nothing listens there
+    ports = two_closed_ports()  # nothing listens there
     async with hub_process(shell=shell, WSHUB_REDIS_MODE="sentinel", WSHUB_REDIS_MASTER_NAME="mymaster",
                            WSHUB_REDIS_ADDRESS=",".join(f"127.0.0.1:{p}" for p in ports)) as hub:
         start = next(line for line in hub.log if "listening on" in line)
@@ -158,7 +158,7 @@ def test_cluster_mode_with_no_node_answering_tries_each_seed_and_says_so(shell: 
 
 
 async def _no_cluster_node_answers(shell: str) -> None:
-    ports = [free_port(), free_port()]  # nothing listens there
+    ports = two_closed_ports()  # nothing listens there
     async with hub_process(shell=shell, WSHUB_REDIS_MODE="cluster",
                            WSHUB_REDIS_ADDRESS=",".join(f"127.0.0.1:{p}" for p in ports)) as hub:
         start = next(line for line in hub.log if "listening on" in line)
@@ -167,3 +167,10 @@ async def _no_cluster_node_answers(shell: str) -> None:
                                 r"connect failed: Connection refused\); retrying in [0-9.]+s")
         status, body = await readyz(hub.port)
         assert status == 503 and body.startswith(b"no cluster topology yet (last error: 127.0.0.1:"), body
+
+
+def two_closed_ports() -> list[int]:
+    first = closed_port()
+    while (second := closed_port()) == first:
+        pass
+    return [first, second]
