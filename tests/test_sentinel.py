@@ -53,7 +53,8 @@ from wshub_core import Config, load_config
 
 MASTER_NAME = "mymaster"
 HUB_USER = ("--user", "hub", "on", ">hubpw", "~*", "&*", "+@all")
-SETTLE = 30.0  # bound on how long the topology may take to agree after a fault
+SETTLE = 30.0  # bound on how long a step of a fault (a promotion, a hub moving over) may take
+SETTLE_AFTER_FAULT = 75.0  # bound on the whole topology agreeing again (see Topology.settle)
 
 
 class SentinelProcess:
@@ -84,6 +85,13 @@ class SentinelProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(os.path.join(self.dir, "sentinel.log")) as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError as exc:
+            return str(exc)
 
 
 def _pings(port: int) -> bool:
@@ -120,33 +128,51 @@ class Topology:
     def replica_port(self) -> int:
         return next(port for port in self.servers if port != self.master_port())
 
-    def healthy(self) -> bool:
-        """Every sentinel names the same master, whose ROLE is master, with the other server a good replica."""
+    def unhealthy(self) -> str:
+        """What keeps the topology from the state tests hand on ("" when healthy): every sentinel names the
+        same master, whose ROLE is master, with the other server a replica in sync with it."""
         try:
             masters = set()
             for sentinel in self.sentinels:
                 with sentinel.client() as s:
                     masters.add(int(s.sentinel_get_master_addr_by_name(MASTER_NAME)[1]))
                     if s.execute_command("SENTINEL", "CKQUORUM", MASTER_NAME) is None:
-                        return False
+                        return f"sentinel {sentinel.port}: no quorum"
                     replicas = s.sentinel_slaves(MASTER_NAME)
                     if not any(r["flags"] == "slave" and r["master-link-status"] == "ok" for r in replicas):
-                        return False
+                        return f"sentinel {sentinel.port}: no replica in sync in {replicas}"
             if len(masters) != 1:
-                return False
+                return f"the sentinels name different masters: {sorted(masters)}"
             (master,) = masters
             with redis.Redis(port=master, socket_timeout=1) as r:
-                if r.execute_command("ROLE")[0] != b"master":
-                    return False
-            with redis.Redis(port=next(p for p in self.servers if p != master), socket_timeout=1) as r:
                 role = r.execute_command("ROLE")
-                return role[0] == b"slave" and int(role[2]) == master and role[3] == b"connected"
-        except (redis.RedisError, ValueError, TypeError, IndexError):
-            return False
+                if role[0] != b"master":
+                    return f"the sentinels' master {master} says ROLE {role!r}"
+            other = next(p for p in self.servers if p != master)
+            with redis.Redis(port=other, socket_timeout=1) as r:
+                role = r.execute_command("ROLE")
+                if not (role[0] == b"slave" and int(role[2]) == master and role[3] == b"connected"):
+                    return f"server {other} says ROLE {role!r}, not a connected replica of {master}"
+            return ""
+        except (redis.RedisError, ValueError, TypeError, IndexError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def settle(self, what: str) -> None:
+        """Wait until healthy again after a fault, or fail saying why, with what the sentinels logged.
+
+        After ``SENTINEL FAILOVER`` the sentinels take about 20 s here to turn the old master into a replica (CI
+        once took over 30 s on a loaded machine); the bound also covers a sentinel in TILT (30 s of no action,
+        entered when its timer runs 2 s late) followed by its 8 s wait before it converts a returning master."""
+        deadline = time.monotonic() + SETTLE_AFTER_FAULT
+        while reason := self.unhealthy():
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- sentinel {s.port}:\n{s.log_tail()}" for s in self.sentinels)
+                raise AssertionError(f"timed out waiting for {what}: {reason}\n{logs}")
+            time.sleep(0.05)  # polling other processes: there is no event to await
 
 
 @pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
+def started_topology() -> Iterator[Topology]:
     master = RedisProcess(extra=HUB_USER)
     replica = RedisProcess(extra=(*HUB_USER, "--replicaof", "127.0.0.1", str(master.port)))
     sentinels = [SentinelProcess(master.port) for _ in range(3)]
@@ -156,13 +182,20 @@ def topology() -> Iterator[Topology]:
         replica.start()
         for sentinel in sentinels:
             sentinel.start()
-        poll(topo.healthy, what="the sentinels agree on a master with a replica")
+        topo.settle("the sentinels agree on a master with a replica")
         yield topo
     finally:
         for process in [*sentinels, master, replica]:
             process.kill()
         for folder in [master.dir, replica.dir, *(s.dir for s in sentinels)]:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def topology(started_topology: Topology) -> Topology:
+    """The module's topology, healthy: a test that failed mid-fault must not fail the ones after it."""
+    started_topology.settle("the topology healthy before the test")
+    return started_topology
 
 
 # -- the hub and its clients ---------------------------------------------------------------------------------
@@ -319,7 +352,7 @@ def test_sigkill_of_the_master(shell: str, topology: Topology, prefix: str) -> N
     server = topology.servers[old]
     server.extra = (*HUB_USER, "--replicaof", "127.0.0.1", str(new))
     server.start()
-    poll(topology.healthy, what="the old master back as a replica")
+    topology.settle("the old master back as a replica")
 
 
 def test_sentinel_failover(shell: str, topology: Topology, prefix: str) -> None:
@@ -328,7 +361,7 @@ def test_sentinel_failover(shell: str, topology: Topology, prefix: str) -> None:
             poll(lambda: _failover_started(s), what="SENTINEL FAILOVER accepted")
 
     asyncio.run(failover_scenario(shell, topology, prefix, failover))
-    poll(topology.healthy, what="the old master demoted to a replica")
+    topology.settle("the old master demoted to a replica")
 
 
 def _failover_started(s: redis.Redis) -> bool:
@@ -382,7 +415,7 @@ async def _sigkill_of_the_watched_sentinel(shell: str, topo: Topology, prefix: s
         await assert_delivered(observer, prefix, sent)
         await assert_group_messages_reach_every_member(master, prefix, clients)
     await observer.close()
-    poll(topo.healthy, what="the sentinel back")
+    topo.settle("the sentinel back")
 
 
 def _watches(sentinel: SentinelProcess) -> bool:
@@ -473,4 +506,4 @@ def test_group_messages_with_history_through_a_sentinel_failover(shell: str, top
         print(f"\n  [{shell}] history through SENTINEL FAILOVER: {on_old} messages acknowledged by the old master, "
               f"{not_kept} of them not in the new master's history (written after the promotion), "
               f"{lost} never delivered to a member (written after the hub had moved to the new master)")
-    poll(topology.healthy, what="the old master demoted to a replica")
+    topology.settle("the old master demoted to a replica")
