@@ -159,8 +159,11 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
     member and group instead. A *stint* is a time the model has the member in
     the group (joined with its key's groups or by a ``groups-new`` the hub
     received; a stint of a group in ``since=`` starts as if the entry at that
-    offset came last). (h1) Entries of a group arrive intact, with their own
-    offset (recover=1), each later in the group's history than the one before
+    offset came last). A live entry counts in the stint the hub received it
+    in, whenever its frame goes out (the hub holds a write-paused member's
+    frames, so one queued before a leave may go out after the rejoin); an
+    entry a history read brought, in the stint its frame was sent in. (h1)
+    Entries of a group arrive intact, with their own offset (recover=1), each later in the group's history than the one before
     (never twice, never out of order, across stints too). (h2) Within a stint
     the next entry is the one after the last: one may be skipped only if the
     history no longer holds it (trimmed), and a member with recover=1 must have
@@ -787,6 +790,9 @@ class SimClient:
         self.frames_sent = 0
         self.frames_recv = 0
         self.h_changes: dict[str, list[tuple[int, int]]] = {}
+        # A live entry belongs to the stint the hub received it in, whenever its frame goes out: the hub
+        # holds a write-paused member's frames, so one queued before a leave may be sent after the rejoin.
+        self.h_live_stint: dict[tuple[str, int], int] = {}  # (group, seq) -> stint
 
     def __repr__(self) -> str:
         return f"client#{self.cid}(conn {self.conn}, key {self.key!r})"
@@ -1737,6 +1743,7 @@ class World:
                     for c in members.values():
                         if c.groups is not None and group in c.groups:
                             c.h_owed.setdefault(group, []).append(hseq)
+                            c.h_live_stint[(group, hseq)] = c.h_stint.get(group, 0)
                 return
             seq = int(payload.split(b"|", 2)[1])
             for members in self.key_members.values():
@@ -1835,7 +1842,8 @@ class World:
             self.fail(f"(h) {c!r}: entry {group} h{seq} (offset {self.hist_ids[group][seq]}) came with offset "
                       f"{offset!r}, group {envelope_group!r}")
         last = c.h_last.get(group)
-        stint = self._sent_stint(c, group)
+        live = c.h_live_stint.pop((group, seq), None)
+        stint = self._sent_stint(c, group) if live is None else live  # a repair's or resume's read: when sent
         if last is not None:
             if seq <= last:
                 self.fail(f"(h) {c!r} received {group} h{seq} after h{last}: a duplicate or out of order "
