@@ -30,6 +30,8 @@ Rules:
    waits for it.
 3. Memory is bounded: live entries held during a repair are at most one
    page; past that they are dropped and read again from history afterwards.
+   Those held are delivered even if the history was trimmed past them
+   meanwhile: in order, where the read's first entry leaves a gap.
 4. A read that fails is retried after ``retry`` seconds; a broker without
    history (``Broker.history_error``) ends repairs and resumes at once (a
    resume with a reset).
@@ -337,6 +339,8 @@ class History:
             cursor.at, cursor.at_text = ZERO, "0-0"  # every entry of the new history is new
         cursor.first = False
         for entry in entries:
+            if cursor.held and cursor.at is not None and entry[1] > cursor.at:
+                self._fill(channel, group, entry[0])
             if cursor.at is None or entry[0] > cursor.at:
                 self.repaired += 1
             self._accept(channel, group, entry, repaired=True)
@@ -351,6 +355,18 @@ class History:
             self._read(channel, group, HUB)
         elif group.catching:
             self._settle(channel, group)
+
+    def _fill(self, channel: bytes, group: _Group, before: Position) -> None:
+        """The history no longer holds what comes before ``before``: deliver the live entries held meanwhile
+        that fall in that gap (the hub has them in hand: trimmed from the history is not lost to members)."""
+        cursor = group.cursor
+        keep: list[Entry] = []
+        for entry in cursor.held:
+            if cursor.at is not None and cursor.at < entry[0] < before:
+                self._accept(channel, group, entry, repaired=True)
+            else:
+                keep.append(entry)
+        cursor.held = keep
 
     def _held(self, channel: bytes, group: _Group, held: list[Entry], *, repaired: bool) -> None:
         """The live entries held during a read, by the group's rule; the rest held again if one starts a read."""

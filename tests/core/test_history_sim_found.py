@@ -114,3 +114,16 @@ def test_a_resume_that_joined_at_the_first_reads_position_gets_no_late_entry_twi
     assert g.got[1] == ["5-0", "6-0"]
     assert g.got[7] == ["4-0", "5-0", "6-0"]
     assert g.history.catching_up() == 0
+
+
+def test_a_live_entry_held_during_a_repair_is_delivered_when_the_history_was_trimmed_past_it() -> None:
+    # Sim seed 30907: the subscriber link came back while the command link was down; a live entry arrived
+    # and waited for the repair; by the time the read ran, the history had been trimmed past it.
+    g = Group([1])
+    g.history.confirmed(CHANNEL)
+    g.answer("1-0", [])  # the group starts at 1-0
+    g.history.confirmed(CHANNEL)  # the subscription was interrupted: a repair read after 1-0 goes out
+    g.history.live(CHANNEL, "4-0", "3-0", b"d")  # held behind the repair
+    g.answer("5-0", [("5-0", "4-0", b"e")])  # 2-0 .. 4-0 were trimmed meanwhile; the history starts at 5-0
+    # 2-0 and 3-0 are gone (a reset for those with envelopes), but 4-0 came live: the hub had it in hand.
+    assert g.got[1] == ["reset", "4-0", "5-0"]
