@@ -159,21 +159,22 @@ Invariants (a failure raises ``SimFailure`` whose text starts ``seed=N``)
     member and group instead. A *stint* is a time the model has the member in
     the group (joined with its key's groups or by a ``groups-new`` the hub
     received; a stint of a group in ``since=`` starts as if the entry at that
-    offset came last). A live entry counts in the stint the hub received it
-    in, whenever its frame goes out (the hub holds a write-paused member's
-    frames, so one queued before a leave may go out after the rejoin); an
-    entry a history read brought, in the stint its frame was sent in. (h1)
-    Entries of a group arrive intact, with their own offset (recover=1), each later in the group's history than the one before
-    (never twice, never out of order, across stints too). (h2) Within a stint
-    the next entry is the one after the last: one may be skipped only if the
-    history no longer holds it (trimmed), and a member with recover=1 must have
-    been told ``{"group": G, "reset": true}`` first. (h3) A reset only when the
-    history no longer holds the entry after the member's last in this stint.
-    (h4) Once settled (with (a3)'s probe, published with history): every entry
-    the hub received live for a member during its current stint of a group has
-    reached it, and no connection is still catching up. Together: a member that
-    stays in a group, or resumes within the history, gets every entry once, in
-    publish order; one whose offset was trimmed gets a reset first.
+    offset came last). A live entry counts in the stint the hub received it in,
+    whenever its frame goes out (the hub holds a write-paused member's frames,
+    so one queued before a leave may go out after the rejoin); an entry a
+    history read brought, in the stint its frame was sent in. (h1) Entries of a
+    group arrive intact, with their own offset (recover=1), each later in the
+    group's history than the one before (never twice, never out of order, across
+    stints too). (h2) Within a stint the next entry is the one after the last:
+    one may be skipped only if the history no longer holds it (trimmed), and a
+    member with recover=1 must have been told ``{"group": G, "reset": true}``
+    first. (h3) A reset only when the history no longer holds the entry after
+    the member's last in this stint. (h4) Once settled (with (a3)'s probe,
+    published with history): every entry the hub received live for a member
+    during its current stint of a group has reached it, and no connection is
+    still catching up. Together: a member that stays in a group, or resumes
+    within the history, gets every entry once, in publish order; one whose
+    offset was trimmed gets a reset first.
 (e) The core never raises: an exception out of any ``Hub`` method is a failure.
 (f) Behind Sentinel a data link dials only the address a sentinel named last,
     named after the link went down (never a cached address); after ROLE said
