@@ -2,8 +2,9 @@
 
 Each test drives ``History`` by hand over a broker that records reads and
 answers them when the test says, and asserts what docs/protocol.md ("History
-and resume") promises. Both failed before the fixes in ``_failed`` (a failed read stays owed) and ``_caught_up`` (a read
-sent before the group's newest entry is sent again).
+and resume") promises. Each failed before its fix: ``_failed`` (a failed read stays owed), ``_caught_up`` (a
+read sent before the group's newest entry is sent again), ``_Group.fresh`` (an entry behind the first read's
+answer is new) and ``_fill`` (an entry held during a repair is delivered though the history was trimmed past it).
 """
 
 from __future__ import annotations
