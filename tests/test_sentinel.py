@@ -163,12 +163,18 @@ class Topology:
         After ``SENTINEL FAILOVER`` the sentinels take about 20 s here to turn the old master into a replica (CI
         once took over 30 s on a loaded machine); the bound also covers a sentinel in TILT (30 s of no action,
         entered when its timer runs 2 s late) followed by its 8 s wait before it converts a returning master."""
-        deadline = time.monotonic() + SETTLE_AFTER_FAULT
-        while reason := self.unhealthy():
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- sentinel {s.port}:\n{s.log_tail()}" for s in self.sentinels)
-                raise AssertionError(f"timed out waiting for {what}: {reason}\n{logs}")
-            time.sleep(0.05)  # polling other processes: there is no event to await
+        reason = ""
+
+        def healthy() -> bool:
+            nonlocal reason
+            reason = self.unhealthy()
+            return not reason
+
+        try:
+            poll(healthy, timeout=SETTLE_AFTER_FAULT, what=what)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- sentinel {s.port}:\n{s.log_tail()}" for s in self.sentinels)
+            raise AssertionError(f"{exc}: {reason}\n{logs}") from None
 
 
 @pytest.fixture(scope="module")
