@@ -100,9 +100,12 @@ class Cluster:
         """Nodes that run and answer (not killed, not stopped)."""
         return [n for n in self.nodes if n.proc is not None and n.port not in self.paused]
 
-    def shards(self) -> dict[int, int]:
-        """slot-range start -> master port, as a live node reports it."""
+    def shards(self, port: int | None = None) -> dict[int, int]:
+        """slot-range start -> master port, as node ``port`` reports it (by default the first live node that
+        answers)."""
         for node in self.alive():
+            if port is not None and node.port != port:
+                continue
             with contextlib.suppress(redis.RedisError):
                 reply = self.sync(node.port).execute_command("CLUSTER", "SHARDS")
                 found = parse_shards(reply)
@@ -111,11 +114,20 @@ class Cluster:
                         (s == 0 or found.owner(s - 1) != a)}
         raise AssertionError("no node answers")
 
-    def owner(self, name: str) -> int:
-        """The port of the master that serves ``name``'s slot now."""
+    def owner(self, name: str, port: int | None = None) -> int:
+        """The port of the master that serves ``name``'s slot now (as node ``port`` sees it)."""
         slot = key_slot(name.encode())
-        starts = self.shards()
+        starts = self.shards(port)
         return starts[max(s for s in starts if s <= slot)]
+
+    def agreed_owner(self, name: str) -> int | None:
+        """The master of ``name``'s slot once every live node says the same; None while gossip still spreads
+        a failover (a client sent to one node's answer could meet -MOVED from the other)."""
+        try:
+            owners = {self.owner(name, node.port) for node in self.alive()}
+        except (AssertionError, redis.RedisError):
+            return None
+        return owners.pop() if len(owners) == 1 else None
 
     def masters(self) -> list[int]:
         return sorted(set(self.shards().values()))
@@ -150,7 +162,7 @@ class Cluster:
             client = self.sync(node.port)
             if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
                 return False
-            views.add(tuple(sorted(self.shards().items())))
+            views.add(tuple(sorted(self.shards(node.port).items())))
             role = client.execute_command("ROLE")
             if role[0] == b"slave" and role[3] != b"connected":
                 return False
@@ -227,9 +239,19 @@ class ShardListener:
         self.pubsub = self.client.pubsub()
 
     async def start(self) -> None:
-        await self.pubsub.ssubscribe(self.channel)
-        msg = await within(self.pubsub.get_message(timeout=5))
-        assert msg is not None and msg["type"] == "ssubscribe"
+        """SSUBSCRIBE, following -MOVED (a node's view of the slots can lag a failover by a gossip round)."""
+        for _ in range(10):
+            await self.pubsub.ssubscribe(self.channel)
+            try:
+                msg = await within(self.pubsub.get_message(timeout=5))
+            except redis.exceptions.MovedError as exc:
+                await self.close()
+                self.client = aredis.Redis(host="127.0.0.1", port=exc.port)
+                self.pubsub = self.client.pubsub()
+                continue
+            assert msg is not None and msg["type"] == "ssubscribe"
+            return
+        raise AssertionError(f"no master took SSUBSCRIBE {self.channel}")
 
     async def next(self, timeout: float = 10.0) -> bytes:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -679,8 +701,8 @@ def test_presence_across_hub_processes_through_a_failover_and_a_killed_hub(clust
                 # counts are still whole there (each hub writes its own again when the new master's link is up).
                 victim = cluster.owner(f"{prefix}presence:{groups[0]}")
                 cluster.sync(cluster.replica_of(victim)).execute_command("CLUSTER", "FAILOVER")
-                await wait_for(lambda: cluster.owner(f"{prefix}presence:{groups[0]}") != victim, timeout=SETTLE,
-                               what="the replica promoted")
+                await wait_for(lambda: cluster.agreed_owner(f"{prefix}presence:{groups[0]}") not in (None, victim),
+                               timeout=SETTLE, what="the replica promoted, as every node sees it")
                 await listeners[groups[0]].close()  # its master is a replica now: SSUBSCRIBE on the new one
                 listeners[groups[0]] = ShardListener(cluster, f"{prefix}presence:{groups[0]}")
                 await listeners[groups[0]].start()
