@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import TEST_API_KEY, free_port, hub_env, self_signed, shell_module
+from helpers import TEST_API_KEY, closed_port, free_port, hub_env, self_signed, shell_module
 
 
 def wshub(*args: str, cwd: Path, shell: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -230,3 +230,25 @@ class TestApiKey:
         assert "configured-secret" not in line
         checked = wshub("--check-config", cwd=tmp_path, shell=shell, WSHUB_API_KEY="configured-secret")
         assert "configured-secret" not in checked.stdout and "key: '***'" in checked.stdout, checked.stdout
+
+
+class TestGarbageCollector:
+    """The start tunes CPython's collector before the shell serves (and before workers fork)."""
+
+    def test_the_thresholds_are_raised_and_the_start_is_frozen_when_serving_begins(self, tmp_path: Path) -> None:
+        # The real command line with a ``serve`` that reports the collector's state instead of serving.
+        # One write(2) per worker: print's two writes (text, newline) of two workers could interleave.
+        probe = ("import gc, os, sys\n"
+                 "from wshub_asyncio import _cli\n"
+                 "def serve(config, **kw):\n"
+                 "    os.write(1, f'{list(gc.get_threshold())} {gc.get_freeze_count() > 1000}\\n'.encode())\n"
+                 "    return 0\n"
+                 "sys.exit(_cli.main(sys.argv[1:], serve=serve))\n")
+        for workers in ("1", "2"):
+            done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=30, env=hub_env(WSHUB_ADDRESS=f"127.0.0.1:{free_port()}",
+                                                          WSHUB_WORKERS=workers,  # (nothing dials it)
+                                                          WSHUB_REDIS_ADDRESS=f"127.0.0.1:{closed_port()}"))
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.splitlines()
+            assert lines == ["[50000, 20, 10] True"] * int(workers), (workers, done.stdout, done.stderr)
