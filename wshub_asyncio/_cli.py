@@ -198,7 +198,7 @@ GC_THRESHOLDS = (50_000, 20, 10)
 def tune_gc() -> None:
     """Collect less often, and never scan what the start set up.
 
-    Each connection is a few dozen objects that live as long as it does. With
+    Each connection is 16 tracked objects (bench/gc_pause.py) that live as long as it. With
     CPython's thresholds a burst of connects spends about a tenth of its CPU in
     the collector, promoting and rescanning them (docs/benchmarks.md, "The
     garbage collector at connect"). The core leaves no cyclic garbage behind a
