@@ -72,11 +72,13 @@ def test_the_history_benchmark_runs_on_real_processes() -> None:
     assert set(result["publish"]) >= {"PUBLISH", "wshub_publish"}
 
 
-def test_the_gc_pause_benchmark_counts_the_hubs_objects_only() -> None:
-    """bench/gc_pause.py: its own wsproto clients are dropped before the count (each is dozens of objects)."""
+def test_the_gc_pause_benchmark_counts_the_hubs_objects_and_finds_no_cyclic_garbage() -> None:
+    """bench/gc_pause.py: its own wsproto clients are dropped before the count (each is dozens of objects), and
+    a whole run of the core leaves nothing for the cycle collector, which tune_gc's thresholds rely on."""
     proc = subprocess.run([sys.executable, str(BENCH.parent / "gc_pause.py"), "--clients", "300", "--groups", "10"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["clients"] == 300 and len(result["runs_ms"]) == 3
     assert 5 < result["objects_per_connection"] < 30, result
+    assert result["cyclic_garbage"] == 0, result

@@ -198,14 +198,14 @@ GC_THRESHOLDS = (50_000, 20, 10)
 def tune_gc() -> None:
     """Collect less often, and never scan what the start set up.
 
-    Each connection is 16 tracked objects (bench/gc_pause.py) that live as long as it. With
+    Each connection is 16 tracked objects that live as long as it. With
     CPython's thresholds a burst of connects spends about a tenth of its CPU in
     the collector, promoting and rescanning them (docs/benchmarks.md, "The
     garbage collector at connect"). The core leaves no cyclic garbage behind a
-    closed connection (bench/core.py's phases: 0 unreachable objects after
-    5,000 connects and disconnects), so a larger young generation holds little
-    garbage. The modules, config and logging are frozen (``gc.freeze``): full
-    collections skip them, and forked workers leave their pages shared.
+    closed connection (bench/gc_pause.py counts both; a test keeps the count at
+    0), so a larger young generation holds little garbage. The modules,
+    config and logging are frozen (``gc.freeze``): full collections skip them,
+    and forked workers leave their pages shared.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
